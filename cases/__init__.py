@@ -1,0 +1,1 @@
+"""The shipped case files (TOML), one per model; read through harness.cases."""

@@ -1,0 +1,177 @@
+"""Backends: one module each, all with the same parts.
+
+Every backend module defines a `Backend` subclass and exposes instances in `BACKENDS`
+(a dict name -> Backend). The parts, in the same order in every file:
+
+1. probe and fingerprint   `probe() -> (ok, reason)`, `fingerprint() -> dict`
+2. upload and download     `upload(np.ndarray)`, `download(buf) -> np.ndarray`, `poison(buf)`
+3. synchronise             `synchronize()`
+4. timer                   `time_run(prepared) -> seconds` (device time where it can), `flush_cache()`
+5. primitive ops           `ops(dtype) -> harness.ops.Ops` for the unfused chain
+6. peak probe              `measure_peak() -> {"copy_gbps": .., "matmul_gflops": ..}`
+
+Heavy libraries (numba, cupy, wgpu, torch) are imported inside the methods, never at
+module import, so that listing the registry works on any machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any
+
+import numpy as np
+
+# name -> module that defines it. Peers (torch) are backends too.
+BACKEND_MODULES = {
+    "reference": "harness.backends.reference",
+    "cpu": "harness.backends.cpu",
+    "wgsl": "harness.backends.wgsl",
+    "cuda": "harness.backends.cuda",
+    "torch": "harness.backends.torch_peer",
+    "torch_cuda": "harness.backends.torch_peer",
+}
+
+# The peer a fused kernel on a backend is compared with (same device class).
+TORCH_PEER_OF = {"cpu": "torch", "wgsl": "torch", "reference": "torch", "cuda": "torch_cuda"}
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when a backend is used on a machine that cannot run it."""
+
+
+class Backend:
+    name = "abstract"
+    device_kind = "cpu"  # "cpu" or "gpu": where its memory lives
+    dtypes: tuple[str, ...] = ("float32",)
+
+    def __init__(self) -> None:
+        self._probe: tuple[bool, str] | None = None
+        self._peak: dict[str, float] | None = None
+
+    # 1. probe and fingerprint ------------------------------------------------------
+    def probe(self) -> tuple[bool, str]:
+        """(True, "") when this machine can run the backend, else (False, why). Cached."""
+        if self._probe is None:
+            try:
+                self._probe = self._probe_impl()
+            except Exception as e:  # a probe must never take the harness down
+                self._probe = (False, f"{type(e).__name__}: {e}")
+        return self._probe
+
+    def _probe_impl(self) -> tuple[bool, str]:
+        return True, ""
+
+    def require(self) -> None:
+        ok, why = self.probe()
+        if not ok:
+            raise BackendUnavailable(f"backend {self.name!r} is unavailable: {why}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {}
+
+    # 2. upload and download --------------------------------------------------------
+    def upload(self, a: np.ndarray) -> Any:
+        return np.array(a, copy=True)
+
+    def download(self, buf: Any) -> np.ndarray:
+        return np.array(buf, copy=True)
+
+    def poison(self, buf: Any) -> None:
+        """Fill a device buffer with NaN so that an element never written shows."""
+        buf[...] = np.nan
+
+    # 3. synchronise ----------------------------------------------------------------
+    def synchronize(self) -> None:
+        pass
+
+    # 4. timer ----------------------------------------------------------------------
+    def time_run(self, prepared: "Prepared") -> float:
+        """One timed run in seconds: host clock around run() and a synchronisation."""
+        self.synchronize()
+        t0 = time.perf_counter()
+        prepared.run()
+        self.synchronize()
+        return time.perf_counter() - t0
+
+    def flush_cache(self) -> None:
+        pass
+
+    # 5. primitive ops --------------------------------------------------------------
+    def ops(self, dtype: str):
+        """The primitives for the unfused chain in `dtype`, or None when there is none."""
+        return None
+
+    # 6. peak probe -----------------------------------------------------------------
+    def peak(self) -> dict[str, float]:
+        """Measured copy bandwidth (GB/s, read + write) and matmul rate (GFLOP/s). Cached."""
+        if self._peak is None:
+            self._peak = self.measure_peak()
+        return self._peak
+
+    def measure_peak(self) -> dict[str, float]:
+        return {}
+
+
+class Prepared:
+    """One implementation, ready to run on one input set.
+
+    Subclasses upload inputs and compile in __init__ (never timed), launch the work in
+    run() (timed; no host synchronisation inside), and keep their device outputs in
+    `self.out` (name -> device buffer) so that outputs() and poison() work unchanged.
+    """
+
+    def __init__(self, backend: Backend, spec, inputs: dict[str, np.ndarray],
+                 attrs: dict[str, float], dtype: str) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.attrs = attrs
+        self.dtype = dtype
+        self.out: dict[str, Any] = {}
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        self.backend.synchronize()
+        return {k: self.backend.download(v) for k, v in self.out.items()}
+
+    def poison(self) -> None:
+        for v in self.out.values():
+            self.backend.poison(v)
+        self.backend.synchronize()
+
+    def close(self) -> None:
+        """Release device memory early (optional)."""
+        self.out = {}
+
+
+class ChainPrepared(Prepared):
+    """The unfused chain: the spec's decomposition run with the backend's primitives."""
+
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.ops = backend.ops(dtype)
+        if self.ops is None:
+            raise BackendUnavailable(f"backend {backend.name!r} has no primitive ops for {dtype}")
+        self.dev_inputs = {k: backend.upload(v) for k, v in inputs.items()}
+
+    def run(self) -> None:
+        self.out = self.spec.decompose(self.ops, **self.dev_inputs, **self.attrs)
+
+
+_loaded: dict[str, Backend] = {}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend instance called `name` (its module imported on first use)."""
+    if name not in BACKEND_MODULES:
+        raise KeyError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_MODULES)}")
+    if name not in _loaded:
+        module = importlib.import_module(BACKEND_MODULES[name])
+        _loaded.update(module.BACKENDS)
+    return _loaded[name]
+
+
+def all_backends() -> list[Backend]:
+    return [get_backend(n) for n in BACKEND_MODULES]

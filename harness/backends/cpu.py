@@ -1,0 +1,126 @@
+"""cpu: fused kernels in numba on this machine's cores; unfused chain in NumPy.
+
+The chain computes each primitive in float32 and stores its result in the storage dtype
+(float16 through NumPy, bfloat16 through ml_dtypes), as separate kernels would.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import numpy as np
+
+from harness.backends import Backend
+from harness.ops import NumpyOps
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache (sysfs), 32 MiB when it cannot be read."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in os.listdir(base):
+            try:
+                with open(f"{base}/{idx}/size") as f:
+                    s = f.read().strip()
+            except OSError:
+                continue
+            mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(s[-1], 1)
+            best = max(best, int(s.rstrip("KMG")) * mult)
+    except OSError:
+        pass
+    return best or 32 * 1024**2
+
+
+def cpu_fingerprint() -> dict:
+    mem = 0
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        pass
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem / 1024**3, 1),
+        "llc_bytes": last_level_cache_bytes(),
+        "os": platform.platform(),
+    }
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    device_kind = "cpu"
+    dtypes = ("float32", "float16", "bfloat16")
+
+    def __init__(self):
+        super().__init__()
+        self._flush_buf: np.ndarray | None = None
+
+    # 1. probe and fingerprint
+    def _probe_impl(self):
+        try:
+            import numba  # noqa: F401
+        except ImportError as e:
+            return False, f"numba is not installed ({e}); pip install 'fusebench[cpu]'"
+        return True, ""
+
+    def fingerprint(self):
+        import numba
+
+        return {"numba": numba.__version__, "numpy": np.__version__, "threads": numba.config.NUMBA_NUM_THREADS,
+                **cpu_fingerprint()}
+
+    # 2. upload and download: host arrays (Backend defaults copy them)
+
+    # 3. synchronise: numba kernels return when done (Backend default)
+
+    # 4. timer: host clock (Backend default); cold cache = write over 2x the LLC
+    def flush_cache(self):
+        if self._flush_buf is None:
+            self._flush_buf = np.empty(2 * last_level_cache_bytes() // 8, dtype=np.float64)
+        self._flush_buf.fill(1.0)
+
+    # 5. primitive ops
+    def ops(self, dtype):
+        return NumpyOps(dtype)
+
+    # 6. peak probe
+    def measure_peak(self):
+        return host_peak()
+
+
+def host_peak(copy_bytes: int = 512 * 1024**2, n: int = 2048, seconds: float = 0.5) -> dict:
+    """Best-of-repeats copy bandwidth (read + write) and float32 matmul rate, in NumPy."""
+    a = np.random.default_rng(0).standard_normal(copy_bytes // 8)
+    b = np.empty_like(a)
+    best = float("inf")
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or best == float("inf"):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    copy_gbps = 2 * a.nbytes / best / 1e9
+    x = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+    best = float("inf")
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or best == float("inf"):
+        t0 = time.perf_counter()
+        x @ x
+        best = min(best, time.perf_counter() - t0)
+    return {"copy_gbps": copy_gbps, "matmul_gflops": 2 * n**3 / best / 1e9}
+
+
+BACKENDS = {"cpu": CpuBackend()}

@@ -1,0 +1,200 @@
+"""torch peers: the same decomposition in torch eager, and under torch.compile.
+
+These are what a user would pick instead of a hand-fused kernel. Backend "torch" runs on
+the CPU, "torch_cuda" on the first CUDA device. Each primitive is the torch function a
+user would call (F.rms_norm, F.linear, ...) in the storage dtype; torch.compile fuses
+what Inductor can. Compiled functions are cached per (fusion, attributes, device) and
+Inductor's on-disk cache goes to ~/.cache/fusebench/inductor unless set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from harness.backends import Backend, Prepared
+from harness.backends.cpu import cpu_fingerprint, host_peak, last_level_cache_bytes
+from harness.dtypes import DTYPES
+from harness.ops import Ops
+
+def _torch():
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "fusebench" / "inductor"))
+    import torch
+
+    return torch
+
+
+class TorchOps(Ops):
+    """torch primitives in the storage dtype (whatever torch itself does inside)."""
+
+    def __init__(self, device: str):
+        self.name = f"torch-{device}"
+
+    def rms_norm(self, x, gamma, eps):
+        import torch.nn.functional as F
+
+        return F.rms_norm(x, (x.shape[-1],), gamma, eps)
+
+    def layer_norm(self, x, gamma, beta, eps):
+        import torch.nn.functional as F
+
+        return F.layer_norm(x, (x.shape[-1],), gamma, beta, eps)
+
+    def linear(self, x, w):
+        import torch.nn.functional as F
+
+        return F.linear(x, w)
+
+    def add(self, a, b):
+        return a + b
+
+    def mul(self, a, b):
+        return a * b
+
+    def silu(self, x):
+        import torch.nn.functional as F
+
+        return F.silu(x)
+
+    def softmax(self, x):
+        return x.softmax(dim=-1)
+
+
+class CompiledChain(Prepared):
+    """The decomposition under torch.compile (compiled while prepared, never timed)."""
+
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.fn = backend.compiled(spec, attrs)
+        self.dev_inputs = {k: backend.upload(v) for k, v in inputs.items()}
+        self.out = self.fn(**self.dev_inputs)  # the first call compiles
+        backend.synchronize()
+
+    def run(self):
+        self.out = self.fn(**self.dev_inputs)
+
+
+class TorchBackend(Backend):
+    dtypes = ("float32", "float16", "bfloat16")
+
+    def __init__(self, name: str, device: str):
+        super().__init__()
+        self.name = name
+        self.device = device
+        self.device_kind = "gpu" if device == "cuda" else "cpu"
+        self._compiled: dict = {}
+        self._flush = None
+
+    # 1. probe and fingerprint
+    def _probe_impl(self):
+        try:
+            torch = _torch()
+        except ImportError as e:
+            return False, f"torch is not installed ({e}); pip install 'fusebench[torch]'"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return False, f"torch {torch.__version__} sees no CUDA device"
+        return True, ""
+
+    def fingerprint(self):
+        torch = _torch()
+        fp = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+        if self.device == "cuda":
+            p = torch.cuda.get_device_properties(0)
+            fp.update(gpu=p.name, cuda_runtime=torch.version.cuda, gpu_memory_gib=round(p.total_memory / 1024**3, 1))
+        else:
+            fp.update(cpu_fingerprint())
+        return fp
+
+    # 2. upload and download
+    def upload(self, a):
+        torch = _torch()
+        a = np.ascontiguousarray(a)
+        if a.dtype == DTYPES["bfloat16"]:
+            t = torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+        else:
+            t = torch.from_numpy(a.copy())
+        return t.to(self.device)
+
+    def download(self, t):
+        torch = _torch()
+        t = t.detach().to("cpu")
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(DTYPES["bfloat16"]).copy()
+        return t.numpy().copy()
+
+    def poison(self, t):
+        t.fill_(float("nan"))
+
+    # 3. synchronise
+    def synchronize(self):
+        if self.device == "cuda":
+            _torch().cuda.synchronize()
+
+    # 4. timer: CUDA events on the GPU (then a device-wide sync), host clock on the CPU
+    def time_run(self, prepared):
+        if self.device != "cuda":
+            return super().time_run(prepared)
+        torch = _torch()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        prepared.run()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    def flush_cache(self):
+        torch = _torch()
+        if self._flush is None:
+            if self.device == "cuda":
+                l2 = torch.cuda.get_device_properties(0).L2_cache_size
+                self._flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
+            else:
+                self._flush = torch.empty(2 * last_level_cache_bytes(), dtype=torch.uint8)
+        self._flush.fill_(1)
+
+    # 5. primitive ops (eager chain) and the compiled chain
+    def ops(self, dtype):
+        return TorchOps(self.device)
+
+    def compiled(self, spec, attrs):
+        key = (spec.name, tuple(sorted(attrs.items())))
+        if key not in self._compiled:
+            torch = _torch()
+            ops = TorchOps(self.device)
+
+            def chain(**inputs):
+                return spec.decompose(ops, **inputs, **attrs)
+
+            self._compiled[key] = torch.compile(chain, dynamic=False)
+        return self._compiled[key]
+
+    def compiled_chain(self, spec, inputs, attrs, dtype):
+        return CompiledChain(self, spec, inputs, attrs, dtype)
+
+    # 6. peak probe
+    def measure_peak(self):
+        if self.device != "cuda":
+            return host_peak()
+        torch = _torch()
+        a = torch.empty(2**30 // 4, dtype=torch.float32, device="cuda").normal_()
+        b = torch.empty_like(a)
+        x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        copy_best = mm_best = float("inf")
+        for _ in range(20):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            b.copy_(a)
+            end.record()
+            torch.cuda.synchronize()
+            copy_best = min(copy_best, start.elapsed_time(end) / 1e3)
+            start.record()
+            x @ x
+            end.record()
+            torch.cuda.synchronize()
+            mm_best = min(mm_best, start.elapsed_time(end) / 1e3)
+        return {"copy_gbps": 2 * a.nbytes / copy_best / 1e9, "matmul_gflops_bf16": 2 * 8192**3 / mm_best / 1e9}
+
+
+BACKENDS = {"torch": TorchBackend("torch", "cpu"), "torch_cuda": TorchBackend("torch_cuda", "cuda")}

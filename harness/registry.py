@@ -1,0 +1,205 @@
+"""The registry: fusions (specs) and implementations keyed by (fusion, backend, variant).
+
+Built-in fusions live in `impls/<fusion>/`: `__init__.py` defines `SPEC`, and each
+`<backend>.py` beside it registers fused kernels with `register()` when imported.
+Third-party packages add fusions or implementations through the entry-point group
+`fusebench.impls`: the entry point names a module (imported) or a callable (called), which
+calls `register_fusion()` / `register()` the same way the built-ins do. The environment
+variable FUSEBENCH_PLUGINS names more such modules without any packaging.
+
+Derived implementations are added for every fusion without any per-fusion code:
+`reference/float64` (the decomposition in float64 NumPy), `<backend>/unfused` for each
+backend with primitive ops (the chain the fused kernels replace), and the torch peers
+`torch/eager`, `torch/compile` (and `torch_cuda/...` where a GPU is).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Callable
+
+from harness.backends import BACKEND_MODULES, ChainPrepared, get_backend
+from harness.spec import FusionSpec
+
+ENTRY_POINT_GROUP = "fusebench.impls"
+# Extra plugin modules without packaging: "pkg.module" or "pkg.module:function", comma-separated.
+PLUGINS_ENV = "FUSEBENCH_PLUGINS"
+KINDS = ("reference", "fused", "unfused", "peer")
+
+
+@dataclass
+class Implementation:
+    """One runnable implementation of a fusion on one backend.
+
+    `factory(backend, spec, inputs, attrs, dtype) -> Prepared`. `dtypes` are the storage
+    dtypes it claims; the accuracy gate holds it to every one of them."""
+
+    fusion: str
+    backend: str
+    variant: str
+    kind: str
+    factory: Callable
+    dtypes: tuple[str, ...]
+    origin: str = ""
+    doc: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.fusion}/{self.backend}/{self.variant}"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            backend = get_backend(self.backend)
+        except Exception as e:  # a backend module that cannot load is unavailable, not fatal
+            return False, f"backend {self.backend!r} failed to load: {type(e).__name__}: {e}"
+        return backend.probe()
+
+    def prepare(self, spec: FusionSpec, inputs, attrs, dtype: str):
+        backend = get_backend(self.backend)
+        backend.require()
+        return self.factory(backend, spec, inputs, attrs, dtype)
+
+
+@dataclass
+class Registry:
+    fusions: dict[str, FusionSpec] = field(default_factory=dict)
+    impls: dict[str, Implementation] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # plugins that failed to load
+
+    def add_fusion(self, spec: FusionSpec) -> None:
+        if spec.name in self.fusions and self.fusions[spec.name] is not spec:
+            raise ValueError(f"fusion {spec.name!r} registered twice")
+        self.fusions[spec.name] = spec
+
+    def add(self, impl: Implementation) -> None:
+        if impl.kind not in KINDS:
+            raise ValueError(f"{impl.key}: kind must be one of {KINDS}, not {impl.kind!r}")
+        if impl.backend not in BACKEND_MODULES:
+            raise ValueError(f"{impl.key}: unknown backend {impl.backend!r}")
+        if impl.key in self.impls:
+            raise ValueError(f"implementation {impl.key} registered twice "
+                             f"({self.impls[impl.key].origin} and {impl.origin})")
+        self.impls[impl.key] = impl
+
+    def select(self, fusions=None, backends=None, variants=None, kinds=None) -> list[Implementation]:
+        """Implementations matching every filter given (None means all), in a stable order."""
+        out = []
+        for impl in self.impls.values():
+            if fusions and impl.fusion not in fusions:
+                continue
+            if backends and impl.backend not in backends:
+                continue
+            if variants and impl.variant not in variants:
+                continue
+            if kinds and impl.kind not in kinds:
+                continue
+            out.append(impl)
+        order = {b: i for i, b in enumerate(BACKEND_MODULES)}
+        return sorted(out, key=lambda i: (i.fusion, KINDS.index(i.kind), order[i.backend], i.variant))
+
+
+# Everything declared by imported modules; each discover() builds a Registry from it.
+_declared_fusions: dict[str, FusionSpec] = {}
+_declared_impls: dict[str, Implementation] = {}
+
+
+def register_fusion(spec: FusionSpec) -> None:
+    """Declare a fusion (third-party plugins; built-ins are found by their SPEC)."""
+    old = _declared_fusions.get(spec.name)
+    if old is not None and old is not spec and old.doc != spec.doc:
+        raise ValueError(f"fusion {spec.name!r} declared twice")
+    _declared_fusions[spec.name] = spec
+
+
+def register(impl: Implementation) -> None:
+    """Declare an implementation; declaring the same key again from the same module is a no-op."""
+    old = _declared_impls.get(impl.key)
+    if old is not None and old.origin != impl.origin:
+        raise ValueError(f"implementation {impl.key} declared twice ({old.origin} and {impl.origin})")
+    _declared_impls[impl.key] = impl
+
+
+def _chain_factory(backend, spec, inputs, attrs, dtype):
+    return ChainPrepared(backend, spec, inputs, attrs, dtype)
+
+
+def _add_derived(reg: Registry, spec: FusionSpec) -> None:
+    derived = [
+        ("reference", "float64", "reference", ("float32", "float16", "bfloat16"), _chain_factory),
+        ("cpu", "unfused", "unfused", spec.dtypes, _chain_factory),
+        ("wgsl", "unfused", "unfused", spec.dtypes, _chain_factory),
+        ("cuda", "unfused", "unfused", spec.dtypes, _chain_factory),
+    ]
+    for peer in ("torch", "torch_cuda"):
+        derived.append((peer, "eager", "peer", spec.dtypes, _chain_factory))
+        derived.append((peer, "compile", "peer", spec.dtypes, _compile_factory))
+    for backend, variant, kind, dtypes, factory in derived:
+        key = f"{spec.name}/{backend}/{variant}"
+        if key not in reg.impls:
+            reg.add(Implementation(spec.name, backend, variant, kind, factory,
+                                   tuple(d for d in dtypes if d in spec.dtypes), origin="derived"))
+
+
+def _compile_factory(backend, spec, inputs, attrs, dtype):
+    return backend.compiled_chain(spec, inputs, attrs, dtype)
+
+
+def _load_object(spec: str):
+    module, _, attr = spec.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
+
+
+def discover(entry_points: bool = True) -> Registry:
+    """Build the registry: built-in fusions, then plugins, then the derived implementations.
+
+    A plugin that fails to load, or declares something inconsistent, is recorded in
+    `problems` and skipped; the rest of the registry still loads."""
+    import impls
+
+    problems: list[str] = []
+    for info in sorted(pkgutil.iter_modules(impls.__path__), key=lambda m: m.name):
+        if not info.ispkg:
+            continue
+        pkg = importlib.import_module(f"impls.{info.name}")
+        spec = getattr(pkg, "SPEC", None)
+        if not isinstance(spec, FusionSpec):
+            problems.append(f"impls/{info.name}: no SPEC FusionSpec in __init__.py")
+            continue
+        register_fusion(spec)
+        for backend in BACKEND_MODULES:
+            try:
+                importlib.import_module(f"impls.{info.name}.{backend}")
+            except ModuleNotFoundError as e:
+                if e.name != f"impls.{info.name}.{backend}":
+                    raise
+    plugins = []
+    if entry_points:
+        plugins += [(f"plugin {ep.name} ({ep.value})", ep.load) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    for name in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
+        plugins.append((f"plugin {name} (from ${PLUGINS_ENV})", lambda name=name: _load_object(name)))
+    for label, load in plugins:
+        try:
+            obj = load()
+            if callable(obj):
+                obj()
+        except Exception as e:  # a broken plugin must not take the registry down
+            problems.append(f"{label}: {type(e).__name__}: {e}")
+    reg = Registry(problems=problems)
+    for spec in _declared_fusions.values():
+        reg.add_fusion(spec)
+    for impl in _declared_impls.values():
+        if impl.fusion not in reg.fusions:
+            problems.append(f"{impl.key} ({impl.origin}): unknown fusion {impl.fusion!r}; skipped")
+            continue
+        try:
+            reg.add(impl)
+        except ValueError as e:
+            problems.append(str(e))
+    for spec in reg.fusions.values():
+        _add_derived(reg, spec)
+    return reg

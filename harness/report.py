@@ -1,0 +1,139 @@
+"""Results files -> one self-contained HTML report (no network needed to view it).
+
+Runs from any number of machines and commits are merged; for each (machine, fusion,
+case, dtype, implementation) the newest record is shown. Speedups compare medians from
+the same machine: over the unfused chain on the same backend, and over the torch peers
+on the same device class (harness.backends.TORCH_PEER_OF). Committed runs from real
+hardware under reports/data/ are merged in unless asked not to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from harness.backends import TORCH_PEER_OF
+from harness.results import REPO_ROOT, merge, read_records
+
+COMMITTED_DATA = REPO_ROOT / "reports" / "data"
+IDENTITY = ("machine", "fusion", "case", "dtype", "backend", "variant")
+
+
+def _latest(records: list[dict]) -> list[dict]:
+    best: dict[tuple, dict] = {}
+    for r in records:
+        k = tuple(r.get(f) for f in IDENTITY)
+        if k not in best or str(r.get("timestamp", "")) >= str(best[k].get("timestamp", "")):
+            best[k] = r
+    return list(best.values())
+
+
+def _geomean(xs) -> float | None:
+    xs = [x for x in xs if x and x > 0 and math.isfinite(x)]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def build_rows(records: list[dict]) -> list[dict]:
+    """Measured/checked rows with their speedups over the chain and the torch peers."""
+    latest = _latest([r for r in records if r.get("status") != "unavailable"])
+    index = {tuple(r.get(f) for f in IDENTITY): r for r in latest}
+
+    def median_of(r, backend, variant):
+        other = index.get((r["machine"], r["fusion"], r["case"], r["dtype"], backend, variant))
+        return other.get("median_s") if other and other.get("verdict") == "pass" else None
+
+    rows = []
+    for r in latest:
+        med = r.get("median_s")
+        peer = TORCH_PEER_OF.get(r["backend"], "torch")
+        base = {
+            "chain": median_of(r, r["backend"], "unfused"),
+            "eager": median_of(r, peer, "eager"),
+            "compile": median_of(r, peer, "compile"),
+        }
+        speed = {k: (v / med if v and med else None) for k, v in base.items()}
+        rows.append({**r, "speedup_chain": speed["chain"], "speedup_eager": speed["eager"],
+                     "speedup_compile": speed["compile"], "details": _details(r)})
+    rows.sort(key=lambda r: (r["fusion"], r["case"], r["dtype"], r["machine"], r["backend"], r["variant"]))
+    return rows
+
+
+def _details(r: dict) -> str:
+    fp = r.get("fingerprint", {})
+    bfp = fp.get("backends", {}).get(r["backend"], {})
+    parts = [f"machine {r.get('machine')} ({fp.get('cpu', '?')}, {fp.get('cores', '?')} cores)",
+             f"commit {str(r.get('commit', '?'))[:10]}{' (dirty)' if r.get('dirty') else ''}",
+             f"run {r.get('run_id')} at {r.get('timestamp')}"]
+    if bfp:
+        parts.append("backend " + ", ".join(f"{k}={v}" for k, v in bfp.items() if not isinstance(v, (dict, list))))
+    if r.get("n"):
+        parts.append(f"{r['n']} samples, noise {100 * r.get('noise', 0):.2f}%, mode {r.get('time', {}).get('mode')}")
+    parts.append(f"seed {r.get('seed')}, params {json.dumps(r.get('params'))}")
+    if r.get("reason"):
+        parts.append(f"reason: {r['reason']}")
+    return "\n".join(parts)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per machine and backend: pass rate, fast_p, geometric-mean speedups."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["kind"] in ("fused", "unfused", "peer"):
+            groups.setdefault((r["machine"], r["backend"]), []).append(r)
+    out = []
+    for (machine, backend), rs in sorted(groups.items()):
+        fused = [r for r in rs if r["kind"] == "fused"]
+        judged = [r for r in rs if r.get("verdict")]
+        out.append({
+            "machine": machine, "backend": backend, "n": len(rs),
+            "pass_rate": sum(r["verdict"] == "pass" for r in judged) / len(judged) if judged else None,
+            "fast_1": _fast(fused, 1.0), "fast_12": _fast(fused, 1.2),
+            "gm_chain": _geomean(r["speedup_chain"] for r in fused),
+            "gm_eager": _geomean(r["speedup_eager"] for r in fused),
+            "gm_compile": _geomean(r["speedup_compile"] for r in fused),
+        })
+    return out
+
+
+def _fast(fused: list[dict], p: float) -> float | None:
+    timed = [r for r in fused if r.get("median_s")]
+    if not timed:
+        return None
+    return sum(r.get("verdict") == "pass" and (r.get("speedup_chain") or 0) > p for r in timed) / len(timed)
+
+
+def _machines(records: list[dict]) -> list[dict]:
+    seen = {}
+    for r in records:
+        seen.setdefault(r.get("machine"), r.get("fingerprint", {}))
+    return [{"name": k, "fingerprint": json.dumps(v, indent=1, default=str)} for k, v in sorted(seen.items(), key=lambda kv: str(kv[0]))]
+
+
+def write_report(paths, output: Path, include_committed: bool = True) -> Path:
+    paths = list(paths)
+    if include_committed and COMMITTED_DATA.is_dir() and any(COMMITTED_DATA.rglob("*.jsonl")):
+        paths.append(COMMITTED_DATA)
+    loaded = read_records(paths)
+    records = merge(loaded.records)
+    rows = build_rows(records)
+    env = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    env.filters["ms"] = lambda s: "" if s is None else (f"{s * 1e3:.3f}" if s < 10 else f"{s * 1e3:.0f}")
+    env.filters["x"] = lambda v: "" if v is None else f"{v:.2f}×"
+    env.filters["g"] = lambda v: "" if v is None else f"{v:.3g}"
+    env.filters["pct"] = lambda v: "" if v is None else f"{100 * v:.0f}%"
+    page = env.get_template("report.html.j2").render(
+        generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        sources=[str(p) for p in paths], problems=loaded.problems,
+        summary=summarize(rows), fusions=sorted({r["fusion"] for r in rows}), rows=rows,
+        unavailable=sorted(_latest([r for r in records if r.get("status") == "unavailable"]),
+                           key=lambda r: (r["machine"], r["impl"])),
+        machines=_machines(records))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(output)
+    return output

@@ -1,0 +1,148 @@
+"""The check / bench loop shared by every CLI command.
+
+For each (case, dtype): make fresh inputs once, compute the float64 reference and the
+same-dtype NumPy chain (the accuracy yardstick), then for each selected implementation:
+prepare (upload, compile; untimed), poison outputs, run, judge; when benchmarking, time
+with `harness.timing.measure`, then poison, run and judge again (a kernel that is only
+right on its first call fails). Each finished record goes to `on_record` at once.
+
+An implementation that raises is recorded as an error with its reason and the loop goes
+on; one whose backend is unavailable on this machine is recorded once as unavailable.
+"""
+
+from __future__ import annotations
+
+import traceback
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from harness.accuracy import judge
+from harness.backends import get_backend
+from harness.cases import Case
+from harness.ops import NumpyOps
+from harness.registry import Implementation, Registry
+
+
+@dataclass
+class Options:
+    bench: bool = False
+    seed: int = 0
+    budget_s: float = 0.5
+    warmup_s: float = 0.05
+    min_samples: int = 10
+    target_noise: float = 0.01
+    cold: bool = True
+    dtypes: tuple[str, ...] | None = None
+    value_shape: str = "normal"  # harness.spec.VALUE_SHAPES
+
+
+@dataclass
+class Job:
+    case: Case
+    dtype: str
+    impls: list[Implementation] = field(default_factory=list)
+
+
+def plan(cases: list[Case], impls: list[Implementation], dtypes=None) -> list[Job]:
+    """One job per (case, dtype) with the implementations that claim that dtype."""
+    jobs = []
+    for case in cases:
+        for dtype in case.dtypes:
+            if dtypes and dtype not in dtypes:
+                continue
+            chosen = [i for i in impls if i.fusion == case.fusion and dtype in i.dtypes]
+            if chosen:
+                jobs.append(Job(case, dtype, chosen))
+    return jobs
+
+
+def case_seed(case: Case, dtype: str, seed: int) -> int:
+    return zlib.crc32(f"{case.fusion}/{case.id}/{dtype}/{seed}".encode())
+
+
+def unavailable_records(impls: list[Implementation]) -> tuple[list[dict], list[Implementation]]:
+    """(records for the implementations this machine cannot run, the ones it can)."""
+    records, usable = [], []
+    for impl in impls:
+        ok, why = impl.available()
+        if ok:
+            usable.append(impl)
+        else:
+            records.append({**_impl_fields(impl), "case": "-", "dtype": "-", "status": "unavailable", "reason": why})
+    return records, usable
+
+
+def _impl_fields(impl: Implementation) -> dict:
+    return {"fusion": impl.fusion, "backend": impl.backend, "variant": impl.variant, "kind": impl.kind,
+            "impl": impl.key}
+
+
+def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], None],
+            on_impl: Callable[[Implementation], None] = lambda i: None) -> None:
+    from harness.timing import measure
+
+    case, dtype = job.case, job.dtype
+    spec = reg.fusions[case.fusion]
+    dims, attrs = spec.split(case.params)
+    seed = case_seed(case, dtype, opts.seed)
+    inputs = spec.make_inputs(dims, dtype, seed, opts.value_shape)
+    pristine = {k: v.copy() for k, v in inputs.items()}
+    reference = spec.decompose(NumpyOps("float64"), **inputs, **attrs)
+    chain = spec.decompose(NumpyOps(dtype), **inputs, **attrs)
+    cost = spec.cost(dims, dtype)
+    bound = spec.nmse_bound[dtype]
+    for impl in job.impls:
+        on_impl(impl)
+        rec = {**_impl_fields(impl), "case": case.id, "model": case.model, "params": case.params, "dtype": dtype,
+               "seed": seed, "bytes": cost.bytes, "flops": cost.flops, "case_file": f"{case.file}:{case.line}"}
+        prepared = None
+        try:
+            backend = get_backend(impl.backend)
+            prepared = impl.prepare(spec, inputs, attrs, dtype)
+            prepared.poison()
+            prepared.run()
+            verdict = judge(prepared.outputs(), reference, chain, dtype, bound, spec.k_vs_chain)
+            reasons = list(verdict.reasons)
+            changed = [k for k in inputs if not np.array_equal(inputs[k].view(np.uint8), pristine[k].view(np.uint8))]
+            if changed:
+                reasons.append(f"inputs modified by the kernel: {', '.join(changed)}")
+                for k in changed:
+                    inputs[k][...] = pristine[k]
+            if opts.bench:
+                t = measure(backend, prepared, budget_s=opts.budget_s, warmup_s=opts.warmup_s,
+                            min_samples=opts.min_samples, target_noise=opts.target_noise, cold=opts.cold)
+                prepared.poison()
+                prepared.run()
+                after = judge(prepared.outputs(), reference, chain, dtype, bound, spec.k_vs_chain)
+                if not after.passed:
+                    reasons.append("after the timing loop: " + "; ".join(after.reasons))
+                rec.update(_timing_fields(t, cost, backend, dtype))
+            rec.update(status="ok" if not reasons else "fail", verdict="pass" if not reasons else "fail",
+                       reason="; ".join(reasons), **verdict.worst.as_dict(),
+                       chain_nmse=max(verdict.chain_nmse.values(), default=None),
+                       outputs={k: m.as_dict() for k, m in verdict.metrics.items()})
+        except Exception as e:  # one broken kernel must not take the run down
+            tb = traceback.format_exc(limit=6)
+            rec.update(status="error", verdict="fail", reason=f"{type(e).__name__}: {e}", traceback=tb)
+        finally:
+            if prepared is not None:
+                prepared.close()
+        on_record(rec)
+
+
+def _timing_fields(t, cost, backend, dtype: str) -> dict:
+    peak = backend.peak()
+    gbps = cost.bytes / t.median / 1e9
+    gflops = cost.flops / t.median / 1e9
+    bw = peak.get("copy_gbps")
+    fl = peak.get(f"matmul_gflops_{dtype}") or peak.get("matmul_gflops")
+    frac_bw = gbps / bw if bw else None
+    frac_flops = gflops / fl if fl else None
+    fracs = [f for f in (frac_bw, frac_flops) if f is not None]
+    return {"time": t.as_dict(), "median_s": t.median, "p20_s": t.p20, "p80_s": t.p80, "min_s": t.min,
+            "n": t.n, "noise": t.noise, "gbps": gbps, "gflops": gflops, "peak": peak, "frac_bw": frac_bw,
+            "frac_flops": frac_flops, "frac_peak": max(fracs) if fracs else None,
+            "invalid": bool(fracs and max(fracs) > 1.0)}

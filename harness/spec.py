@@ -1,0 +1,117 @@
+"""FusionSpec: what a fusion is, written once.
+
+A spec names the fusion's dimensions and scalar attributes, makes its inputs, holds its
+decomposition over `harness.ops` primitives, its cost model (fewest bytes moved, flops),
+its accuracy bounds and the hypothesis strategies its property tests draw from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from harness.dtypes import np_dtype
+
+# Value shapes every spec's activations can be drawn with (DESIGN.md, property tests).
+VALUE_SHAPES = ("normal", "large", "outliers", "near_constant")
+
+# NMSE bound per output dtype: a fused kernel must be under it *and* within k x the error
+# of the same-dtype unfused chain (harness.accuracy).
+DEFAULT_NMSE_BOUND = {"float32": 1e-9, "float16": 1e-5, "bfloat16": 3e-4, "float64": 1e-20}
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The least work any implementation must do: each input read once, each output
+    written once (bytes), and the arithmetic of the math itself (flops)."""
+
+    bytes: int
+    flops: int
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes if self.bytes else 0.0
+
+
+@dataclass
+class FusionSpec:
+    """One fusion. `decompose(ops, **inputs, **attrs) -> {output: array}`;
+    `make_inputs(dims, rng, value_shape) -> {input: float64 array}` (the spec rounds);
+    `cost(dims, itemsize) -> Cost`; `strategy()` -> hypothesis strategy of dims dicts."""
+
+    name: str
+    doc: str
+    dims: tuple[str, ...]
+    attrs: dict[str, float]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    decompose: Callable[..., dict[str, Any]]
+    make_inputs_f64: Callable[[dict[str, int], np.random.Generator, str], dict[str, np.ndarray]]
+    cost_model: Callable[[dict[str, int], int], Cost]
+    output_shapes: Callable[[dict[str, int]], dict[str, tuple[int, ...]]]
+    strategy: Callable[[], Any]
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
+    nmse_bound: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_NMSE_BOUND))
+    k_vs_chain: float = 2.0
+    validate_dims: Callable[[dict[str, int]], list[str]] = lambda dims: []
+
+    def check_params(self, params: dict[str, Any]) -> list[str]:
+        """Problems with a case's parameters, as readable sentences (empty when fine)."""
+        problems = []
+        for d in self.dims:
+            if d not in params:
+                problems.append(f"missing dimension {d!r} (a positive integer)")
+            elif isinstance(params[d], bool) or not isinstance(params[d], int) or params[d] < 1:
+                problems.append(f"dimension {d!r} must be a positive integer, got {params[d]!r}")
+        for a in self.attrs:
+            if a in params and (isinstance(params[a], bool) or not isinstance(params[a], (int, float))):
+                problems.append(f"attribute {a!r} must be a number, got {params[a]!r}")
+        known = set(self.dims) | set(self.attrs)
+        for k in params:
+            if k not in known:
+                problems.append(f"unknown parameter {k!r}; {self.name} takes {', '.join(sorted(known))}")
+        if not problems:
+            problems.extend(self.validate_dims(self.split(params)[0]))
+        return problems
+
+    def split(self, params: dict[str, Any]) -> tuple[dict[str, int], dict[str, float]]:
+        """params -> (dims, attrs with defaults filled in)."""
+        dims = {d: int(params[d]) for d in self.dims}
+        attrs = {a: float(params.get(a, default)) for a, default in self.attrs.items()}
+        return dims, attrs
+
+    def make_inputs(self, dims: dict[str, int], dtype: str, seed: int,
+                    value_shape: str = "normal") -> dict[str, np.ndarray]:
+        """Fresh random inputs, already rounded to `dtype` (host NumPy arrays)."""
+        rng = np.random.default_rng(seed)
+        raw = self.make_inputs_f64(dims, rng, value_shape)
+        dt = np_dtype(dtype)
+        return {k: np.ascontiguousarray(raw[k].astype(dt)) for k in self.inputs}
+
+    def cost(self, dims: dict[str, int], dtype: str) -> Cost:
+        return self.cost_model(dims, np_dtype(dtype).itemsize)
+
+
+def activations(rng: np.random.Generator, shape: tuple[int, ...], value_shape: str) -> np.ndarray:
+    """Activation-like float64 values, rows along the last axis.
+
+    normal: N(0, 1). large: N(0, 1) * 300 (sums of squares overflow float16).
+    outliers: N(0, 1) with a few channels 100x larger, as real LLM activations have.
+    near_constant: each row a constant plus 1e-3 relative noise.
+    """
+    x = rng.standard_normal(shape)
+    if value_shape == "normal":
+        return x
+    if value_shape == "large":
+        return x * 300.0
+    if value_shape == "outliers":
+        h = shape[-1]
+        cols = rng.choice(h, size=max(1, h // 64), replace=False)
+        x[..., cols] *= 100.0
+        return x
+    if value_shape == "near_constant":
+        c = rng.uniform(0.5, 2.0, size=shape[:-1] + (1,)) * rng.choice([-1.0, 1.0], size=shape[:-1] + (1,))
+        return c * (1.0 + 1e-3 * x)
+    raise ValueError(f"unknown value shape {value_shape!r}; expected one of {VALUE_SHAPES}")

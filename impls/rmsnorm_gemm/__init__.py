@@ -1,0 +1,65 @@
+"""rmsnorm_gemm: the pre-attention RMSNorm fused into the packed Q/K/V projection.
+
+    y = (x * rsqrt(mean(x², axis=-1) + eps) * gamma) @ W.T
+
+    x:     (M, H)   activations (M = 1 at decode, the prompt length at prefill)
+    gamma: (H,)     RMSNorm weight
+    W:     (N, H)   packed projection, N = q_dim + 2 * kv_dim, row-major (out, in)
+    y:     (M, N)
+
+The unfused chain is two kernels: rms_norm writes the normalised (M, H) activations in
+the storage dtype, then linear reads them back. A fused kernel reads x once per row,
+keeps the normalised row on chip and never writes the (M, H) intermediate.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from harness.spec import Cost, FusionSpec, activations
+
+# Sizes that break naive tiling: 1, primes, and non-multiples of 4 / 32 / 128.
+AWKWARD = [1, 2, 3, 5, 7, 17, 31, 33, 127, 129, 130, 257]
+
+
+def decompose(ops, x, gamma, w, *, eps):
+    h = ops.rms_norm(x, gamma, eps)
+    return {"y": ops.linear(h, w)}
+
+
+def make_inputs(dims, rng, value_shape):
+    M, H, N = dims["M"], dims["H"], dims["N"]
+    return {
+        "x": activations(rng, (M, H), value_shape),
+        "gamma": 1.0 + 0.1 * rng.standard_normal(H),
+        "w": rng.standard_normal((N, H)) / H**0.5,
+    }
+
+
+def cost(dims, itemsize):
+    M, H, N = dims["M"], dims["H"], dims["N"]
+    return Cost(bytes=(M * H + H + N * H + M * N) * itemsize, flops=2 * M * N * H + 4 * M * H)
+
+
+def output_shapes(dims):
+    return {"y": (dims["M"], dims["N"])}
+
+
+def strategy():
+    size = st.one_of(st.sampled_from(AWKWARD), st.integers(1, 300))
+    return st.fixed_dictionaries({"M": st.sampled_from([1, 2, 3, 5, 8, 13]), "H": size, "N": size})
+
+
+SPEC = FusionSpec(
+    name="rmsnorm_gemm",
+    doc=__doc__,
+    dims=("M", "H", "N"),
+    attrs={"eps": 1e-5},
+    inputs=("x", "gamma", "w"),
+    outputs=("y",),
+    decompose=decompose,
+    make_inputs_f64=make_inputs,
+    cost_model=cost,
+    output_shapes=output_shapes,
+    strategy=strategy,
+)

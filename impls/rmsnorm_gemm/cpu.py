@@ -1,0 +1,121 @@
+"""rmsnorm_gemm on the CPU: one numba kernel, parallel over blocks of W rows.
+
+x: (M, H), gamma: (H,), w: (N, H) -> y: (M, N). The inverse RMS of each row is taken in
+one pass over x (M scalars); then each thread owns a block of W rows, builds the
+normalised row x[m] * s[m] * gamma in a thread-local (H,) float32 buffer and takes its
+dot products with the block. No (M, H) intermediate is ever written.
+
+float16 and bfloat16 arrive as raw 16-bit patterns; each W row is widened to float32 in
+a thread-local buffer as it is used (bfloat16 by a shift, float16 by its bit fields).
+The kernel accumulates in float32 and writes float32; rounding y to the storage dtype is
+one pass over the (M, N) output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.backends import Prepared
+from harness.dtypes import np_dtype
+from harness.registry import Implementation, register
+
+BLOCK_ROWS = 16  # W rows per parallel task: 16 * H floats stay in the core's L2
+KIND = {"float32": 0, "bfloat16": 1, "float16": 2}
+
+_kernel = None
+
+
+def _compile():
+    """Build the numba kernel on first use (numba is imported only here)."""
+    global _kernel
+    if _kernel is not None:
+        return _kernel
+    import numba as nb
+
+    @nb.njit(inline="always", fastmath=True)
+    def widen(src, dst, kind, pow2):
+        # src: (H,) float32 or uint16 bit patterns; dst: (H,) float32
+        if kind == 0:
+            for h in range(src.shape[0]):
+                dst[h] = src[h]
+        elif kind == 1:
+            bits = dst.view(np.uint32)
+            for h in range(src.shape[0]):
+                bits[h] = np.uint32(src[h]) << np.uint32(16)
+        else:
+            for h in range(src.shape[0]):
+                u = np.uint32(src[h])
+                e = (u >> np.uint32(10)) & np.uint32(31)
+                m = u & np.uint32(1023)
+                v = np.float32(m + (np.uint32(1024) if e > 0 else np.uint32(0))) * pow2[e]
+                if e == 31:
+                    v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
+                dst[h] = -v if (u & np.uint32(0x8000)) else v
+
+    @nb.njit(parallel=True, fastmath=True, cache=True)
+    def kernel(x, gamma, w, eps, kind, y):
+        M, H = x.shape
+        N = w.shape[0]
+        pow2 = np.empty(32, dtype=np.float32)  # float16 exponent e -> 2**(e - 25)
+        pow2[0] = np.float32(2.0**-24)
+        for e in range(1, 32):
+            pow2[e] = np.float32(2.0 ** (e - 25))
+        g = np.empty(H, dtype=np.float32)
+        widen(gamma, g, kind, pow2)
+        inv_rms = np.empty(M, dtype=np.float32)
+        for m in nb.prange(M):
+            row = np.empty(H, dtype=np.float32)
+            widen(x[m], row, kind, pow2)
+            ss = np.float32(0.0)
+            for h in range(H):
+                ss += row[h] * row[h]
+            inv_rms[m] = np.float32(1.0) / np.sqrt(ss / np.float32(H) + np.float32(eps))
+        nblocks = (N + BLOCK_ROWS - 1) // BLOCK_ROWS
+        for b in nb.prange(nblocks):
+            n0 = b * BLOCK_ROWS
+            n1 = min(N, n0 + BLOCK_ROWS)
+            tile = np.empty((n1 - n0, H), dtype=np.float32)
+            for j in range(n1 - n0):
+                widen(w[n0 + j], tile[j], kind, pow2)
+            xg = np.empty(H, dtype=np.float32)
+            for m in range(M):
+                widen(x[m], xg, kind, pow2)
+                s = inv_rms[m]
+                for h in range(H):
+                    xg[h] = xg[h] * s * g[h]
+                for j in range(n1 - n0):
+                    acc = np.float32(0.0)
+                    for h in range(H):
+                        acc += xg[h] * tile[j, h]
+                    y[m, n0 + j] = acc
+
+    _kernel = kernel
+    return kernel
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """float32 stays; 16-bit dtypes are passed as their uint16 bit patterns."""
+    return a if a.dtype == np.float32 else a.view(np.uint16)
+
+
+class RmsNormGemmCpu(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.kernel = _compile()
+        self.x, self.gamma, self.w = (_bits(np.ascontiguousarray(inputs[k])) for k in ("x", "gamma", "w"))
+        M, N = inputs["x"].shape[0], inputs["w"].shape[0]
+        self.out = {"y": np.empty((M, N), dtype=np_dtype(dtype))}
+        self.acc = self.out["y"] if dtype == "float32" else np.empty((M, N), dtype=np.float32)
+
+    def run(self):
+        self.kernel(self.x, self.gamma, self.w, self.attrs["eps"], KIND[self.dtype], self.acc)
+        if self.acc is not self.out["y"]:
+            self.out["y"][...] = self.acc
+
+    def poison(self):
+        self.acc.fill(np.nan)
+        super().poison()
+
+
+register(Implementation("rmsnorm_gemm", "cpu", "fused", "fused", RmsNormGemmCpu,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

@@ -1,0 +1,1 @@
+"""Deliberately broken plugins used by the tests (loaded through FUSEBENCH_PLUGINS)."""

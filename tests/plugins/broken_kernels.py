@@ -1,0 +1,67 @@
+"""Broken rmsnorm_gemm kernels on the cpu backend, each wrong in one way the gate must catch.
+
+Loaded only through FUSEBENCH_PLUGINS=tests.plugins.broken_kernels (never shipped).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.backends import Prepared
+from harness.dtypes import np_dtype, step_ulps
+from harness.ops import NumpyOps
+from harness.registry import Implementation, register
+
+
+class _Base(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.inputs = inputs
+        M, N = inputs["x"].shape[0], inputs["w"].shape[0]
+        self.out = {"y": np.empty((M, N), dtype=np_dtype(dtype))}
+
+    def exact(self):
+        """The float64 reference rounded to the storage dtype."""
+        return self.spec.decompose(NumpyOps("float64"), **self.inputs, **self.attrs)["y"]
+
+
+class Zeros(_Base):
+    def run(self):
+        self.out["y"][...] = 0
+
+
+class OneNaN(_Base):
+    def run(self):
+        self.out["y"][...] = self.exact()
+        self.out["y"].flat[self.out["y"].size // 2] = np.nan
+
+
+class Unwritten(_Base):
+    """Writes every element but the last one (which keeps the poison)."""
+
+    def run(self):
+        y = self.out["y"].reshape(-1)
+        y[:-1] = self.exact().reshape(-1)[:-1]
+
+
+class OneUlp(_Base):
+    """Correct to one unit in the last place: must pass."""
+
+    def run(self):
+        self.out["y"][...] = step_ulps(self.exact(), self.dtype, 1)
+
+
+class WrongShape(_Base):
+    def run(self):
+        self.out["y"] = self.exact().astype(self.out["y"].dtype)[:, :-1]
+
+
+class Raises(_Base):
+    def run(self):
+        raise RuntimeError("this kernel always fails")
+
+
+for cls, variant in [(Zeros, "broken_zeros"), (OneNaN, "broken_nan"), (Unwritten, "broken_unwritten"),
+                     (OneUlp, "one_ulp"), (WrongShape, "broken_shape"), (Raises, "broken_raises")]:
+    register(Implementation("rmsnorm_gemm", "cpu", variant, "fused", cls, ("float32", "float16", "bfloat16"),
+                            origin=__name__, doc=cls.__doc__ or ""))

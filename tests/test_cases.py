@@ -1,0 +1,53 @@
+"""The case loader: shipped files load; bad files are refused with file:line and why."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.cases import CaseError, load_cases, load_file, select
+
+GOOD = """model = "t"
+[[case]]
+fusion = "rmsnorm_gemm"
+name = "a"
+M = 2
+H = 8
+N = 4
+"""
+
+
+def test_shipped_cases_load(registry):
+    cases = load_cases(registry)
+    ids = {c.id for c in cases}
+    assert {"llama3_8b.decode", "llama3_8b.prefill", "qwen2_5_0_5b.decode", "qwen2_5_0_5b.prefill"} <= ids
+    llama = next(c for c in cases if c.id == "llama3_8b.decode")
+    assert llama.params["H"] == 4096 and llama.params["N"] == 6144 and llama.params["M"] == 1
+    assert select(cases, suite="smoke") and all("smoke" in c.suites for c in select(cases, suite="smoke"))
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("[[case]\nfusion = 'x'", 1, "TOML syntax error"),
+    (GOOD.replace('"rmsnorm_gemm"', '"no_such"'), 2, "unknown fusion 'no_such'"),
+    (GOOD.replace("M = 2\n", ""), 2, "missing dimension 'M'"),
+    (GOOD.replace("M = 2", "M = -3"), 2, "'M' must be a positive integer"),
+    (GOOD.replace("M = 2", "M = 2.5"), 2, "'M' must be a positive integer"),
+    (GOOD + 'dtypes = ["float8"]\n', 2, "unknown dtype 'float8'"),
+    (GOOD + "K = 3\n", 2, "unknown parameter 'K'"),
+    (GOOD + GOOD.split("\n", 1)[1].replace("M = 2", "M = 0"), 8, "'M' must be a positive integer"),
+    (GOOD + 'suites = ["nightly"]\n', 2, "suites must be"),
+    ("model = 'x'\n", 1, "no [[case]] tables"),
+])
+def test_bad_case_files_name_file_line_and_problem(registry, tmp_path, text, line, words):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(CaseError) as e:
+        load_file(f, registry)
+    assert str(e.value).startswith(f"{f}:{line}"), str(e.value)
+    assert words in str(e.value)
+
+
+def test_good_file_loads(registry, tmp_path):
+    f = tmp_path / "good.toml"
+    f.write_text(GOOD)
+    (case,) = load_file(f, registry)
+    assert case.id == "good.a" and case.dtypes == ("float32", "float16", "bfloat16") and "full" in case.suites

@@ -1,0 +1,43 @@
+"""Property tests: every available implementation of every fusion, on shapes and values
+drawn from the spec's strategies (awkward sizes, outliers, large and near-constant rows),
+must pass the accuracy gate against the float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.cases import Case
+from harness.registry import discover
+from harness.runner import Job, Options, run_job
+from harness.spec import VALUE_SHAPES
+
+REGISTRY = discover()
+IMPLS = [i for i in REGISTRY.select(kinds=("fused", "unfused", "peer")) if not i.origin.startswith("tests.")]
+# torch.compile recompiles per new shape (seconds each): fewer examples keep CI short.
+EXAMPLES = {"compile": 4}
+
+
+def check_case(impl, dims, dtype, value_shape, seed):
+    case = Case(impl.fusion, "prop.case", "property", dict(dims), (dtype,), ("smoke",), "<hypothesis>", 0)
+    records = []
+    run_job(REGISTRY, Job(case, dtype, [impl]), Options(seed=seed, value_shape=value_shape), records.append)
+    return records[0]
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.key)
+def test_passes_gate_on_drawn_cases(impl):
+    ok, why = impl.available()
+    if not ok:
+        pytest.skip(why)
+    spec = REGISTRY.fusions[impl.fusion]
+
+    @settings(max_examples=min(EXAMPLES.get(impl.variant, 10**6), settings().max_examples))
+    @given(dims=spec.strategy(), dtype=st.sampled_from(impl.dtypes), value_shape=st.sampled_from(VALUE_SHAPES),
+           seed=st.integers(0, 2**16))
+    def prop(dims, dtype, value_shape, seed):
+        rec = check_case(impl, dims, dtype, value_shape, seed)
+        assert rec["status"] == "ok", f"{impl.key} {dims} {dtype} {value_shape} seed={seed}: {rec['reason']}"
+
+    prop()
