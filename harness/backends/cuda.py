@@ -1,0 +1,462 @@
+"""cuda: fused kernels in CUDA C++ (CuPy RawModule); unfused chain in CuPy + cuBLAS.
+
+Storage on the device: float32 and float16 as CuPy arrays of that dtype; bfloat16, which
+CuPy has no dtype for, as uint16 arrays holding the bit patterns (every uint16 buffer of
+this backend is a bfloat16 buffer). download() returns NumPy arrays of the storage dtype
+(bfloat16 as an `ml_dtypes.bfloat16` view).
+
+The chain computes every primitive in float32 and stores its result in the storage dtype:
+rms_norm, add, mul, silu and softmax are small header-free CUDA kernels (CHAIN_SOURCE
+below, one per op and dtype), linear is cuBLAS `gemmEx` with float32 compute
+(CUBLAS_COMPUTE_32F: no TF32, no half-precision accumulation) on float32/float16/bfloat16
+data, which is what a framework's linear layer calls.
+
+CuPy is imported inside methods only. The code uses no API specific to one CuPy wheel, so
+cupy-cuda12x and cupy-cuda13x both work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.backends import Backend, BackendUnavailable
+from harness.ops import Ops
+
+# storage dtype -> (kernel suffix, CuPy dtype name, cudaDataType for cuBLAS)
+_CUDA_R_32F, _CUDA_R_16F, _CUDA_R_16BF = 0, 2, 14
+STORAGE = {
+    "float32": ("f32", "float32", _CUDA_R_32F),
+    "float16": ("f16", "float16", _CUDA_R_16F),
+    "bfloat16": ("bf16", "uint16", _CUDA_R_16BF),
+}
+BF16_NAN_BITS = 0x7FC0
+_CUBLAS_OP_N, _CUBLAS_OP_T = 0, 1
+_CUBLAS_COMPUTE_32F = 68
+_CUBLAS_GEMM_DEFAULT = -1
+
+
+def storage_dtype(dtype: str):
+    """The CuPy dtype that holds `dtype` on the device (bfloat16 -> uint16 bit patterns)."""
+    import cupy as cp
+
+    try:
+        return cp.dtype(STORAGE[dtype][1])
+    except KeyError:
+        raise BackendUnavailable(f"cuda: no device storage for dtype {dtype!r}") from None
+
+
+def _version(v: int) -> str:
+    """CUDA's 1000*major + 10*minor encoding -> "major.minor"."""
+    return f"{v // 1000}.{(v % 1000) // 10}" if v else "unknown"
+
+
+def gemm_ex(a, b, out, a_type: int) -> None:
+    """out(M, N) = a(M, K) @ b(N, K).T with cuBLAS gemmEx, float32 compute.
+
+    Row-major trick: cuBLAS is column-major, so compute out.T (N x M, ld N) =
+    b (seen column-major as K x N, ld K) transposed @ a (seen as K x M, ld K)."""
+    import cupy as cp
+    from cupy.cuda import cublas
+
+    M, K = a.shape
+    N = b.shape[0]
+    if b.shape[1] != K or out.shape != (M, N):
+        raise ValueError(f"gemm_ex: shapes {a.shape} @ {b.shape}.T -> {out.shape} do not match")
+    for arr in (a, b, out):
+        if not arr.flags.c_contiguous:
+            raise ValueError("gemm_ex needs C-contiguous arrays")
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        out.fill(0)
+        return
+    alpha = np.array(1.0, dtype=np.float32)
+    beta = np.array(0.0, dtype=np.float32)
+    handle = cp.cuda.device.get_cublas_handle()
+    mode = cublas.getPointerMode(handle)  # alpha and beta are host pointers
+    cublas.setPointerMode(handle, 0)  # CUBLAS_POINTER_MODE_HOST
+    try:
+        cublas.gemmEx(handle, _CUBLAS_OP_T, _CUBLAS_OP_N, N, M, K,
+                      alpha.ctypes.data, b.data.ptr, a_type, K,
+                      a.data.ptr, a_type, K,
+                      beta.ctypes.data, out.data.ptr, a_type, N,
+                      _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+    finally:
+        cublas.setPointerMode(handle, mode)
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    device_kind = "gpu"
+    dtypes = ("float32", "float16", "bfloat16")
+
+    def __init__(self):
+        super().__init__()
+        self._flush_buf = None
+        self._flush_val = 0
+        self._chain_module = None
+
+    # 1. probe and fingerprint ----------------------------------------------------------
+    def _probe_impl(self):
+        try:
+            import cupy as cp
+        except Exception as e:  # ImportError, or a broken wheel
+            return False, f"cupy is not installed ({type(e).__name__}: {e}); pip install 'fusebench[cuda]'"
+        try:
+            n = cp.cuda.runtime.getDeviceCount()
+        except Exception as e:  # CUDARuntimeError: no driver, no device
+            return False, f"no CUDA device: {_short(e)}"
+        if n < 1:
+            return False, "no CUDA device: cudaGetDeviceCount() returned 0"
+        try:
+            a = cp.zeros(16, dtype=cp.float32)  # allocation + memset, no compilation
+            if float(cp.asnumpy(a).sum()) != 0.0:
+                return False, "CUDA device found, but a trivial allocation read back wrong values"
+            cp.cuda.runtime.deviceSynchronize()
+        except Exception as e:
+            return False, f"CUDA device found, but it is unusable: {_short(e)}"
+        return True, ""
+
+    def fingerprint(self):
+        import cupy as cp
+
+        rt = cp.cuda.runtime
+        dev = cp.cuda.runtime.getDevice()
+        props = rt.getDeviceProperties(dev)
+        name = props.get("name", b"")
+        name = name.decode(errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
+        return {
+            "gpu": name,
+            "compute_capability": f"{props.get('major', '?')}.{props.get('minor', '?')}",
+            "sm_count": int(props.get("multiProcessorCount", 0)),
+            "gpu_memory_gib": round(int(props.get("totalGlobalMem", 0)) / 1024**3, 1),
+            "l2_bytes": self.l2_bytes(),
+            "driver_version": _version(rt.driverGetVersion()),
+            "runtime_version": _version(rt.runtimeGetVersion()),
+            "cupy": cp.__version__,
+            "device_index": dev,
+        }
+
+    def l2_bytes(self) -> int:
+        import cupy as cp
+
+        rt = cp.cuda.runtime
+        return int(rt.deviceGetAttribute(rt.cudaDevAttrL2CacheSize, rt.getDevice()))
+
+    # 2. upload and download ------------------------------------------------------------
+    def upload(self, a):
+        import cupy as cp
+        import ml_dtypes
+
+        a = np.ascontiguousarray(a)
+        if a.dtype == np.dtype(ml_dtypes.bfloat16):
+            a = a.view(np.uint16)
+        return cp.asarray(a)
+
+    def download(self, buf):
+        import cupy as cp
+        import ml_dtypes
+
+        host = cp.asnumpy(buf)
+        if host.dtype == np.uint16:
+            return host.view(ml_dtypes.bfloat16)
+        return host
+
+    def poison(self, buf):
+        if buf.dtype == np.uint16:
+            buf.fill(BF16_NAN_BITS)
+        else:
+            buf.fill(np.nan)
+
+    # 3. synchronise --------------------------------------------------------------------
+    def synchronize(self):
+        import cupy as cp
+
+        cp.cuda.runtime.deviceSynchronize()
+
+    # 4. timer --------------------------------------------------------------------------
+    def time_run(self, prepared) -> float:
+        """Device seconds of one prepared.run().
+
+        The device is synchronised first, so the start event marks an idle device. Events
+        are recorded on the current stream around run(); a second end event is recorded on
+        the legacy default stream, which waits for all earlier work on every blocking
+        stream, so work that run() put on another stream is counted too. The later of the
+        two end events is taken, after synchronising the whole device."""
+        import cupy as cp
+
+        cp.cuda.runtime.deviceSynchronize()
+        stream = cp.cuda.get_current_stream()
+        start, end, end_all = cp.cuda.Event(), cp.cuda.Event(), cp.cuda.Event()
+        start.record(stream)
+        prepared.run()
+        end.record(stream)
+        end_all.record(cp.cuda.Stream.null)
+        cp.cuda.runtime.deviceSynchronize()
+        ms = max(cp.cuda.get_elapsed_time(start, end), cp.cuda.get_elapsed_time(start, end_all))
+        return ms / 1e3
+
+    def flush_cache(self):
+        """Overwrite a device buffer of twice the L2 size (queried from the device), so
+        that a following run starts with none of its inputs in L2."""
+        import cupy as cp
+
+        if self._flush_buf is None:
+            nbytes = 2 * max(self.l2_bytes(), 1 << 20)
+            self._flush_buf = cp.empty(nbytes // 4, dtype=cp.uint32)
+        self._flush_val ^= 0x5A5A5A5A  # a different value each time: no write can be skipped
+        self._flush_buf.fill(self._flush_val)
+
+    # 5. primitive ops ------------------------------------------------------------------
+    def ops(self, dtype):
+        if dtype not in STORAGE:
+            return None
+        return CudaOps(self, dtype)
+
+    def chain_module(self):
+        """The RawModule holding the chain's kernels (compiled once per process)."""
+        import cupy as cp
+
+        if self._chain_module is None:
+            self._chain_module = cp.RawModule(code=CHAIN_SOURCE, options=("-std=c++17",))
+        return self._chain_module
+
+    # 6. peak probe ---------------------------------------------------------------------
+    def measure_peak(self):
+        import cupy as cp
+
+        def best_ms(fn, reps=10):
+            fn()
+            cp.cuda.runtime.deviceSynchronize()
+            best = float("inf")
+            for _ in range(reps):
+                s, e = cp.cuda.Event(), cp.cuda.Event()
+                s.record()
+                fn()
+                e.record()
+                e.synchronize()
+                best = min(best, cp.cuda.get_elapsed_time(s, e))
+            return best
+
+        out = {}
+        nbytes = 1 << 30  # 1 GiB, far beyond any L2
+        a = cp.ones(nbytes // 4, dtype=cp.float32)
+        b = cp.empty_like(a)
+        ms = best_ms(lambda: b.data.copy_from_device_async(a.data, nbytes))
+        out["copy_gbps"] = 2 * nbytes / (ms / 1e3) / 1e9
+        del a, b
+
+        n = 8192
+        x = cp.random.rand(n, n, dtype=cp.float32) - 0.5
+        y = cp.empty_like(x)
+        ms = best_ms(lambda: cp.matmul(x, x, out=y), reps=5)
+        out["matmul_gflops"] = 2 * n**3 / (ms / 1e3) / 1e9
+        try:  # bfloat16 tensor-core rate through cuBLAS, float32 accumulation
+            xb = (x.view(cp.uint32) >> 16).astype(cp.uint16)
+            yb = cp.empty_like(xb)
+            ms = best_ms(lambda: gemm_ex(xb, xb, yb, _CUDA_R_16BF), reps=5)
+            out["matmul_gflops_bf16"] = 2 * n**3 / (ms / 1e3) / 1e9
+        except Exception:  # optional figure
+            pass
+        return out
+
+
+def _short(e: Exception) -> str:
+    s = str(e).strip() or type(e).__name__
+    return s.splitlines()[0]
+
+
+class CudaOps(Ops):
+    """The chain's primitives on CuPy arrays in one storage dtype (float32 compute)."""
+
+    THREADS = 256
+
+    def __init__(self, backend: CudaBackend, storage: str):
+        import cupy as cp
+
+        self.cp = cp
+        self.backend = backend
+        self.storage = storage
+        self.name = f"cuda-{storage}"
+        self.suffix, _, self.cuda_type = STORAGE[storage]
+        self.dt = storage_dtype(storage)
+        mod = backend.chain_module()
+        self.k = {op: mod.get_function(f"chain_{op}_{self.suffix}")
+                  for op in ("rms_norm", "add", "mul", "silu", "softmax")}
+
+    def _arr(self, a):
+        cp = self.cp
+        a = cp.asarray(a)
+        if a.dtype != self.dt:
+            raise TypeError(f"{self.name}: expected a {self.dt} array, got {a.dtype}")
+        return cp.ascontiguousarray(a)
+
+    def _grid(self, n: int) -> int:
+        return int(min(max(1, (n + self.THREADS - 1) // self.THREADS), 1 << 20))  # grid-stride beyond
+
+    def rms_norm(self, x, gamma, eps):
+        x, gamma = self._arr(x), self._arr(gamma)
+        H = x.shape[-1]
+        rows = x.size // H if H else 0
+        y = self.cp.empty_like(x)
+        if rows:
+            self.k["rms_norm"]((min(rows, 65535),), (self.THREADS,),
+                               (x, gamma, y, np.int32(rows), np.int32(H), np.float32(eps)))
+        return y
+
+    def linear(self, x, w):
+        x, w = self._arr(x), self._arr(w)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        y = self.cp.empty((x2.shape[0], w.shape[0]), dtype=self.dt)
+        gemm_ex(x2, w, y, self.cuda_type)
+        return y.reshape(*lead, w.shape[0])
+
+    def _binary(self, op, a, b):
+        cp = self.cp
+        a, b = cp.broadcast_arrays(self._arr(a), self._arr(b))
+        a, b = cp.ascontiguousarray(a), cp.ascontiguousarray(b)
+        y = cp.empty(a.shape, dtype=self.dt)
+        if y.size:
+            self.k[op]((self._grid(y.size),), (self.THREADS,), (a, b, y, np.int64(y.size)))
+        return y
+
+    def add(self, a, b):
+        return self._binary("add", a, b)
+
+    def mul(self, a, b):
+        return self._binary("mul", a, b)
+
+    def silu(self, x):
+        x = self._arr(x)
+        y = self.cp.empty_like(x)
+        if y.size:
+            self.k["silu"]((self._grid(y.size),), (self.THREADS,), (x, y, np.int64(y.size)))
+        return y
+
+    def softmax(self, x):
+        x = self._arr(x)
+        H = x.shape[-1]
+        rows = x.size // H if H else 0
+        y = self.cp.empty_like(x)
+        if rows:
+            self.k["softmax"]((min(rows, 65535),), (self.THREADS,), (x, y, np.int32(rows), np.int32(H)))
+        return y
+
+
+# The chain's kernels: header-free, like the fused sources (see impls/*/*.cu). Row kernels
+# use one 256-thread block per row (grid-stride over rows); elementwise kernels a
+# grid-stride loop over n elements.
+CHAIN_SOURCE = r"""
+typedef unsigned short fb_u16;
+
+__device__ __forceinline__ float fb_f16_to_f32(fb_u16 h) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f;
+}
+__device__ __forceinline__ fb_u16 fb_f32_to_f16(float f) {
+    fb_u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h;
+}
+__device__ __forceinline__ float fb_bf16_to_f32(fb_u16 h) { return __uint_as_float(((unsigned int)h) << 16); }
+__device__ __forceinline__ fb_u16 fb_f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (fb_u16)(((u >> 16) & 0x8000u) | 0x7fc0u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (fb_u16)(u >> 16);
+}
+
+struct FbF32 { typedef float T;
+    static __device__ __forceinline__ float ld(const T* p, long long i) { return p[i]; }
+    static __device__ __forceinline__ void st(T* p, long long i, float v) { p[i] = v; } };
+struct FbF16 { typedef fb_u16 T;
+    static __device__ __forceinline__ float ld(const T* p, long long i) { return fb_f16_to_f32(p[i]); }
+    static __device__ __forceinline__ void st(T* p, long long i, float v) { p[i] = fb_f32_to_f16(v); } };
+struct FbBF16 { typedef fb_u16 T;
+    static __device__ __forceinline__ float ld(const T* p, long long i) { return fb_bf16_to_f32(p[i]); }
+    static __device__ __forceinline__ void st(T* p, long long i, float v) { p[i] = fb_f32_to_bf16(v); } };
+
+#define FB_THREADS 256
+#define FB_WARPS (FB_THREADS / 32)
+
+__device__ __forceinline__ float fb_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float fb_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float fb_block_sum(float v, float* red) {
+    v = fb_warp_sum(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float t = 0.f;
+    for (int i = 0; i < FB_WARPS; ++i) t += red[i];
+    __syncthreads();
+    return t;
+}
+__device__ __forceinline__ float fb_block_max(float v, float* red) {
+    v = fb_warp_max(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float t = red[0];
+    for (int i = 1; i < FB_WARPS; ++i) t = fmaxf(t, red[i]);
+    __syncthreads();
+    return t;
+}
+
+template <class D>
+__device__ void fb_rms_norm(const typename D::T* x, const typename D::T* g, typename D::T* y,
+                            int rows, int H, float eps) {
+    __shared__ float red[FB_WARPS];
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const long long base = (long long)r * H;
+        float ss = 0.f;
+        for (int h = threadIdx.x; h < H; h += FB_THREADS) { float v = D::ld(x, base + h); ss += v * v; }
+        const float s = 1.0f / sqrtf(fb_block_sum(ss, red) / (float)H + eps);
+        for (int h = threadIdx.x; h < H; h += FB_THREADS)
+            D::st(y, base + h, D::ld(x, base + h) * s * D::ld(g, h));
+    }
+}
+
+template <class D>
+__device__ void fb_softmax(const typename D::T* x, typename D::T* y, int rows, int H) {
+    __shared__ float red[FB_WARPS];
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const long long base = (long long)r * H;
+        float mx = -__int_as_float(0x7f800000);
+        for (int h = threadIdx.x; h < H; h += FB_THREADS) mx = fmaxf(mx, D::ld(x, base + h));
+        mx = fb_block_max(mx, red);
+        float sum = 0.f;
+        for (int h = threadIdx.x; h < H; h += FB_THREADS) sum += expf(D::ld(x, base + h) - mx);
+        sum = fb_block_sum(sum, red);
+        for (int h = threadIdx.x; h < H; h += FB_THREADS)
+            D::st(y, base + h, expf(D::ld(x, base + h) - mx) / sum);
+    }
+}
+
+#define FB_CHAIN(S, D)                                                                          \
+extern "C" __global__ void __launch_bounds__(FB_THREADS) chain_rms_norm_##S(                    \
+    const D::T* x, const D::T* g, D::T* y, int rows, int H, float eps) {                        \
+    fb_rms_norm<D>(x, g, y, rows, H, eps); }                                                    \
+extern "C" __global__ void __launch_bounds__(FB_THREADS) chain_softmax_##S(                     \
+    const D::T* x, D::T* y, int rows, int H) { fb_softmax<D>(x, y, rows, H); }                  \
+extern "C" __global__ void chain_add_##S(const D::T* a, const D::T* b, D::T* y, long long n) {  \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
+         i += (long long)gridDim.x * blockDim.x) D::st(y, i, D::ld(a, i) + D::ld(b, i)); }      \
+extern "C" __global__ void chain_mul_##S(const D::T* a, const D::T* b, D::T* y, long long n) {  \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
+         i += (long long)gridDim.x * blockDim.x) D::st(y, i, D::ld(a, i) * D::ld(b, i)); }      \
+extern "C" __global__ void chain_silu_##S(const D::T* x, D::T* y, long long n) {                \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
+         i += (long long)gridDim.x * blockDim.x) {                                              \
+        const float v = D::ld(x, i); D::st(y, i, v / (1.0f + expf(-v))); } }
+
+FB_CHAIN(f32, FbF32)
+FB_CHAIN(f16, FbF16)
+FB_CHAIN(bf16, FbBF16)
+"""
+
+CHAIN_KERNELS = tuple(f"chain_{op}_{s}" for s in ("f32", "f16", "bf16")
+                      for op in ("rms_norm", "add", "mul", "silu", "softmax"))
+
+BACKENDS = {"cuda": CudaBackend()}

@@ -1,0 +1,117 @@
+"""rmsnorm_gemm in CUDA (rmsnorm_gemm.cu beside this file, loaded with CuPy's RawModule).
+
+x: (M, H), gamma: (H,), w: (N, H) -> y: (M, N), float32 accumulation, y stored in the
+storage dtype (float32, float16, bfloat16 as uint16 bit patterns).
+
+Decode (M <= GEMV_MAX_M): one kernel, `rmsnorm_gemm_gemv_<dt>`, grid (ceil(N/16), M),
+256 threads. Each block computes the inverse RMS of its row of x (x is tiny and stays in
+L2), keeps x * s * gamma in shared memory (4096 floats at a time, so any H works) and
+each of its 8 warps produces 2 outputs, reading W rows with coalesced 16-byte loads and
+finishing with a shuffle reduction. The kernel is bound by reading W once.
+
+Prefill (M > GEMV_MAX_M): `rmsnorm_gemm_rms_<dt>` writes the M inverse RMS values
+(one warp per row), then `rmsnorm_gemm_tiled_<dt>` computes 64x64 output tiles in K
+steps of 16, normalising x as its tile is loaded into shared memory; each W element
+loaded is reused by 64 rows of x. No (M, H) intermediate is written, only M floats.
+This is a plain SIMT float32 tiled kernel (shared memory, 4x4 register tile per
+thread); a Hopper tensor-core version (wgmma fed by TMA, bf16/f16 operands with f32
+accumulation, a warp-specialised pipeline) would be an order of magnitude faster at
+prefill, and is what cuBLAS reaches for the chain's GEMM.
+
+16-byte vector loads are used only when H is a multiple of the vector width (4 floats,
+8 halves) and every base pointer is 16-byte aligned; otherwise scalar loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.backends import Prepared
+from harness.registry import Implementation, register
+
+SOURCE_PATH = Path(__file__).with_name("rmsnorm_gemm.cu")
+SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+VEC = {"float32": 4, "float16": 8, "bfloat16": 8}  # elements per 16-byte load
+KERNELS = tuple(f"rmsnorm_gemm_{k}_{s}" for s in SUFFIX.values() for k in ("gemv", "rms", "tiled"))
+
+# Launch geometry; must match the #defines in rmsnorm_gemm.cu.
+GEMV_THREADS, GEMV_ROWS_PER_BLOCK = 256, 16
+RMS_THREADS, RMS_ROWS_PER_BLOCK = 256, 8
+TILED_THREADS, TILE_M, TILE_N = 256, 64, 64
+GEMV_MAX_M = 8          # up to this many rows the W-streaming GEMV wins
+MAX_GRID_Y = 65535      # the kernels loop over blockIdx.y beyond this
+
+_modules: dict[int, object] = {}
+
+
+def load_module():
+    """The compiled RawModule for the current device (compiled on first use)."""
+    import cupy as cp
+
+    dev = cp.cuda.runtime.getDevice()
+    if dev not in _modules:
+        _modules[dev] = cp.RawModule(code=SOURCE_PATH.read_text(), options=("-std=c++17",))
+    return _modules[dev]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def launch_plan(M: int, H: int, N: int, dtype: str, aligned: bool = True) -> tuple[int, list]:
+    """(vec, [(kernel name, grid, block), ...]) for one problem; no CuPy needed, so the
+    tests can check the geometry (and emulate the kernels) without a GPU. `aligned`: all
+    base pointers are 16-byte aligned."""
+    sfx = SUFFIX[dtype]
+    vec = int(aligned and H % VEC[dtype] == 0)
+    if M <= GEMV_MAX_M:
+        return vec, [(f"rmsnorm_gemm_gemv_{sfx}", (_cdiv(N, GEMV_ROWS_PER_BLOCK), min(M, MAX_GRID_Y)),
+                      (GEMV_THREADS,))]
+    return vec, [
+        (f"rmsnorm_gemm_rms_{sfx}", (_cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
+        (f"rmsnorm_gemm_tiled_{sfx}", (_cdiv(N, TILE_N), min(_cdiv(M, TILE_M), MAX_GRID_Y)), (TILED_THREADS,)),
+    ]
+
+
+class RmsNormGemmCuda(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        import cupy as cp
+
+        from harness.backends.cuda import storage_dtype
+
+        if dtype not in SUFFIX:
+            raise ValueError(f"rmsnorm_gemm/cuda: unsupported dtype {dtype!r}")
+        mod = load_module()
+        self.x, self.gamma, self.w = (backend.upload(inputs[k]) for k in ("x", "gamma", "w"))
+        M, H = self.x.shape
+        N = self.w.shape[0]
+        if self.gamma.shape != (H,) or self.w.shape != (N, H):
+            raise ValueError(f"rmsnorm_gemm/cuda: shapes x{self.x.shape} gamma{self.gamma.shape} "
+                             f"w{self.w.shape} do not match")
+        if max(M, H, N) >= 2**31:
+            raise ValueError("rmsnorm_gemm/cuda: dimensions must be below 2**31")
+        self.out = {"y": cp.empty((M, N), dtype=storage_dtype(dtype))}
+        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.gamma, self.w))
+        vec, plan = launch_plan(M, H, N, dtype, aligned)
+        eps, i32 = np.float32(attrs["eps"]), np.int32
+        y = self.out["y"]
+        if len(plan) == 1:  # decode: one GEMV kernel
+            args = [(self.x, self.gamma, self.w, y, i32(M), i32(H), i32(N), eps, i32(vec))]
+        else:               # prefill: inverse RMS, then the tiled kernel
+            self.inv_rms = cp.empty(M, dtype=cp.float32)
+            args = [(self.x, self.inv_rms, i32(M), i32(H), eps),
+                    (self.x, self.gamma, self.w, self.inv_rms, y, i32(M), i32(H), i32(N), i32(vec))]
+        self.launches = [(mod.get_function(name), grid, block, a)
+                         for (name, grid, block), a in zip(plan, args)]
+        self.vec = bool(vec)
+
+    def run(self):
+        for kernel, grid, block, args in self.launches:
+            kernel(grid, block, args)
+
+
+register(Implementation("rmsnorm_gemm", "cuda", "fused", "fused", RmsNormGemmCuda,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))
