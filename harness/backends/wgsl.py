@@ -1,0 +1,855 @@
+"""wgsl: WebGPU compute shaders (WGSL) run with wgpu-py, on whatever adapter wgpu finds.
+
+On a machine without a GPU, Mesa's lavapipe ("llvmpipe") gives a real Vulkan adapter on
+the CPU cores: fine for correctness and relative figures, not for speed.
+
+How work flows. Every kernel launch (a fused kernel's or one primitive op of the unfused
+chain) is recorded by `dispatch()` into a pending list: (pipeline, bind group, workgroup
+counts). Nothing reaches the device until `flush()`: `synchronize()`, `download()` and
+`time_run()` flush, which records all pending dispatches in one command encoder and one
+compute pass (wgpu puts the barriers between dependent dispatches) and submits it.
+`Prepared.run()` therefore never synchronises the host; it only records.
+
+`time_run(prepared)`: synchronise, run, then flush the recorded dispatches in one compute
+pass whose beginning and end write timestamps (adapter feature `timestamp-query`), resolve
+the two timestamps, map them back (which also waits for the work) and return
+(end - begin) * timestamp period in seconds. Without the feature: host clock around the
+flush and the wait.
+
+Storage dtypes. float32 is `array<f32>`. float16 is `array<f16>` (`enable f16;`) when the
+adapter has `shader-f16`, else packed two per `u32` and converted with
+`unpack2x16float`/`pack2x16float`. bfloat16 (WGSL has no such type) is always packed two
+per `u32`, widened by a 16-bit shift and rounded to nearest even on store. Packed outputs
+are written race-free with two atomics per element on the element's own half-word
+(`atomicAnd` to clear it, `atomicOr` to set it), so neighbours written by other
+invocations are never clobbered. All arithmetic is in f32.
+
+`wgsl_buffers()` builds the declarations and the `ld_<name>(i) -> f32` /
+`st_<name>(i, v)` helpers for any list of buffers in any of these storage dtypes; the
+fused kernels in impls/*/wgsl.py use it too.
+
+wgpu is imported inside the methods only; XDG_RUNTIME_DIR is set (to a private 0700
+directory) before the import when it is missing, which stops Vulkan loaders from
+complaining on stderr.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import tempfile
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from harness.backends import Backend, BackendUnavailable
+from harness.dtypes import np_dtype
+from harness.ops import Ops
+
+WG = 256  # invocations per workgroup of the primitive kernels
+MAX_GROUPS = 65535  # per grid dimension (WebGPU's default limit)
+FEATURES_WANTED = ("timestamp-query", "shader-f16")
+
+# Word of NaN patterns per storage dtype (both halves for 16-bit types).
+NAN_WORD = {"float32": 0x7FC00000, "float16": 0x7E007E00, "bfloat16": 0x7FC07FC0}
+
+
+def _import_wgpu():
+    """Import wgpu, after making sure XDG_RUNTIME_DIR names a usable 0700 directory."""
+    d = os.environ.get("XDG_RUNTIME_DIR")
+    if not d or not os.path.isdir(d):
+        d = os.path.join(tempfile.gettempdir(), f"fusebench-xdg-{os.getuid()}")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        try:
+            os.chmod(d, 0o700)
+        except OSError:
+            pass
+        os.environ["XDG_RUNTIME_DIR"] = d
+    import wgpu
+
+    return wgpu
+
+
+# ----------------------------------------------------------------------------------
+# WGSL helpers shared by the primitive ops and the fused kernels
+# ----------------------------------------------------------------------------------
+
+_BF16_FROM_F32 = """
+fn fb_bf16_bits(v: f32) -> u32 {
+  let b = bitcast<u32>(v);
+  if ((b & 0x7fffffffu) > 0x7f800000u) { return (b >> 16u) | 0x40u; }
+  return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+}
+"""
+
+
+def storage_mode(dtype: str, native_f16: bool) -> str:
+    """How a storage dtype is held in WGSL: f32, f16 (native), f16p / bf16 (packed u32)."""
+    if dtype == "float32":
+        return "f32"
+    if dtype == "float16":
+        return "f16" if native_f16 else "f16p"
+    if dtype == "bfloat16":
+        return "bf16"
+    raise BackendUnavailable(f"wgsl: no storage for dtype {dtype!r}")
+
+
+def wgsl_buffers(buffers: Sequence[tuple[str, str, str]], params_struct: str | None = None) -> str:
+    """WGSL declarations for `buffers` [(name, mode, role)], role "in" or "out", bound at
+    @binding(0..) in that order, plus `var<uniform> P: <params_struct>` at the next
+    binding when given. Emits `ld_<name>(i: u32) -> f32` for inputs and
+    `st_<name>(i: u32, v: f32)` for outputs; `enable f16;` comes first when needed."""
+    head, body = [], []
+    need_bf16 = False
+    for b, (name, mode, role) in enumerate(buffers):
+        ro = role == "in"
+        acc = "read" if ro else "read_write"
+        if mode == "f32":
+            body.append(f"@group(0) @binding({b}) var<storage, {acc}> {name}: array<f32>;")
+            body.append(f"fn ld_{name}(i: u32) -> f32 {{ return {name}[i]; }}" if ro else
+                        f"fn st_{name}(i: u32, v: f32) {{ {name}[i] = v; }}")
+        elif mode == "f16":
+            if "enable f16;" not in head:
+                head.append("enable f16;")
+            body.append(f"@group(0) @binding({b}) var<storage, {acc}> {name}: array<f16>;")
+            body.append(f"fn ld_{name}(i: u32) -> f32 {{ return f32({name}[i]); }}" if ro else
+                        f"fn st_{name}(i: u32, v: f32) {{ {name}[i] = f16(v); }}")
+        elif mode in ("f16p", "bf16"):
+            if ro:
+                body.append(f"@group(0) @binding({b}) var<storage, read> {name}: array<u32>;")
+                if mode == "f16p":
+                    body.append(f"fn ld_{name}(i: u32) -> f32 {{ "
+                                f"return unpack2x16float({name}[i >> 1u])[i & 1u]; }}")
+                else:
+                    body.append(f"fn ld_{name}(i: u32) -> f32 {{ "
+                                f"return bitcast<f32>((({name}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu) << 16u); }}")
+            else:
+                need_bf16 |= mode == "bf16"
+                conv = ("(pack2x16float(vec2<f32>(v, 0.0)) & 0xffffu)" if mode == "f16p"
+                        else "fb_bf16_bits(v)")
+                body.append(f"@group(0) @binding({b}) var<storage, read_write> {name}: array<atomic<u32>>;")
+                body.append(
+                    f"fn st_{name}(i: u32, v: f32) {{\n"
+                    f"  let sh = (i & 1u) * 16u;\n"
+                    f"  atomicAnd(&{name}[i >> 1u], ~(0xffffu << sh));\n"
+                    f"  atomicOr(&{name}[i >> 1u], {conv} << sh);\n}}")
+        else:
+            raise ValueError(f"unknown storage mode {mode!r}")
+    if params_struct:
+        body.append(f"@group(0) @binding({len(buffers)}) var<uniform> P: {params_struct};")
+    if need_bf16:
+        body.append(_BF16_FROM_F32)
+    return "\n".join(head + body) + "\n"
+
+
+def pack_params(*fields: tuple[str, float]) -> bytes:
+    """A uniform block from ("u", int) / ("f", float) fields, padded to 16 bytes."""
+    raw = b"".join(struct.pack("<I" if k == "u" else "<f", int(v) if k == "u" else float(v)) for k, v in fields)
+    return raw + b"\0" * (-len(raw) % 16)
+
+
+def grid_1d(groups: int) -> tuple[int, int, int]:
+    """`groups` workgroups as a 2-D grid within the per-dimension limit; shaders take
+    their linear index as wid.x + wid.y * nwg.x and return when it is past the end."""
+    groups = max(1, groups)
+    gx = min(groups, MAX_GROUPS)
+    return gx, -(-groups // gx), 1
+
+
+# ----------------------------------------------------------------------------------
+# device arrays
+# ----------------------------------------------------------------------------------
+
+
+class WgslArray:
+    """A device array: one GPUBuffer (size padded to a multiple of 4 bytes) with the
+    logical shape and storage dtype name. `nbytes` is the logical size."""
+
+    __slots__ = ("buffer", "shape", "dtype", "__weakref__")
+
+    def __init__(self, buffer, shape: tuple[int, ...], dtype: str):
+        self.buffer = buffer
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = dtype
+
+    @property
+    def size(self) -> int:
+        return int(math.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np_dtype(self.dtype).itemsize
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"WgslArray(shape={self.shape}, dtype={self.dtype})"
+
+
+def _padded(nbytes: int) -> int:
+    return max(16, (nbytes + 3) // 4 * 4)
+
+
+# ----------------------------------------------------------------------------------
+# primitive kernels (one dispatch per op)
+# ----------------------------------------------------------------------------------
+
+_ELEMWISE = """
+struct Params { n: u32, na: u32, nb: u32, _p: u32 }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let i = (wid.x + wid.y * nwg.x) * 256u + t;
+  if (i >= P.n) { return; }
+  @@BODY@@
+}
+"""
+_BODIES = {
+    "add": "st_y(i, ld_a(i % P.na) + ld_b(i % P.nb));",
+    "mul": "st_y(i, ld_a(i % P.na) * ld_b(i % P.nb));",
+    "silu": "let v = ld_a(i); st_y(i, v / (1.0 + exp(-v)));",
+}
+
+_FILL = """
+struct Params { n: u32, word: u32, _p0: u32, _p1: u32 }
+@group(0) @binding(0) var<storage, read_write> buf: array<u32>;
+@group(0) @binding(1) var<uniform> P: Params;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let i = (wid.x + wid.y * nwg.x) * 256u + t;
+  if (i < P.n) { buf[i] = P.word; }
+}
+"""
+
+_COPY = """
+struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
+@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+@group(0) @binding(2) var<uniform> P: Params;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let i = (wid.x + wid.y * nwg.x) * 256u + t;
+  if (i < P.n) { dst[i] = src[i]; }
+}
+"""
+
+# One workgroup per row: sum of squares reduced in workgroup memory, then the row written.
+_RMS_NORM = """
+struct Params { rows: u32, H: u32, eps: f32, one: f32 }  // one = 1.0, see below
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= P.rows) { return; }
+  let H = P.H;
+  let o = row * H;
+  var ss = 0.0;
+  for (var h = t; h < H; h += 256u) { let v = ld_x(o + h); ss += v * v; }
+  red[t] = ss;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (t < s) { red[t] += red[t + s]; }
+    workgroupBarrier();
+  }
+  // P.one rather than a literal 1.0, or the compiler may fold 1 / sqrt into an approximate
+  // reciprocal square root; this way sqrt and the division are both correctly rounded
+  let inv = P.one / sqrt(red[0] / f32(H) + P.eps);
+  for (var h = t; h < H; h += 256u) { st_y(o + h, ld_x(o + h) * inv * ld_g(h)); }
+}
+"""
+
+_SOFTMAX = """
+struct Params { rows: u32, H: u32, _p0: u32, _p1: u32 }
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= P.rows) { return; }
+  let H = P.H;
+  let o = row * H;
+  var mx = -3.4028234663852886e38;
+  for (var h = t; h < H; h += 256u) { mx = max(mx, ld_x(o + h)); }
+  red[t] = mx;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (t < s) { red[t] = max(red[t], red[t + s]); }
+    workgroupBarrier();
+  }
+  let m = red[0];
+  workgroupBarrier();
+  var se = 0.0;
+  for (var h = t; h < H; h += 256u) { se += exp(ld_x(o + h) - m); }
+  red[t] = se;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (t < s) { red[t] += red[t + s]; }
+    workgroupBarrier();
+  }
+  let inv = 1.0 / red[0];
+  for (var h = t; h < H; h += 256u) { st_y(o + h, exp(ld_x(o + h) - m) * inv); }
+}
+"""
+
+# linear, few rows (M <= GEMV_MAX_M): one workgroup per (GEMV_R output columns, row m);
+# each invocation strides over K, the partial dot products are added up in workgroup
+# memory. @@GV_WG@@ is the workgroup size (gemv_workgroup(): 16 on CPU adapters, 256 on
+# GPUs). Rows past N are clamped to N - 1 (computed, never stored).
+GEMV_R = 16
+GEMV_MAX_M = 4
+_GEMV = """
+struct Params { M: u32, K: u32, N: u32, _p: u32 }
+const WGS: u32 = @@GV_WG@@u;
+const R: u32 = 16u;
+var<workgroup> red: array<f32, @@GV_RED@@>;
+@compute @workgroup_size(@@GV_WG@@)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let m = wid.y;
+  let n0 = wid.x * R;
+  let K = P.K;
+  let N = P.N;
+  let xo = m * K;
+  var acc: array<f32, 16>;
+  var wo: array<u32, 16>;
+  for (var r = 0u; r < R; r++) { acc[r] = 0.0; wo[r] = min(n0 + r, N - 1u) * K; }
+  for (var k = t; k < K; k += WGS) {
+    let a = ld_x(xo + k);
+    for (var r = 0u; r < R; r++) { acc[r] += a * ld_w(wo[r] + k); }
+  }
+  for (var r = 0u; r < R; r++) { red[r * WGS + t] = acc[r]; }
+  workgroupBarrier();
+  if (t < R && n0 + t < N) {
+    var s = 0.0;
+    for (var i = 0u; i < WGS; i++) { s += red[t * WGS + i]; }
+    st_y(m * N + n0 + t, s);
+  }
+}
+"""
+
+# linear, many rows: 64 x 64 output tile per workgroup, K in steps of 16 through
+# workgroup memory, 4 x 4 outputs per invocation in vec4 registers (arrays indexed in
+# loops cost lavapipe 2.5x), sums in three levels as in the fused kernel.
+_TILED = """
+struct Params { M: u32, K: u32, N: u32, _p: u32 }
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+var<workgroup> As: array<f32, 1024>;
+var<workgroup> Bs: array<f32, 1024>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let M = P.M;
+  let K = P.K;
+  let N = P.N;
+  let m0 = wid.y * TM;
+  let n0 = wid.x * TN;
+  let tx = t % 16u;
+  let ty = t / 16u;
+  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
+  var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
+  for (var k0 = 0u; k0 < K; k0 += TK) {
+    for (var i = 0u; i < 4u; i++) {
+      let e = t + i * 256u;
+      let rr = e / TK;
+      let kk = e % TK;
+      let gk = k0 + kk;
+      var a = 0.0;
+      if (m0 + rr < M && gk < K) { a = ld_x((m0 + rr) * K + gk); }
+      As[kk * TM + rr] = a;
+      var b = 0.0;
+      if (n0 + rr < N && gk < K) { b = ld_w((n0 + rr) * K + gk); }
+      Bs[kk * TN + rr] = b;
+    }
+    workgroupBarrier();
+    var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < TK; kk++) {
+      let ab = kk * TM + ty * 4u;
+      let bb = kk * TN + tx * 4u;
+      let b = vec4<f32>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
+      d0 += As[ab] * b;
+      d1 += As[ab + 1u] * b;
+      d2 += As[ab + 2u] * b;
+      d3 += As[ab + 3u] * b;
+    }
+    e0 += d0; e1 += d1; e2 += d2; e3 += d3;
+    if ((k0 / TK) % 16u == 15u) {
+      c0 += e0; c1 += e1; c2 += e2; c3 += e3;
+      e0 = vec4<f32>(0.0); e1 = vec4<f32>(0.0); e2 = vec4<f32>(0.0); e3 = vec4<f32>(0.0);
+    }
+    workgroupBarrier();
+  }
+  let cs = array<vec4<f32>, 4>(c0 + e0, c1 + e1, c2 + e2, c3 + e3);
+  for (var i = 0u; i < 4u; i++) {
+    let gm = m0 + ty * 4u + i;
+    for (var j = 0u; j < 4u; j++) {
+      let gn = n0 + tx * 4u + j;
+      if (gm < M && gn < N) { st_y(gm * N + gn, cs[i][j]); }
+    }
+  }
+}
+"""
+
+
+# ----------------------------------------------------------------------------------
+# the backend
+# ----------------------------------------------------------------------------------
+
+
+class WgslBackend(Backend):
+    name = "wgsl"
+    device_kind = "gpu"
+    dtypes = ("float32", "float16", "bfloat16")
+
+    def __init__(self, native_f16: bool | None = None):
+        """`native_f16=False` forces the packed float16 path even where the adapter has
+        shader-f16 (tests use it); None uses `array<f16>` when the feature is there."""
+        super().__init__()
+        self._want_native_f16 = native_f16
+        self._adapter = None
+        self._device = None
+        self._features: tuple[str, ...] = ()
+        self._pending: list[tuple[Any, Any, tuple[int, int, int]]] = []
+        self._keepalive: list[Any] = []
+        self._pipelines: dict[tuple, Any] = {}
+        self._layouts: dict[tuple, tuple[Any, Any]] = {}
+        self._uniforms: dict[bytes, Any] = {}
+        self._ts: tuple[Any, Any, Any] | None = None
+        self._sync_bufs: tuple[Any, Any] | None = None
+        self._flush_scratch: WgslArray | None = None
+        self.timestamp_period_ns = 1.0
+
+    # 1. probe and fingerprint --------------------------------------------------------
+    def _probe_impl(self):
+        try:
+            wgpu = _import_wgpu()
+        except ImportError as e:
+            return False, f"wgpu is not installed ({e}); pip install 'fusebench[wgsl]'"
+        adapter = self._get_adapter(wgpu)
+        if adapter is None:
+            return False, ("wgpu found no adapter (no GPU driver; for a CPU adapter install "
+                           "Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1)")
+        return True, ""
+
+    def _get_adapter(self, wgpu=None):
+        if self._adapter is None:
+            wgpu = wgpu or _import_wgpu()
+            self._adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+        return self._adapter
+
+    def fingerprint(self):
+        self.require()
+        wgpu = _import_wgpu()
+        info = dict(self._get_adapter().info)
+        self.device  # noqa: B018  (creates it: features used are the device's)
+        return {
+            "wgpu": wgpu.__version__,
+            "adapter_vendor": info.get("vendor", ""),
+            "adapter_device": info.get("device", ""),
+            "adapter_description": info.get("description", ""),
+            "adapter_type": info.get("adapter_type", ""),
+            "backend_type": info.get("backend_type", ""),
+            "features": list(self._features),
+            "float16_storage": storage_mode("float16", self.native_f16),
+            "timestamp_period_ns": self.timestamp_period_ns,
+            "max_storage_binding": int(self._device.limits["max-storage-buffer-binding-size"]),
+        }
+
+    @property
+    def device(self):
+        """The GPUDevice, created on first use with the wanted features the adapter has
+        and the adapter's largest buffer limits."""
+        if self._device is None:
+            self.require()
+            adapter = self._get_adapter()
+            feats = [f for f in FEATURES_WANTED if f in adapter.features]
+            lim = adapter.limits
+            limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
+                                          "max-compute-workgroup-storage-size",
+                                          "max-compute-invocations-per-workgroup") if k in lim}
+            self._device = adapter.request_device_sync(required_features=feats, required_limits=limits)
+            self._features = tuple(feats)
+            self.timestamp_period_ns = self._query_timestamp_period()
+        return self._device
+
+    def _query_timestamp_period(self) -> float:
+        # wgpu-py 0.32 does not wrap wgpuQueueGetTimestampPeriod; call wgpu-native directly.
+        try:
+            from wgpu.backends.wgpu_native._ffi import lib
+
+            p = float(lib.wgpuQueueGetTimestampPeriod(self._device.queue._internal))
+            return p if p > 0 and math.isfinite(p) else 1.0
+        except Exception:
+            return 1.0  # WebGPU defines timestamps in nanoseconds
+
+    @property
+    def native_f16(self) -> bool:
+        self.device  # noqa: B018
+        has = "shader-f16" in self._features
+        return has if self._want_native_f16 is None else (has and self._want_native_f16)
+
+    @property
+    def has_timestamps(self) -> bool:
+        self.device  # noqa: B018
+        return "timestamp-query" in self._features
+
+    def mode(self, dtype: str) -> str:
+        """Storage mode of `dtype` on this device (see storage_mode)."""
+        return storage_mode(dtype, self.native_f16)
+
+    def gemv_workgroup(self) -> int:
+        """Invocations per workgroup of the matrix-vector kernels: 16 on a CPU adapter
+        (lavapipe: one SIMD lane per invocation, a workgroup per core; measured faster
+        than 64 or 256), 256 on a GPU."""
+        cpu = str(self._get_adapter().info.get("adapter_type", "")).lower() == "cpu"
+        return 16 if cpu else 256
+
+    def gemv_source(self, text: str, rows: int = 16) -> str:
+        """`text` with @@GV_WG@@ / @@GV_RED@@ set for this adapter."""
+        wg = self.gemv_workgroup()
+        return text.replace("@@GV_WG@@", str(wg)).replace("@@GV_RED@@", str(wg * rows))
+
+    @property
+    def max_binding(self) -> int:
+        return int(self.device.limits["max-storage-buffer-binding-size"])
+
+    # 2. upload and download --------------------------------------------------------
+    def empty(self, shape, dtype: str) -> WgslArray:
+        wgpu = _import_wgpu()
+        nbytes = int(math.prod(shape)) * np_dtype(dtype).itemsize
+        if _padded(nbytes) > self.max_binding:
+            raise BackendUnavailable(f"wgsl: array of {nbytes} bytes exceeds the adapter's storage "
+                                     f"binding limit ({self.max_binding} bytes)")
+        usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
+        return WgslArray(self.device.create_buffer(size=_padded(nbytes), usage=usage), shape, dtype)
+
+    def upload(self, a):
+        a = np.ascontiguousarray(a)
+        name = next((k for k in ("float32", "float16", "bfloat16") if a.dtype == np_dtype(k)), None)
+        if name is None:
+            raise TypeError(f"wgsl: cannot upload {a.dtype} (float32, float16 or bfloat16)")
+        out = self.empty(a.shape, name)
+        raw = a.view(np.uint8).reshape(-1)
+        if raw.size:
+            data = np.zeros(_padded(raw.size), dtype=np.uint8)
+            data[:raw.size] = raw
+            # queue writes happen before the next submission, so before any pending
+            # dispatch that could read this (new) buffer
+            self.device.queue.write_buffer(out.buffer, 0, data)
+        return out
+
+    def download(self, buf):
+        if isinstance(buf, np.ndarray):
+            return buf.copy()
+        self.flush()
+        n = buf.nbytes
+        raw = self.device.queue.read_buffer(buf.buffer, 0, _padded(n))  # waits for the work
+        arr = np.frombuffer(bytes(raw), dtype=np.uint8)[:n]
+        return arr.view(np_dtype(buf.dtype)).reshape(buf.shape).copy()
+
+    def poison(self, buf):
+        """NaN in every element (quiet-NaN bit patterns), recorded as a fill dispatch so
+        that it stays in order with the pending work."""
+        if isinstance(buf, np.ndarray):
+            buf[...] = np.nan
+            return
+        self.fill_words(buf, NAN_WORD[buf.dtype])
+
+    def fill_words(self, buf: WgslArray, word: int) -> None:
+        n = buf.buffer.size // 4
+        self.dispatch(_FILL, [buf], ["out"], grid_1d(-(-n // WG)), pack_params(("u", n), ("u", word)))
+
+    # kernel launch machinery ---------------------------------------------------------
+    def _layout(self, roles: tuple[str, ...], has_params: bool):
+        key = (roles, has_params)
+        if key not in self._layouts:
+            wgpu = _import_wgpu()
+            kinds = {"in": wgpu.BufferBindingType.read_only_storage, "out": wgpu.BufferBindingType.storage}
+            entries = [{"binding": i, "visibility": wgpu.ShaderStage.COMPUTE, "buffer": {"type": kinds[r]}}
+                       for i, r in enumerate(roles)]
+            if has_params:
+                entries.append({"binding": len(roles), "visibility": wgpu.ShaderStage.COMPUTE,
+                                "buffer": {"type": wgpu.BufferBindingType.uniform}})
+            bgl = self.device.create_bind_group_layout(entries=entries)
+            self._layouts[key] = (bgl, self.device.create_pipeline_layout(bind_group_layouts=[bgl]))
+        return self._layouts[key]
+
+    def pipeline(self, source: str, roles: Sequence[str], has_params: bool = True, entry: str = "main"):
+        """Compiled compute pipeline for (source, entry point, binding roles), cached."""
+        key = (source, entry, tuple(roles), has_params)
+        p = self._pipelines.get(key)
+        if p is None:
+            _, layout = self._layout(tuple(roles), has_params)
+            module = self.device.create_shader_module(code=source)
+            p = self.device.create_compute_pipeline(layout=layout, compute={"module": module, "entry_point": entry})
+            self._pipelines[key] = p
+        return p
+
+    def _uniform(self, data: bytes):
+        u = self._uniforms.get(data)
+        if u is None:
+            wgpu = _import_wgpu()
+            if len(self._uniforms) > 4096:
+                self._uniforms.clear()
+            u = self.device.create_buffer_with_data(data=data, usage=wgpu.BufferUsage.UNIFORM)
+            self._uniforms[data] = u
+        return u
+
+    def dispatch(self, source: str, arrays: Sequence[WgslArray], roles: Sequence[str],
+                 groups: tuple[int, int, int], params: bytes | None = None, entry: str = "main") -> None:
+        """Record one dispatch of `entry` in `source` over `groups` workgroups, with
+        `arrays` bound at 0.. (roles "in" read-only, "out" read-write) and `params` as a
+        uniform block at the next binding. Runs at the next flush()."""
+        if any(g > MAX_GROUPS for g in groups):
+            raise ValueError(f"wgsl: grid {groups} exceeds {MAX_GROUPS} workgroups per dimension")
+        pipe = self.pipeline(source, roles, params is not None, entry)
+        bgl, _ = self._layout(tuple(roles), params is not None)
+        entries = [{"binding": i, "resource": {"buffer": a.buffer, "offset": 0, "size": a.buffer.size}}
+                   for i, a in enumerate(arrays)]
+        if params is not None:
+            u = self._uniform(params)
+            entries.append({"binding": len(arrays), "resource": {"buffer": u, "offset": 0, "size": u.size}})
+        bg = self.device.create_bind_group(layout=bgl, entries=entries)
+        self._pending.append((pipe, bg, tuple(int(g) for g in groups)))
+        self._keepalive.extend(a.buffer for a in arrays)
+
+    def flush(self, timestamps: bool = False) -> bool:
+        """Submit the pending dispatches in one compute pass (no wait). With
+        `timestamps`, the pass writes begin/end timestamps and their resolve and copy to
+        the readback buffer are in the same submission. Returns whether it timestamped."""
+        if not self._pending:
+            return False
+        dev = self.device
+        enc = dev.create_command_encoder()
+        stamped = timestamps and self.has_timestamps
+        if stamped:
+            qs, resolve, readback = self._timestamp_objects()
+            cp = enc.begin_compute_pass(timestamp_writes={
+                "query_set": qs, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1})
+        else:
+            cp = enc.begin_compute_pass()
+        pending, self._pending, self._keepalive = self._pending, [], []  # dropped even on error
+        for pipe, bg, groups in pending:
+            cp.set_pipeline(pipe)
+            cp.set_bind_group(0, bg)
+            cp.dispatch_workgroups(*groups)
+        cp.end()
+        if stamped:
+            enc.resolve_query_set(qs, 0, 2, resolve, 0)
+            enc.copy_buffer_to_buffer(resolve, 0, readback, 0, 16)
+        dev.queue.submit([enc.finish()])
+        return stamped
+
+    def _timestamp_objects(self):
+        if self._ts is None:
+            wgpu = _import_wgpu()
+            dev = self.device
+            qs = dev.create_query_set(type=wgpu.QueryType.timestamp, count=2)
+            resolve = dev.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+            readback = dev.create_buffer(size=16, usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+            self._ts = (qs, resolve, readback)
+        return self._ts
+
+    # 3. synchronise ----------------------------------------------------------------
+    def synchronize(self):
+        """Flush, then wait for the device by mapping a small readback buffer
+        (queue.on_submitted_work_done_sync() is broken in wgpu 0.32)."""
+        if self._device is None:
+            return
+        wgpu = _import_wgpu()
+        self.flush()
+        dev = self._device
+        if self._sync_bufs is None:
+            src = dev.create_buffer(size=16, usage=wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC)
+            dst = dev.create_buffer(size=16, usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+            self._sync_bufs = (src, dst)
+        src, dst = self._sync_bufs
+        enc = dev.create_command_encoder()
+        enc.copy_buffer_to_buffer(src, 0, dst, 0, 16)
+        dev.queue.submit([enc.finish()])
+        dst.map_sync(wgpu.MapMode.READ)
+        dst.unmap()
+
+    # 4. timer ----------------------------------------------------------------------
+    def time_run(self, prepared) -> float:
+        """One run of `prepared`, in seconds of device time: the dispatches it records
+        run in one compute pass bracketed by timestamps (host clock around the submit and
+        the wait when the adapter has no timestamp queries). Work is complete on return."""
+        self.synchronize()
+        if not self.has_timestamps:
+            t0 = time.perf_counter()
+            prepared.run()
+            self.synchronize()
+            return time.perf_counter() - t0
+        prepared.run()
+        t0 = time.perf_counter()
+        if not self.flush(timestamps=True):  # recorded nothing on this backend
+            self.synchronize()
+            return time.perf_counter() - t0
+        wgpu = _import_wgpu()
+        readback = self._ts[2]
+        readback.map_sync(wgpu.MapMode.READ)  # waits for the pass, the resolve and the copy
+        try:
+            t = np.frombuffer(bytes(readback.read_mapped(0, 16)), dtype=np.uint64)
+        finally:
+            readback.unmap()
+        begin, end = int(t[0]), int(t[1])
+        return max(end - begin, 0) * self.timestamp_period_ns * 1e-9
+
+    def flush_cache(self):
+        """Overwrite a scratch buffer larger than the device's caches (2x the CPU's last
+        level cache on a CPU adapter such as lavapipe, 256 MiB, capped by the binding
+        limit, on a GPU), so the next timed run starts cold. Not timed itself."""
+        if self._flush_scratch is None:
+            if str(self._get_adapter().info.get("adapter_type", "")).lower() == "cpu":
+                from harness.backends.cpu import last_level_cache_bytes
+
+                size = 2 * last_level_cache_bytes()
+            else:
+                size = 256 * 1024**2
+            size = min(size, self.max_binding) // 4 * 4
+            self._flush_scratch = self.empty((size // 4,), "float32")
+        self.fill_words(self._flush_scratch, 0)
+        self.synchronize()
+
+    # 5. primitive ops --------------------------------------------------------------
+    def ops(self, dtype):
+        if dtype not in self.dtypes:
+            return None
+        self.require()
+        return WgslOps(self, dtype)
+
+    # 6. peak probe -----------------------------------------------------------------
+    def measure_peak(self, copy_bytes: int = 64 * 1024**2, n: int = 1024, seconds: float = 1.0):
+        """Best-of-repeats device time of a vec4 buffer copy (GB/s, read + write) and of
+        the tiled f32 matmul kernel that `linear` uses (n x n x n, GFLOP/s)."""
+        self.require()
+        copy_bytes = min(copy_bytes, self.max_binding) // 16 * 16
+        n4 = copy_bytes // 16
+        src, dst = self.empty((copy_bytes // 4,), "float32"), self.empty((copy_bytes // 4,), "float32")
+        self.fill_words(src, 0x3F800000)
+
+        class _Run:
+            def __init__(self, fn):
+                self.run = fn
+
+        copy = _Run(lambda: self.dispatch(_COPY, [src, dst], ["in", "out"], grid_1d(-(-n4 // WG)),
+                                          pack_params(("u", n4))))
+        best_copy = self._best(copy, seconds)
+        rng = np.random.default_rng(0)
+        a = self.upload(rng.standard_normal((n, n)).astype(np.float32))
+        b = self.upload(rng.standard_normal((n, n)).astype(np.float32))
+        ops = WgslOps(self, "float32")
+        mm = _Run(lambda: ops.linear(a, b))
+        best_mm = self._best(mm, seconds)
+        return {"copy_gbps": 2 * copy_bytes / best_copy / 1e9, "matmul_gflops": 2 * n**3 / best_mm / 1e9}
+
+    def _best(self, prepared, seconds: float, min_runs: int = 3) -> float:
+        self.time_run(prepared)  # warm-up (compile)
+        best, runs = float("inf"), 0
+        t_end = time.perf_counter() + seconds
+        while runs < min_runs or time.perf_counter() < t_end:
+            best = min(best, self.time_run(prepared))
+            runs += 1
+        return best
+
+
+class WgslOps(Ops):
+    """Primitive ops, one WGSL dispatch each, results in new device arrays of the storage
+    dtype (computed in f32). Inputs may be in any storage dtype the backend holds."""
+
+    def __init__(self, backend: WgslBackend, dtype: str):
+        self.b = backend
+        self.dtype = dtype
+        self.name = f"wgsl-{dtype}"
+
+    def _dev(self, a) -> WgslArray:
+        return a if isinstance(a, WgslArray) else self.b.upload(np.asarray(a))
+
+    def _src(self, body: str, buffers: list[tuple[str, WgslArray | None, str]], params: str = "Params") -> str:
+        decl = [(name, self.b.mode(arr.dtype if arr is not None else self.dtype), role)
+                for name, arr, role in buffers]
+        text = wgsl_buffers(decl, params)
+        enable = "enable f16;\n" if text.startswith("enable f16;") else ""
+        return enable + body + "\n" + text[len(enable):]
+
+    def _rowwise(self, kernel: str, x, extra, params: bytes):
+        x = self._dev(x)
+        rows = x.size // x.shape[-1]
+        y = self.b.empty(x.shape, self.dtype)
+        bufs = [("x", x, "in")] + [(n, a, "in") for n, a in extra] + [("y", None, "out")]
+        src = self._src(kernel, bufs)
+        self.b.dispatch(src, [x] + [a for _, a in extra] + [y], [r for _, _, r in bufs], grid_1d(rows), params)
+        return y
+
+    def rms_norm(self, x, gamma, eps):
+        x, gamma = self._dev(x), self._dev(gamma)
+        rows = x.size // x.shape[-1]
+        return self._rowwise(_RMS_NORM, x, [("g", gamma)],
+                             pack_params(("u", rows), ("u", x.shape[-1]), ("f", eps), ("f", 1.0)))
+
+    def softmax(self, x):
+        x = self._dev(x)
+        rows = x.size // x.shape[-1]
+        return self._rowwise(_SOFTMAX, x, [], pack_params(("u", rows), ("u", x.shape[-1])))
+
+    def linear(self, x, w):
+        x, w = self._dev(x), self._dev(w)
+        K = x.shape[-1]
+        M = x.size // K
+        N = w.shape[0]
+        if w.shape != (N, K):
+            raise ValueError(f"wgsl linear: x {x.shape} and w {w.shape} do not match")
+        y = self.b.empty(x.shape[:-1] + (N,), self.dtype)
+        bufs = [("x", x, "in"), ("w", w, "in"), ("y", None, "out")]
+        params = pack_params(("u", M), ("u", K), ("u", N))
+        if M <= GEMV_MAX_M:
+            groups = (-(-N // GEMV_R), M, 1)
+            self.b.dispatch(self._src(self.b.gemv_source(_GEMV), bufs), [x, w, y], ["in", "in", "out"], groups, params)
+        else:
+            groups = (-(-N // 64), -(-M // 64), 1)
+            self.b.dispatch(self._src(_TILED, bufs), [x, w, y], ["in", "in", "out"], groups, params)
+        return y
+
+    def _binary(self, op: str, a, b):
+        a, b = self._dev(a), self._dev(b)
+        shape = np.broadcast_shapes(a.shape, b.shape)
+        n = int(math.prod(shape))
+        for arr in (a, b):
+            # supported: the operand is the whole result, or (leading 1s aside) its trailing
+            # dimensions, so that element i of the result reads element i % size
+            s = tuple(arr.shape)
+            while s and s[0] == 1:
+                s = s[1:]
+            if arr.size != n and tuple(shape[len(shape) - len(s):]) != s:
+                raise NotImplementedError(f"wgsl {op}: broadcast of {arr.shape} to {shape}")
+        y = self.b.empty(shape, self.dtype)
+        bufs = [("a", a, "in"), ("b", b, "in"), ("y", None, "out")]
+        self.b.dispatch(self._src(_ELEMWISE.replace("@@BODY@@", _BODIES[op]), bufs), [a, b, y],
+                        ["in", "in", "out"], grid_1d(-(-n // WG)),
+                        pack_params(("u", n), ("u", a.size), ("u", b.size)))
+        return y
+
+    def add(self, a, b):
+        return self._binary("add", a, b)
+
+    def mul(self, a, b):
+        return self._binary("mul", a, b)
+
+    def silu(self, x):
+        x = self._dev(x)
+        n = x.size
+        y = self.b.empty(x.shape, self.dtype)
+        bufs = [("a", x, "in"), ("y", None, "out")]
+        self.b.dispatch(self._src(_ELEMWISE.replace("@@BODY@@", _BODIES["silu"]), bufs), [x, y],
+                        ["in", "out"], grid_1d(-(-n // WG)), pack_params(("u", n), ("u", n), ("u", n)))
+        return y
+
+
+BACKENDS = {"wgsl": WgslBackend()}

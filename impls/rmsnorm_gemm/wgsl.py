@@ -1,0 +1,79 @@
+"""rmsnorm_gemm in WGSL: one dispatch, source in rmsnorm_gemm.wgsl beside this file.
+
+x: (M, H), gamma: (H,), w: (N, H) -> y: (M, N), all arithmetic in f32.
+
+- M <= GEMV_MAX_M (decode): entry point `gemv`, one workgroup per (16 output columns,
+  row m), of 16 invocations on a CPU adapter (lavapipe) and 256 on a GPU
+  (backend.gemv_workgroup()). The workgroup reduces the row's sum of squares into its
+  inverse RMS, then each invocation normalises its strided share of x[m] once, in a register
+  (x * inv * gamma), and uses it against all 16 rows of W; the partial dot products are
+  reduced across the workgroup in workgroup memory.
+- otherwise (prefill): entry point `tiled`, 64 x 64 output tiles, 4 x 4 per invocation.
+  The workgroup first takes the inverse RMS of its 64 rows (workgroup memory), then walks
+  H in steps of 16, normalising x as it is loaded into workgroup memory beside the W tile;
+  4 x 4 outputs per invocation in vec4 registers, sums in three levels.
+  W is read ceil(M / 64) times, never M times.
+
+Neither writes an (M, H) intermediate. Any M, H, N >= 1 work (out-of-range rows are
+clamped or loaded as zero and never stored).
+
+Storage dtypes: float32; float16 (`array<f16>` with `enable f16;` where the adapter has
+shader-f16, otherwise packed two per u32 through unpack2x16float/pack2x16float);
+bfloat16 packed two per u32 (widened by a shift, rounded to nearest even on store). The
+16-bit outputs that are packed are stored with per-half-word atomics, so no invocation
+clobbers its neighbour's element. The declarations come from
+harness.backends.wgsl.wgsl_buffers, substituted for the `@@BUFFERS@@` line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.backends import Prepared
+from harness.backends.wgsl import pack_params, wgsl_buffers
+from harness.registry import Implementation, register
+
+GEMV_MAX_M = 4  # up to this many rows, W is streamed once per row by `gemv`
+GV_R, TM, TN = 16, 64, 64  # must match the constants in rmsnorm_gemm.wgsl
+SOURCE = Path(__file__).with_name("rmsnorm_gemm.wgsl")
+
+_text: str | None = None
+
+
+def kernel_source(mode: str) -> str:
+    """The shader for one storage mode ("f32", "f16", "f16p", "bf16")."""
+    global _text
+    if _text is None:
+        _text = SOURCE.read_text()
+    decl = wgsl_buffers([("x", mode, "in"), ("gamma", mode, "in"), ("w", mode, "in"), ("y", mode, "out")],
+                        "Params")
+    enable = ""
+    if decl.startswith("enable f16;"):
+        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
+    return enable + _text.replace("// @@BUFFERS@@", decl)
+
+
+class RmsNormGemmWgsl(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.x, self.gamma, self.w = (backend.upload(inputs[k]) for k in ("x", "gamma", "w"))
+        self.M, self.H = self.x.shape
+        self.N = self.w.shape[0]
+        if self.w.shape != (self.N, self.H) or self.gamma.shape != (self.H,):
+            raise ValueError(f"rmsnorm_gemm: shapes x {self.x.shape}, gamma {self.gamma.shape}, w {self.w.shape}")
+        self.out = {"y": backend.empty((self.M, self.N), dtype)}
+        self.source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
+        self.params = pack_params(("u", self.M), ("u", self.H), ("u", self.N), ("f", attrs["eps"]), ("f", 1.0))
+        if self.M <= GEMV_MAX_M:
+            self.entry, self.groups = "gemv", (-(-self.N // GV_R), self.M, 1)
+        else:
+            self.entry, self.groups = "tiled", (-(-self.N // TN), -(-self.M // TM), 1)
+        backend.pipeline(self.source, ["in", "in", "in", "out"], True, self.entry)  # compile now
+
+    def run(self):
+        self.backend.dispatch(self.source, [self.x, self.gamma, self.w, self.out["y"]],
+                              ["in", "in", "in", "out"], self.groups, self.params, entry=self.entry)
+
+
+register(Implementation("rmsnorm_gemm", "wgsl", "fused", "fused", RmsNormGemmWgsl,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))
