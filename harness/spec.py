@@ -56,6 +56,9 @@ class FusionSpec:
     nmse_bound: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_NMSE_BOUND))
     k_vs_chain: float = 2.0
     validate_dims: Callable[[dict[str, int]], list[str]] = lambda dims: []
+    # (inputs, attrs) -> {output: float64 array of the magnitude of the terms behind each
+    # element}; the accuracy bound is measured against it (harness.accuracy). None: |y|.
+    magnitude: Callable[[dict[str, np.ndarray], dict[str, float]], dict[str, np.ndarray]] | None = None
 
     def check_params(self, params: dict[str, Any]) -> list[str]:
         """Problems with a case's parameters, as readable sentences (empty when fine)."""
