@@ -6,6 +6,7 @@ The chain computes each primitive in float32 and stores its result in the storag
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -113,24 +114,44 @@ def _best_of(fn, seconds: float, at_least: int = 5) -> float:
     return best
 
 
-def host_peak(copy_bytes: int = 512 * 1024**2, n: int = 2048, seconds: float = 0.5) -> dict:
-    """The CPU's ceilings, measured: copy bandwidth (read + write bytes, every core, numba
-    when installed) and the best float32 matmul rate of NumPy's BLAS and torch's."""
-    a = np.random.default_rng(0).standard_normal(copy_bytes // 8)
+_numba_streams = None
+
+
+def _streams():
+    """(copy(dst, src), read(src) -> sum): parallel numba loops when numba is here, else NumPy."""
+    global _numba_streams
+    if _numba_streams is None:
+        try:
+            import numba
+
+            @numba.njit(parallel=True, cache=True)
+            def copy(dst, src):
+                for i in numba.prange(src.shape[0]):
+                    dst[i] = src[i]
+
+            @numba.njit(parallel=True, fastmath=True, cache=True)
+            def read(src):
+                s = 0.0
+                for i in numba.prange(src.shape[0]):
+                    s += src[i]
+                return s
+
+            _numba_streams = (copy, read)
+        except ImportError:
+            _numba_streams = (np.copyto, np.sum)
+    return _numba_streams
+
+
+@functools.cache
+def host_peak(copy_bytes: int = 256 * 1024**2, n: int = 2048, seconds: float = 0.4) -> dict:
+    """The CPU's ceilings, measured once per process and shared by every backend that runs
+    on the CPU: memory bandwidth (the better of a copy, counting read + write bytes, and a
+    read-only sum, on every core) and the best float32 matmul rate of NumPy's BLAS and torch's."""
+    a = np.random.default_rng(0).random(copy_bytes // 8)
     b = np.empty_like(a)
-    copy = np.copyto
-    try:
-        import numba
-
-        @numba.njit(parallel=True, cache=True)
-        def parallel_copy(dst, src):
-            for i in numba.prange(src.shape[0]):
-                dst[i] = src[i]
-
-        copy = parallel_copy
-    except ImportError:
-        pass
+    copy, read = _streams()
     copy_gbps = 2 * a.nbytes / _best_of(lambda: copy(b, a), seconds) / 1e9
+    read_gbps = a.nbytes / _best_of(lambda: read(a), seconds) / 1e9
     x = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
     rates = [2 * n**3 / _best_of(lambda: x @ x, seconds) / 1e9]
     try:
@@ -140,7 +161,8 @@ def host_peak(copy_bytes: int = 512 * 1024**2, n: int = 2048, seconds: float = 0
         rates.append(2 * n**3 / _best_of(lambda: xt @ xt, seconds) / 1e9)
     except ImportError:
         pass
-    return {"copy_gbps": copy_gbps, "matmul_gflops": max(rates)}
+    return {"copy_gbps": max(copy_gbps, read_gbps), "stream_copy_gbps": copy_gbps, "stream_read_gbps": read_gbps,
+            "matmul_gflops": max(rates)}
 
 
 BACKENDS = {"cpu": CpuBackend()}

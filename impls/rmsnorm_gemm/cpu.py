@@ -23,11 +23,12 @@ BLOCK_ROWS = 16  # W rows per parallel task: 16 * H floats stay in the core's L2
 KIND = {"float32": 0, "bfloat16": 1, "float16": 2}
 
 _kernel = None
+_widen = None  # the 16-bit -> float32 row conversion, kept for the exhaustive test
 
 
 def _compile():
     """Build the numba kernel on first use (numba is imported only here)."""
-    global _kernel
+    global _kernel, _widen
     if _kernel is not None:
         return _kernel
     import numba as nb
@@ -43,19 +44,54 @@ def _compile():
             for h in range(src.shape[0]):
                 bits[h] = np.uint32(src[h]) << np.uint32(16)
         else:
+            # float16 -> float32 bit pattern: sign, exponent rebiased by 112, mantissa << 13;
+            # exponent 31 (Inf/NaN) keeps an all-ones exponent; subnormals are rare, so their
+            # value is computed exactly in a second pass
+            bits = dst.view(np.uint32)
+            sub = False
             for h in range(src.shape[0]):
                 u = np.uint32(src[h])
                 e = (u >> np.uint32(10)) & np.uint32(31)
-                m = u & np.uint32(1023)
-                v = np.float32(m + (np.uint32(1024) if e > 0 else np.uint32(0))) * pow2[e]
-                if e == 31:
-                    v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
-                dst[h] = -v if (u & np.uint32(0x8000)) else v
+                body = ((e + np.uint32(112)) << np.uint32(23)) | ((u & np.uint32(1023)) << np.uint32(13))
+                body = np.uint32(0x7F800000) | ((u & np.uint32(1023)) << np.uint32(13)) if e == 31 else body
+                bits[h] = ((u & np.uint32(0x8000)) << np.uint32(16)) | body
+                sub |= e == 0
+            if sub:
+                for h in range(src.shape[0]):
+                    u = np.uint32(src[h])
+                    if (u >> np.uint32(10)) & np.uint32(31) == 0:
+                        v = np.float32(u & np.uint32(1023)) * pow2[0]
+                        dst[h] = -v if (u & np.uint32(0x8000)) else v
 
-    @nb.njit(parallel=True, fastmath=True, cache=True)
-    def kernel(x, gamma, w, eps, kind, y):
+    @nb.njit(inline="always", fastmath=True)
+    def dots(xg, rows, y_row, n0):
+        # y_row[n0 + j] = xg . rows[j] for every row j; four rows per pass share each xg load
+        J, H = rows.shape
+        j = 0
+        while j + 4 <= J:
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for h in range(H):
+                v = xg[h]
+                a0 += v * rows[j, h]
+                a1 += v * rows[j + 1, h]
+                a2 += v * rows[j + 2, h]
+                a3 += v * rows[j + 3, h]
+            y_row[n0 + j] = a0
+            y_row[n0 + j + 1] = a1
+            y_row[n0 + j + 2] = a2
+            y_row[n0 + j + 3] = a3
+            j += 4
+        while j < J:
+            acc = np.float32(0.0)
+            for h in range(H):
+                acc += xg[h] * rows[j, h]
+            y_row[n0 + j] = acc
+            j += 1
+
+    @nb.njit(inline="always", fastmath=True)
+    def prologue(x, gamma, eps, kind):
+        # (pow2 table for float16, gamma as float32, inverse RMS of every row): one pass over x
         M, H = x.shape
-        N = w.shape[0]
         pow2 = np.empty(32, dtype=np.float32)  # float16 exponent e -> 2**(e - 25)
         pow2[0] = np.float32(2.0**-24)
         for e in range(1, 32):
@@ -70,26 +106,56 @@ def _compile():
             for h in range(H):
                 ss += row[h] * row[h]
             inv_rms[m] = np.float32(1.0) / np.sqrt(ss / np.float32(H) + np.float32(eps))
-        nblocks = (N + BLOCK_ROWS - 1) // BLOCK_ROWS
-        for b in nb.prange(nblocks):
+        return pow2, g, inv_rms
+
+    @nb.njit(inline="always", fastmath=True)
+    def block(x, g, inv_rms, tile, n0, kind, pow2, y):
+        # every row of x, normalised in a thread-local buffer, against one block of W rows
+        xg = np.empty(x.shape[1], dtype=np.float32)
+        for m in range(x.shape[0]):
+            widen(x[m], xg, kind, pow2)
+            s = inv_rms[m]
+            for h in range(xg.shape[0]):
+                xg[h] = xg[h] * s * g[h]
+            dots(xg, tile, y[m], n0)
+
+    @nb.njit(parallel=True, fastmath=True, cache=True)
+    def kernel_f32(x, gamma, w, eps, y):
+        pow2, g, inv_rms = prologue(x, gamma, eps, 0)
+        N = w.shape[0]
+        for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
+            n0 = b * BLOCK_ROWS
+            block(x, g, inv_rms, w[n0:min(N, n0 + BLOCK_ROWS)], n0, 0, pow2, y)
+
+    @nb.njit(parallel=True, fastmath=True, cache=True)
+    def kernel_16(x, gamma, w, eps, kind, y):
+        pow2, g, inv_rms = prologue(x, gamma, eps, kind)
+        N, H = w.shape
+        for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
             n0 = b * BLOCK_ROWS
             n1 = min(N, n0 + BLOCK_ROWS)
             tile = np.empty((n1 - n0, H), dtype=np.float32)
             for j in range(n1 - n0):
                 widen(w[n0 + j], tile[j], kind, pow2)
-            xg = np.empty(H, dtype=np.float32)
-            for m in range(M):
-                widen(x[m], xg, kind, pow2)
-                s = inv_rms[m]
-                for h in range(H):
-                    xg[h] = xg[h] * s * g[h]
-                for j in range(n1 - n0):
-                    acc = np.float32(0.0)
-                    for h in range(H):
-                        acc += xg[h] * tile[j, h]
-                    y[m, n0 + j] = acc
+            block(x, g, inv_rms, tile, n0, kind, pow2, y)
 
-    _kernel = kernel
+    def kernel(x, gamma, w, eps, kind, y):
+        if kind == 0:
+            kernel_f32(x, gamma, w, eps, y)
+        else:
+            kernel_16(x, gamma, w, eps, kind, y)
+
+    @nb.njit
+    def widen_row(src, kind):
+        pow2 = np.empty(32, dtype=np.float32)
+        pow2[0] = np.float32(2.0**-24)
+        for e in range(1, 32):
+            pow2[e] = np.float32(2.0 ** (e - 25))
+        dst = np.empty(src.shape[0], dtype=np.float32)
+        widen(src, dst, kind, pow2)
+        return dst
+
+    _kernel, _widen = kernel, widen_row
     return kernel
 
 
