@@ -1,6 +1,7 @@
 """Error metrics and the accuracy verdict.
 
-Metrics per output: max abs error, max relative error (floored at 1e-3 of the
+Metrics per output (the reference rounded to the output dtype decides where ±Inf is
+expected: an exact result beyond the dtype's range must come out as Inf): max abs error, max relative error (floored at 1e-3 of the
 reference's RMS, so near-zero references do not explode it), NMSE Σ(a−b)²/Σb², max ULP
 distance in the output dtype, and the count of non-finite mismatches.
 
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from harness.dtypes import UNIT_ROUNDOFF, to_f64, ulp_distance
+from harness.dtypes import UNIT_ROUNDOFF, np_dtype, to_f64, ulp_distance
 
 REL_FLOOR = 1e-3
 ULP_FLOOR = 4.0  # in unit roundoffs of the storage dtype
@@ -47,7 +48,11 @@ def metrics(out: np.ndarray, ref: np.ndarray, dtype: str) -> Metrics:
     a, b = to_f64(out), to_f64(ref)
     if a.shape != b.shape:
         return Metrics(math.inf, math.inf, math.inf, math.inf, int(max(a.size, b.size)), False)
-    fa, fb = np.isfinite(a), np.isfinite(b)
+    # where the exact result overflows the output dtype, ±Inf is the right answer
+    with np.errstate(over="ignore"):
+        b_stored = to_f64(b.astype(np_dtype(dtype))) if dtype != "float64" else b
+    fa, fb = np.isfinite(a), np.isfinite(b_stored)
+    b = np.where(fb, b, b_stored)
     same_nonfinite = (~fa & ~fb) & ((a == b) | (np.isnan(a) & np.isnan(b)))
     mismatch = int(np.count_nonzero((fa != fb) | (~fa & ~fb & ~same_nonfinite)))
     both = fa & fb

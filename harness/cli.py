@@ -238,7 +238,7 @@ def _print_check_table(records: list[dict]) -> None:
         t.add_column(col, overflow="fold")
     for r in records:
         if r["status"] == "unavailable":
-            t.add_row("-", "-", r["impl"], "[yellow]unavailable[/]", "", "", "", r["reason"])
+            t.add_row(r["case"], r["dtype"], r["impl"], "[yellow]unavailable[/]", "", "", "", r["reason"])
             continue
         v = "[green]pass[/]" if r.get("verdict") == "pass" else "[bold red]FAIL[/]"
         t.add_row(r["case"], r["dtype"], r["impl"], v, _g(r.get("nmse")), _g(r.get("max_ulp")),

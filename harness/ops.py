@@ -46,6 +46,26 @@ class Ops:
         """Softmax over the last axis."""
         raise NotImplementedError(f"{self.name}: softmax")
 
+    def split(self, x, sizes):
+        """x: (M, sum(sizes)) -> [x[:, :s0], x[:, s0:s0+s1], ...], each contiguous."""
+        raise NotImplementedError(f"{self.name}: split")
+
+    def reshape(self, x, shape):
+        """Same elements, new shape (row-major)."""
+        raise NotImplementedError(f"{self.name}: reshape")
+
+    def rope(self, x, pos, theta: float):
+        """Rotary embedding, rotate-half (NeoX) layout. x: (M, heads, d), pos: (M,) int32.
+        With c = cos(pos·θ^(-2i/d)), s = sin(...), i < d/2:
+        out[..., i] = x[..., i]·c − x[..., i + d/2]·s;  out[..., i + d/2] = x[..., i + d/2]·c + x[..., i]·s."""
+        raise NotImplementedError(f"{self.name}: rope")
+
+
+def rope_angles(pos, d: int, theta: float) -> np.ndarray:
+    """(M, d/2) float64 angles pos·θ^(-2i/d): the one definition every backend follows."""
+    inv_freq = theta ** (-np.arange(0, d // 2, dtype=np.float64) * 2.0 / d)
+    return np.asarray(pos, dtype=np.float64)[:, None] * inv_freq[None, :]
+
 
 class NumpyOps(Ops):
     """NumPy primitives. `storage="float64"` is the reference (no rounding at all);
@@ -93,3 +113,19 @@ class NumpyOps(Ops):
         x = self._in(x)
         e = np.exp(x - np.max(x, axis=-1, keepdims=True))
         return self._out(e / np.sum(e, axis=-1, keepdims=True))
+
+    def split(self, x, sizes):
+        edges = np.cumsum([0, *sizes])
+        return [np.ascontiguousarray(x[..., a:b]) for a, b in zip(edges[:-1], edges[1:])]
+
+    def reshape(self, x, shape):
+        return np.reshape(x, shape)
+
+    def rope(self, x, pos, theta):
+        x = self._in(x)
+        d = x.shape[-1]
+        ang = rope_angles(pos, d, theta)[:, None, :]  # (M, 1, d/2)
+        c = np.cos(ang).astype(self._compute)
+        s = np.sin(ang).astype(self._compute)
+        x1, x2 = x[..., : d // 2], x[..., d // 2:]
+        return self._out(np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1))

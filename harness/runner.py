@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from harness.accuracy import judge
-from harness.backends import get_backend
+from harness.backends import BackendUnavailable, get_backend
 from harness.cases import Case
 from harness.ops import NumpyOps
 from harness.registry import Implementation, Registry
@@ -131,6 +131,8 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
                        reason="; ".join(reasons), **verdict.worst.as_dict(),
                        chain_nmse=max(verdict.chain_nmse.values(), default=None),
                        outputs={k: m.as_dict() for k, m in verdict.metrics.items()})
+        except BackendUnavailable as e:  # e.g. a chain primitive this backend does not have
+            rec.update(status="unavailable", reason=str(e))
         except Exception as e:  # one broken kernel must not take the run down
             tb = traceback.format_exc(limit=6)
             rec.update(status="error", verdict="fail", reason=f"{type(e).__name__}: {e}", traceback=tb)

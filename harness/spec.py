@@ -22,6 +22,23 @@ VALUE_SHAPES = ("normal", "large", "outliers", "near_constant")
 DEFAULT_NMSE_BOUND = {"float32": 1e-9, "float16": 1e-5, "bfloat16": 3e-4, "float64": 1e-20}
 
 
+# Sizes that break naive tiling: 1, primes, and non-multiples of 4 / 32 / 128.
+AWKWARD_SIZES = (1, 2, 3, 5, 7, 17, 31, 33, 127, 129, 130, 257)
+BATCH_SIZES = (1, 2, 3, 5, 8, 13)
+
+
+def awkward_size(upper: int = 300):
+    """A hypothesis strategy of sizes that break naive tiling."""
+    from hypothesis import strategies as st
+
+    return st.one_of(st.sampled_from(AWKWARD_SIZES), st.integers(1, upper))
+
+
+def abs_linear(x, w):
+    """|x| @ |w|.T in float64: the magnitude of the terms behind x @ w.T."""
+    return np.abs(np.asarray(x, dtype=np.float64)) @ np.abs(np.asarray(w, dtype=np.float64)).T
+
+
 @dataclass(frozen=True)
 class Cost:
     """The least work any implementation must do: each input read once, each output
@@ -59,6 +76,12 @@ class FusionSpec:
     # (inputs, attrs) -> {output: float64 array of the magnitude of the terms behind each
     # element}; the accuracy bound is measured against it (harness.accuracy). None: |y|.
     magnitude: Callable[[dict[str, np.ndarray], dict[str, float]], dict[str, np.ndarray]] | None = None
+    # the value shapes property tests draw activations with (harness.spec.VALUE_SHAPES)
+    value_shapes: tuple[str, ...] = VALUE_SHAPES
+    # dimensions the decomposition needs as keyword arguments (head counts for reshapes)
+    decompose_dims: tuple[str, ...] = ()
+    # inputs that are integer indices (positions, lengths): int32, never rounded to the dtype
+    index_inputs: tuple[str, ...] = ()
 
     def check_params(self, params: dict[str, Any]) -> list[str]:
         """Problems with a case's parameters, as readable sentences (empty when fine)."""
@@ -79,10 +102,13 @@ class FusionSpec:
             problems.extend(self.validate_dims(self.split(params)[0]))
         return problems
 
-    def split(self, params: dict[str, Any]) -> tuple[dict[str, int], dict[str, float]]:
-        """params -> (dims, attrs with defaults filled in)."""
+    def split(self, params: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any]]:
+        """params -> (dims, attrs): the attributes with defaults filled in, plus the
+        dimensions named in `decompose_dims`; attrs are what decompose() and every
+        implementation receive besides the inputs."""
         dims = {d: int(params[d]) for d in self.dims}
-        attrs = {a: float(params.get(a, default)) for a, default in self.attrs.items()}
+        attrs: dict[str, Any] = {a: float(params.get(a, default)) for a, default in self.attrs.items()}
+        attrs.update({d: dims[d] for d in self.decompose_dims})
         return dims, attrs
 
     def make_inputs(self, dims: dict[str, int], dtype: str, seed: int,
@@ -91,7 +117,8 @@ class FusionSpec:
         rng = np.random.default_rng(seed)
         raw = self.make_inputs_f64(dims, rng, value_shape)
         dt = np_dtype(dtype)
-        return {k: np.ascontiguousarray(raw[k].astype(dt)) for k in self.inputs}
+        return {k: np.ascontiguousarray(raw[k].astype(np.int32 if k in self.index_inputs else dt))
+                for k in self.inputs}
 
     def cost(self, dims: dict[str, int], dtype: str) -> Cost:
         return self.cost_model(dims, np_dtype(dtype).itemsize)

@@ -79,3 +79,12 @@ def test_ulp_distance_counts_representable_steps():
     assert ulp_distance(np.array([-0.0]), np.array([0.0]), "float32")[0] == 0
     m = metrics(np.float32([1.0, 2.0]), np.array([1.0, 2.0]), "float32")
     assert m.nmse == 0 and m.max_ulp == 0
+
+
+def test_overflow_of_the_output_dtype_expects_inf():
+    ref = np.array([[1.0, 1e6, -2.0]])  # 1e6 is beyond float16's range
+    ok = np.array([[1.0, np.inf, -2.0]], dtype=np.float16)
+    assert judge({"y": ok}, {"y": ref}, {"y": ok}, "float16", 1e-5).passed
+    wrong = np.array([[1.0, 65504.0, -2.0]], dtype=np.float16)
+    assert not judge({"y": wrong}, {"y": ref}, {"y": ok}, "float16", 1e-5).passed
+    assert not judge({"y": np.array([[np.inf, 1e6, -2.0]])}, {"y": ref}, {"y": ref}, "float32", 1e-9).passed

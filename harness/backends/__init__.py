@@ -154,7 +154,14 @@ class ChainPrepared(Prepared):
         self.ops = backend.ops(dtype)
         if self.ops is None:
             raise BackendUnavailable(f"backend {backend.name!r} has no primitive ops for {dtype}")
-        self.dev_inputs = {k: backend.upload(v) for k, v in inputs.items()}
+        try:
+            self.dev_inputs = {k: backend.upload(v) for k, v in inputs.items()}
+        except (TypeError, NotImplementedError) as e:  # e.g. int32 positions on a float-only backend
+            raise BackendUnavailable(f"backend {backend.name!r} cannot hold an input of this chain: {e}") from None
+        try:  # one untimed run: a primitive this backend lacks shows here, not in the timing
+            self.run()
+        except NotImplementedError as e:
+            raise BackendUnavailable(f"backend {backend.name!r} lacks a primitive this chain needs: {e}") from None
 
     def run(self) -> None:
         self.out = self.spec.decompose(self.ops, **self.dev_inputs, **self.attrs)

@@ -61,6 +61,24 @@ class TorchOps(Ops):
     def softmax(self, x):
         return x.softmax(dim=-1)
 
+    def split(self, x, sizes):
+        return [t.contiguous() for t in x.split(list(sizes), dim=-1)]
+
+    def reshape(self, x, shape):
+        return x.reshape(shape)
+
+    def rope(self, x, pos, theta):
+        # float32 angles and rotation (as Inductor computes 16-bit pointwise ops), one rounding out
+        import torch
+
+        d = x.shape[-1]
+        inv_freq = theta ** (-torch.arange(0, d // 2, dtype=torch.float64, device=x.device) * 2.0 / d)
+        ang = pos.to(torch.float64)[:, None] * inv_freq[None, :]
+        c, s = ang.cos()[:, None, :].to(torch.float32), ang.sin()[:, None, :].to(torch.float32)
+        xf = x.to(torch.float32)
+        x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
+        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
 
 class CompiledChain(Prepared):
     """The decomposition under torch.compile (compiled while prepared, never timed)."""

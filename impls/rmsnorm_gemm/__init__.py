@@ -17,10 +17,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from harness.spec import Cost, FusionSpec, activations
-
-# Sizes that break naive tiling: 1, primes, and non-multiples of 4 / 32 / 128.
-AWKWARD = [1, 2, 3, 5, 7, 17, 31, 33, 127, 129, 130, 257]
+from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_size
 
 
 def decompose(ops, x, gamma, w, *, eps):
@@ -55,8 +52,7 @@ def output_shapes(dims):
 
 
 def strategy():
-    size = st.one_of(st.sampled_from(AWKWARD), st.integers(1, 300))
-    return st.fixed_dictionaries({"M": st.sampled_from([1, 2, 3, 5, 8, 13]), "H": size, "N": size})
+    return st.fixed_dictionaries({"M": st.sampled_from(BATCH_SIZES), "H": awkward_size(), "N": awkward_size()})
 
 
 SPEC = FusionSpec(

@@ -1,0 +1,72 @@
+"""add_rmsnorm: the residual add fused with the next RMSNorm.
+
+    h = x + residual
+    y = h * rsqrt(mean(h², axis=-1) + eps) * gamma
+
+    x, residual: (M, H)   the block's output and the residual stream
+    gamma:       (H,)     RMSNorm weight
+    h:           (M, H)   the new residual stream (an output)
+    y:           (M, H)   the normalised activations for the next projection
+
+The unfused chain writes h, then reads it back to normalise. A fused kernel reads x and
+residual once and writes h and y once: 4·M·H elements moved instead of 6·M·H.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_size
+
+
+def decompose(ops, x, residual, gamma, *, eps):
+    h = ops.add(x, residual)
+    return {"h": h, "y": ops.rms_norm(h, gamma, eps)}
+
+
+def magnitude(inputs, attrs):
+    """h: |x| + |residual|; y: that magnitude carried through the normalisation."""
+    x, r, g = (np.asarray(inputs[k], dtype=np.float64) for k in ("x", "residual", "gamma"))
+    h = x + r
+    inv_rms = 1.0 / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + attrs["eps"])
+    mag_h = np.abs(x) + np.abs(r)
+    return {"h": mag_h, "y": mag_h * inv_rms * np.abs(g)}
+
+
+def make_inputs(dims, rng, value_shape):
+    M, H = dims["M"], dims["H"]
+    return {
+        "x": activations(rng, (M, H), value_shape),
+        "residual": activations(rng, (M, H), value_shape),
+        "gamma": 1.0 + 0.1 * rng.standard_normal(H),
+    }
+
+
+def cost(dims, itemsize):
+    M, H = dims["M"], dims["H"]
+    return Cost(bytes=(4 * M * H + H) * itemsize, flops=5 * M * H)
+
+
+def output_shapes(dims):
+    return {"h": (dims["M"], dims["H"]), "y": (dims["M"], dims["H"])}
+
+
+def strategy():
+    return st.fixed_dictionaries({"M": st.sampled_from(BATCH_SIZES), "H": awkward_size(5000)})
+
+
+SPEC = FusionSpec(
+    name="add_rmsnorm",
+    doc=__doc__,
+    dims=("M", "H"),
+    attrs={"eps": 1e-5},
+    inputs=("x", "residual", "gamma"),
+    outputs=("h", "y"),
+    decompose=decompose,
+    make_inputs_f64=make_inputs,
+    cost_model=cost,
+    output_shapes=output_shapes,
+    strategy=strategy,
+    magnitude=magnitude,
+)

@@ -1,0 +1,80 @@
+"""gemm_swiglu: the FFN's gate and up projections fused with the SwiGLU activation.
+
+    y = silu(x @ W_gate.T) * (x @ W_up.T)
+
+    x:      (M, H)   normalised activations
+    w_gate: (I, H)   gate projection, row-major (out, in)
+    w_up:   (I, H)   up projection
+    y:      (M, I)   the activation that feeds the down projection
+
+The unfused chain is four kernels (two GEMMs, silu, mul) and writes three (M, I)
+intermediates. A fused kernel reads x once for both products and never writes the
+pre-activations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from harness.spec import BATCH_SIZES, Cost, FusionSpec, abs_linear, activations, awkward_size
+
+
+def decompose(ops, x, w_gate, w_up):
+    gate = ops.linear(x, w_gate)
+    up = ops.linear(x, w_up)
+    return {"y": ops.mul(ops.silu(gate), up)}
+
+
+def swiglu_magnitude(x, w_gate, w_up):
+    """|silu(g)|·(|x||W_up|ᵀ) + |u|·(|x||W_gate|ᵀ): rounding in either product, carried
+    through silu (|silu'| < 1.1) and the product."""
+    x64 = np.asarray(x, dtype=np.float64)
+    g = x64 @ np.asarray(w_gate, dtype=np.float64).T
+    u = x64 @ np.asarray(w_up, dtype=np.float64).T
+    silu = g / (1.0 + np.exp(-g))
+    return np.abs(silu) * abs_linear(x, w_up) + 1.1 * np.abs(u) * abs_linear(x, w_gate) + np.abs(silu * u)
+
+
+def magnitude(inputs, attrs):
+    return {"y": swiglu_magnitude(inputs["x"], inputs["w_gate"], inputs["w_up"])}
+
+
+def make_inputs(dims, rng, value_shape):
+    M, H, I = dims["M"], dims["H"], dims["I"]
+    return {
+        "x": activations(rng, (M, H), value_shape),
+        "w_gate": rng.standard_normal((I, H)) / H**0.5,
+        "w_up": rng.standard_normal((I, H)) / H**0.5,
+    }
+
+
+def cost(dims, itemsize):
+    M, H, I = dims["M"], dims["H"], dims["I"]
+    return Cost(bytes=(M * H + 2 * I * H + M * I) * itemsize, flops=4 * M * I * H + 5 * M * I)
+
+
+def output_shapes(dims):
+    return {"y": (dims["M"], dims["I"])}
+
+
+def strategy():
+    return st.fixed_dictionaries({"M": st.sampled_from(BATCH_SIZES), "H": awkward_size(), "I": awkward_size()})
+
+
+SPEC = FusionSpec(
+    name="gemm_swiglu",
+    doc=__doc__,
+    dims=("M", "H", "I"),
+    attrs={},
+    inputs=("x", "w_gate", "w_up"),
+    outputs=("y",),
+    decompose=decompose,
+    make_inputs_f64=make_inputs,
+    cost_model=cost,
+    output_shapes=output_shapes,
+    strategy=strategy,
+    magnitude=magnitude,
+    # x comes out of an RMSNorm: no "large" rows (x300 would overflow float16 products)
+    value_shapes=("normal", "outliers", "near_constant"),
+)

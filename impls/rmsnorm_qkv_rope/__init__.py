@@ -1,0 +1,111 @@
+"""rmsnorm_qkv_rope: RMSNorm, the packed QKV projection and rotary embedding in one go.
+
+    h = x * rsqrt(mean(x², axis=-1) + eps) * gamma
+    q | k | v = h @ W.T                      split at n_heads·d and n_kv_heads·d
+    q, k = rope(q, pos), rope(k, pos)        rotate-half (NeoX) layout, base theta
+
+    x:     (M, H)                             activations
+    gamma: (H,)                               RMSNorm weight
+    w:     ((n_heads + 2·n_kv_heads)·d, H)    packed projection, row-major (out, in)
+    pos:   (M,) int32                         the position of each token
+    q:     (M, n_heads, d)
+    k, v:  (M, n_kv_heads, d)                 grouped-query: n_kv_heads divides n_heads
+
+RoPE, for i < d/2, with angle a = pos·theta^(-2i/d) (harness.ops.rope_angles):
+out[i] = x[i]·cos a − x[i + d/2]·sin a, out[i + d/2] = x[i + d/2]·cos a + x[i]·sin a.
+The unfused chain is RMSNorm, GEMM, split and two RoPE kernels; a fused kernel applies
+the rotation to the accumulators before they are ever stored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from harness.spec import BATCH_SIZES, Cost, FusionSpec, abs_linear, activations, awkward_size
+
+
+def decompose(ops, x, gamma, w, pos, *, eps, theta, n_heads, n_kv_heads, head_dim):
+    M = x.shape[0]
+    h = ops.rms_norm(x, gamma, eps)
+    q, k, v = ops.split(ops.linear(h, w), [n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim])
+    return {
+        "q": ops.rope(ops.reshape(q, (M, n_heads, head_dim)), pos, theta),
+        "k": ops.rope(ops.reshape(k, (M, n_kv_heads, head_dim)), pos, theta),
+        "v": ops.reshape(v, (M, n_kv_heads, head_dim)),
+    }
+
+
+def magnitude(inputs, attrs):
+    """|h|·|W|ᵀ per projected element; the rotation adds each pair's two magnitudes."""
+    x = np.asarray(inputs["x"], dtype=np.float64)
+    inv_rms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + attrs["eps"])
+    m = abs_linear(x * inv_rms * np.asarray(inputs["gamma"], dtype=np.float64), inputs["w"])
+    nh, nkv, d = attrs["n_heads"], attrs["n_kv_heads"], attrs["head_dim"]
+    M = x.shape[0]
+    mq, mk, mv = np.split(m, [nh * d, (nh + nkv) * d], axis=-1)
+
+    def paired(a, heads):
+        a = a.reshape(M, heads, d)
+        s = a[..., : d // 2] + a[..., d // 2:]
+        return np.concatenate([s, s], axis=-1)
+
+    return {"q": paired(mq, nh), "k": paired(mk, nkv), "v": mv.reshape(M, nkv, d)}
+
+
+def make_inputs(dims, rng, value_shape):
+    M, H = dims["M"], dims["H"]
+    n_out = (dims["n_heads"] + 2 * dims["n_kv_heads"]) * dims["head_dim"]
+    return {
+        "x": activations(rng, (M, H), value_shape),
+        "gamma": 1.0 + 0.1 * rng.standard_normal(H),
+        "w": rng.standard_normal((n_out, H)) / H**0.5,
+        "pos": rng.integers(0, 32768, size=M),
+    }
+
+
+def cost(dims, itemsize):
+    M, H, d = dims["M"], dims["H"], dims["head_dim"]
+    n_out = (dims["n_heads"] + 2 * dims["n_kv_heads"]) * d
+    return Cost(bytes=(M * H + H + n_out * H + M * n_out) * itemsize + 4 * M,
+                flops=2 * M * n_out * H + 4 * M * H + 6 * M * (dims["n_heads"] + dims["n_kv_heads"]) * d)
+
+
+def output_shapes(dims):
+    M, d = dims["M"], dims["head_dim"]
+    return {"q": (M, dims["n_heads"], d), "k": (M, dims["n_kv_heads"], d), "v": (M, dims["n_kv_heads"], d)}
+
+
+def validate(dims):
+    problems = []
+    if dims["head_dim"] % 2:
+        problems.append(f"head_dim must be even for rotary embedding, got {dims['head_dim']}")
+    if dims["n_heads"] % dims["n_kv_heads"]:
+        problems.append(f"n_kv_heads ({dims['n_kv_heads']}) must divide n_heads ({dims['n_heads']})")
+    return problems
+
+
+def strategy():
+    return st.builds(
+        lambda M, H, kv, group, d: {"M": M, "H": H, "n_heads": kv * group, "n_kv_heads": kv, "head_dim": d},
+        st.sampled_from(BATCH_SIZES), awkward_size(), st.sampled_from([1, 2, 3]), st.sampled_from([1, 2, 4]),
+        st.sampled_from([2, 6, 64, 80, 128]))
+
+
+SPEC = FusionSpec(
+    name="rmsnorm_qkv_rope",
+    doc=__doc__,
+    dims=("M", "H", "n_heads", "n_kv_heads", "head_dim"),
+    attrs={"eps": 1e-5, "theta": 10000.0},
+    inputs=("x", "gamma", "w", "pos"),
+    outputs=("q", "k", "v"),
+    decompose=decompose,
+    make_inputs_f64=make_inputs,
+    cost_model=cost,
+    output_shapes=output_shapes,
+    strategy=strategy,
+    validate_dims=validate,
+    magnitude=magnitude,
+    decompose_dims=("n_heads", "n_kv_heads", "head_dim"),
+    index_inputs=("pos",),
+)

@@ -1,0 +1,73 @@
+"""swiglu_ffn: the whole SwiGLU feed-forward block in one go.
+
+    y = (silu(x @ W_gate.T) * (x @ W_up.T)) @ W_down.T
+
+    x:      (M, H)   normalised activations
+    w_gate: (I, H)   gate projection, row-major (out, in)
+    w_up:   (I, H)   up projection
+    w_down: (H, I)   down projection
+    y:      (M, H)
+
+Chained without a host synchronisation. On a GPU the (M, I) activation stays on the
+device; at decode (M = 1) the best kernel never lets it leave on-chip memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_size
+from impls.gemm_swiglu import swiglu_magnitude
+
+
+def decompose(ops, x, w_gate, w_up, w_down):
+    act = ops.mul(ops.silu(ops.linear(x, w_gate)), ops.linear(x, w_up))
+    return {"y": ops.linear(act, w_down)}
+
+
+def magnitude(inputs, attrs):
+    """The activation's magnitude carried through the down projection."""
+    act = swiglu_magnitude(inputs["x"], inputs["w_gate"], inputs["w_up"])
+    return {"y": act @ np.abs(np.asarray(inputs["w_down"], dtype=np.float64)).T}
+
+
+def make_inputs(dims, rng, value_shape):
+    M, H, I = dims["M"], dims["H"], dims["I"]
+    return {
+        "x": activations(rng, (M, H), value_shape),
+        "w_gate": rng.standard_normal((I, H)) / H**0.5,
+        "w_up": rng.standard_normal((I, H)) / H**0.5,
+        "w_down": rng.standard_normal((H, I)) / I**0.5,
+    }
+
+
+def cost(dims, itemsize):
+    M, H, I = dims["M"], dims["H"], dims["I"]
+    return Cost(bytes=(2 * M * H + 3 * I * H) * itemsize, flops=6 * M * I * H + 5 * M * I)
+
+
+def output_shapes(dims):
+    return {"y": (dims["M"], dims["H"])}
+
+
+def strategy():
+    return st.fixed_dictionaries({"M": st.sampled_from(BATCH_SIZES), "H": awkward_size(), "I": awkward_size()})
+
+
+SPEC = FusionSpec(
+    name="swiglu_ffn",
+    doc=__doc__,
+    dims=("M", "H", "I"),
+    attrs={},
+    inputs=("x", "w_gate", "w_up", "w_down"),
+    outputs=("y",),
+    decompose=decompose,
+    make_inputs_f64=make_inputs,
+    cost_model=cost,
+    output_shapes=output_shapes,
+    strategy=strategy,
+    magnitude=magnitude,
+    # x comes out of an RMSNorm: no "large" rows (x300 would overflow float16 products)
+    value_shapes=("normal", "outliers", "near_constant"),
+)
