@@ -536,3 +536,660 @@ def test_gpu_measure_peak():
     _gpu_or_skip()
     peak = _cuda_backend().measure_peak()
     assert peak["copy_gbps"] > 0 and peak["matmul_gflops"] > 0
+
+
+# ==== the fusions written on the shared pair-GEMV / pair-tiled core ============================
+# add_rmsnorm, rmsnorm_qkv_rope, gemm_swiglu, swiglu_ffn. Their .cu files share one prelude
+# (traits, reductions) and one GEMM core: fb_pair_gemv (decode: one warp per pair of W rows)
+# and fb_pair_tiled (prefill: 64 rows x 32 pairs per block, tile column c = W row c & 1 of
+# pair c / 2), specialised by operand functors (where the input row comes from) and pair
+# functors (which W rows make a pair, and the epilogue that combines the two accumulators).
+# The emulation below transcribes the core and every functor, one thread at a time.
+
+NEW_FUSIONS = ("add_rmsnorm", "rmsnorm_qkv_rope", "gemm_swiglu", "swiglu_ffn")
+NEW_CU = {f: REPO / "impls" / f / f"{f}.cu" for f in NEW_FUSIONS}
+
+
+@pytest.mark.parametrize("fusion", NEW_FUSIONS)
+def test_new_sources_listed_with_entries(fusion):
+    assert NEW_CU[fusion] in cc.cuda_sources()
+    mod = _impl_module(fusion)
+    assert len(mod.KERNELS) == len(set(mod.KERNELS)) >= 3
+    for compiler in cc.available_compilers():
+        ok, msg = cc.check_entries(NEW_CU[fusion], mod.KERNELS, compiler)
+        assert ok, f"{compiler}: {msg}"
+
+
+@pytest.mark.parametrize("fusion", NEW_FUSIONS)
+def test_new_fusions_registered(fusion):
+    from harness.registry import discover
+
+    reg = discover(entry_points=False)
+    impl = reg.impls[f"{fusion}/cuda/fused"]
+    assert impl.kind == "fused" and impl.dtypes == ("float32", "float16", "bfloat16")
+    assert impl.doc.strip()
+
+
+def test_new_launch_constants_match_sources():
+    for fusion in ("rmsnorm_qkv_rope", "gemm_swiglu", "swiglu_ffn"):
+        m, d = _impl_module(fusion), _defines(NEW_CU[fusion])
+        assert m.GEMV_THREADS == d["FB_GEMV_THREADS"] == 256
+        assert m.GEMV_PAIRS_PER_BLOCK == d["FB_GEMV_PAIRS_PER_BLOCK"] == d["FB_GEMV_THREADS"] // 32
+        assert m.TILED_THREADS == d["FB_TILED_THREADS"] == 256
+        assert (m.TILE_M, m.TILE_PAIRS) == (d["FB_TM"], d["FB_TP"]) == (64, 32)
+        assert d["FB_GEMV_CHUNK"] % 8 == 0 and d["FB_TK"] % 8 == 0
+    m, d = _impl_module("rmsnorm_qkv_rope"), _defines(NEW_CU["rmsnorm_qkv_rope"])
+    assert m.RMS_THREADS == d["FB_RMS_THREADS"] and m.RMS_ROWS_PER_BLOCK == d["FB_RMS_THREADS"] // 32
+    m, d = _impl_module("add_rmsnorm"), _defines(NEW_CU["add_rmsnorm"])
+    assert m.THREADS == d["FB_ADD_THREADS"] and m.CACHE_MAX == d["FB_ADD_CACHE_MAX"]
+    assert 4 * m.CACHE_MAX <= 48 * 1024  # dynamic shared memory without an opt-in
+
+
+class VOut(Out):
+    """An output that also takes 16-byte vector stores."""
+
+    def vstore(self, off: int, vals: np.ndarray, vec: int):
+        assert off % vec == 0, f"misaligned 16-byte store at element {off}"
+        for e, v in enumerate(vals):
+            self.store(off + e, v)
+
+
+def scratch_mem(out: Out) -> Mem:
+    """A float32 device scratch written by an emulated kernel, read by the next (values kept
+    in float64 so that the emulation checks indexing, not float32 rounding)."""
+    assert (out.writes == 1).all(), "scratch element written 0 or 2+ times"
+    m = Mem.__new__(Mem)
+    m.dtype, m.raw, m.vec = "float32", out.v.copy(), 4
+    return m
+
+
+# ---- operand functors (FbNormRow, FbPlainRow, FbNormA, FbPlainA) -----------------------------
+class NormRow:
+    def __init__(self, x, g, H, eps):
+        self.x, self.g, self.H, self.eps = x, g, H, eps
+
+    def scale(self, m, threads):
+        ss = 0.0
+        for tid in range(threads):
+            for h in range(tid, self.H, threads):
+                v = self.x.load(m * self.H + h)
+                ss += v * v
+        return 1.0 / np.sqrt(ss / self.H + self.eps)
+
+    def fill(self, xs, m, c0, L, s, threads):
+        for tid in range(threads):
+            for i in range(tid, L, threads):
+                xs[i] = self.x.load(m * self.H + c0 + i) * s * self.g.load(c0 + i)
+
+
+class PlainRow:
+    def __init__(self, x, K):
+        self.x, self.K = x, K
+
+    def scale(self, m, threads):
+        return 1.0
+
+    def fill(self, xs, m, c0, L, s, threads):
+        for tid in range(threads):
+            for i in range(tid, L, threads):
+                xs[i] = self.x.load(m * self.K + c0 + i)
+
+
+class NormA:
+    def __init__(self, x, g, inv, H):
+        self.x, self.g, self.inv, self.H = x, g, inv, H
+
+    def load(self, gm, gk):
+        return self.x.load(gm * self.H + gk) * self.inv.v[gm] * self.g.load(gk)
+
+    def load_vec(self, gm, gk, n):
+        assert n == self.x.vec
+        return self.x.vload(gm * self.H + gk) * self.inv.v[gm] * np.array([self.g.load(gk + e) for e in range(n)])
+
+
+class PlainA:
+    def __init__(self, x, K):
+        self.x, self.K = x, K
+
+    def load(self, gm, gk):
+        return self.x.load(gm * self.K + gk)
+
+    def load_vec(self, gm, gk, n):  # n / x.vec 16-byte loads
+        assert n % self.x.vec == 0
+        return np.concatenate([self.x.vload(gm * self.K + gk + q * self.x.vec) for q in range(n // self.x.vec)])
+
+
+# ---- pair functors (FbQkvPairs, FbSwigluPairs, FbRowPairs) -----------------------------------
+def rope_cs(pos, i, d, theta):
+    a = float(pos) * float(theta) ** (-(i * 2.0) / d)
+    return np.cos(a), np.sin(a)
+
+
+class QkvPairs:
+    def __init__(self, w, pos, q, k, v, H, nh, nkv, d, theta):
+        self.w, self.pos, self.q, self.k, self.v = w, pos, q, k, v
+        self.H, self.nh, self.nkv, self.d, self.theta = H, nh, nkv, d, theta
+
+    def row(self, p, which):
+        half = self.d >> 1
+        head, i = p // half, p % half
+        return self.w, (head * self.d + i + which * half) * self.H
+
+    def store(self, m, p, a0, a1):
+        half = self.d >> 1
+        head, i = p // half, p % half
+        nh, nkv = self.nh, self.nkv
+        if head < nh:
+            out, hh, heads = self.q, head, nh
+        elif head < nh + nkv:
+            out, hh, heads = self.k, head - nh, nkv
+        else:
+            out, hh, heads = self.v, head - nh - nkv, nkv
+        if head < nh + nkv:
+            c, s = rope_cs(self.pos[m], i, self.d, self.theta)
+            a0, a1 = a0 * c - a1 * s, a1 * c + a0 * s
+        o = (m * heads + hh) * self.d + i
+        out.store(o, a0)
+        out.store(o + half, a1)
+
+
+class SwigluPairs:
+    def __init__(self, wg, wu, y, H, I):
+        self.wg, self.wu, self.y, self.H, self.I = wg, wu, y, H, I
+
+    def row(self, p, which):
+        return (self.wu if which else self.wg), p * self.H
+
+    def store(self, m, p, g, u):
+        self.y.store(m * self.I + p, g / (1.0 + np.exp(-g)) * u)
+
+
+class RowPairs:
+    def __init__(self, w, y, K, N):
+        self.w, self.y, self.K, self.N = w, y, K, N
+
+    def row(self, p, which):
+        return self.w, min(2 * p + which, self.N - 1) * self.K
+
+    def store(self, m, p, a0, a1):
+        n = 2 * p
+        self.y.store(m * self.N + n, a0)
+        if n + 1 < self.N:
+            self.y.store(m * self.N + n + 1, a1)
+
+
+# ---- the core: fb_pair_gemv and fb_pair_tiled ------------------------------------------------
+def emulate_pair_gemv(d, xsrc, pr, M, K, npairs, vec, VEC, grid):
+    THREADS, CHUNK, PPB = d["FB_GEMV_THREADS"], d["FB_GEMV_CHUNK"], d["FB_GEMV_PAIRS_PER_BLOCK"]
+    WARPS = THREADS // 32
+    assert PPB == WARPS
+    for bx in range(grid[0]):
+        for by in range(grid[1]):
+            m = by
+            while m < M:
+                s = xsrc.scale(m, THREADS)
+                acc = np.zeros((WARPS, 32, 2))
+                c0 = 0
+                while c0 < K:
+                    L = min(CHUNK, K - c0)
+                    assert 1 <= L <= CHUNK
+                    xs = np.full(CHUNK, np.nan)
+                    xsrc.fill(xs, m, c0, L, s, THREADS)
+                    for warp in range(WARPS):
+                        p = bx * PPB + warp
+                        if p >= npairs:
+                            continue
+                        (m0, o0), (m1, o1) = pr.row(p, 0), pr.row(p, 1)
+                        for lane in range(32):
+                            if vec:
+                                assert L % VEC == 0
+                                for j in range(lane, L // VEC, 32):
+                                    xv = xs[j * VEC:(j + 1) * VEC]
+                                    assert not np.isnan(xv).any(), "read of unwritten shared memory"
+                                    acc[warp, lane, 0] += m0.vload(o0 + c0 + j * VEC) @ xv
+                                    acc[warp, lane, 1] += m1.vload(o1 + c0 + j * VEC) @ xv
+                            else:
+                                for j in range(lane, L, 32):
+                                    assert not np.isnan(xs[j])
+                                    acc[warp, lane, 0] += m0.load(o0 + c0 + j) * xs[j]
+                                    acc[warp, lane, 1] += m1.load(o1 + c0 + j) * xs[j]
+                    c0 += CHUNK
+                for warp in range(WARPS):
+                    p = bx * PPB + warp
+                    if p < npairs:
+                        pr.store(m, p, acc[warp, :, 0].sum(), acc[warp, :, 1].sum())
+                m += grid[1]
+
+
+def emulate_pair_tiled(d, asrc, pr, M, K, npairs, vec, VEC, grid):
+    TM, TP, TK, PAD, THREADS = d["FB_TM"], d["FB_TP"], d["FB_TK"], d["FB_TPAD"], d["FB_TILED_THREADS"]
+    assert TM == 2 * TP == 64 and THREADS == 256
+    KV = TK // VEC
+    for bx in range(grid[0]):
+        p0 = bx * TP
+        for by in range(grid[1]):
+            mt = by
+            while mt * TM < M:
+                m0 = mt * TM
+                acc = np.zeros((THREADS, 4, 4))
+                k0 = 0
+                while k0 < K:
+                    As = np.full((TK, TM + PAD), np.nan)
+                    Ws = np.full((TK, 2 * TP + PAD), np.nan)
+                    wa = np.zeros((TK, TM), dtype=int)
+                    ww = np.zeros((TK, 2 * TP), dtype=int)
+                    for tid in range(THREADS):
+                        if vec:
+                            for v in range(tid, TM * KV, THREADS):
+                                r, kk = v // KV, (v % KV) * VEC
+                                gk, gm, gp = k0 + kk, m0 + r, p0 + (r >> 1)
+                                As[kk:kk + VEC, r] = asrc.load_vec(gm, gk, VEC) if (gm < M and gk < K) else 0.0
+                                wa[kk:kk + VEC, r] += 1
+                                if gp < npairs and gk < K:
+                                    mem, off = pr.row(gp, r & 1)
+                                    Ws[kk:kk + VEC, r] = mem.vload(off + gk)
+                                else:
+                                    Ws[kk:kk + VEC, r] = 0.0
+                                ww[kk:kk + VEC, r] += 1
+                        else:
+                            for e in range(tid, TM * TK, THREADS):
+                                r, kk = e // TK, e % TK
+                                gk, gm, gp = k0 + kk, m0 + r, p0 + (r >> 1)
+                                As[kk, r] = asrc.load(gm, gk) if gm < M and gk < K else 0.0
+                                if gp < npairs and gk < K:
+                                    mem, off = pr.row(gp, r & 1)
+                                    Ws[kk, r] = mem.load(off + gk)
+                                else:
+                                    Ws[kk, r] = 0.0
+                                wa[kk, r] += 1
+                                ww[kk, r] += 1
+                    assert (wa == 1).all() and (ww == 1).all(), "shared tile slot written 0 or 2+ times"
+                    for tid in range(THREADS):
+                        tx, ty = tid & 15, tid >> 4
+                        a, b = As[:, ty * 4:ty * 4 + 4], Ws[:, tx * 4:tx * 4 + 4]
+                        assert not (np.isnan(a).any() or np.isnan(b).any())
+                        acc[tid] += a.T @ b
+                    k0 += TK
+                for tid in range(THREADS):
+                    tx, ty = tid & 15, tid >> 4
+                    for i in range(4):
+                        gm = m0 + ty * 4 + i
+                        if gm < M:
+                            for jp in range(2):
+                                gp = p0 + tx * 2 + jp
+                                if gp < npairs:
+                                    pr.store(gm, gp, acc[tid, i, 2 * jp], acc[tid, i, 2 * jp + 1])
+                mt += grid[1]
+
+
+def _cap(grid, cap):
+    return (grid[0], min(grid[1], cap)) if cap and len(grid) == 2 else grid
+
+
+def _check_written_once(**outs):
+    for name, o in outs.items():
+        assert (o.writes == 1).all(), f"{name}: {(o.writes != 1).sum()} elements written 0 or 2+ times"
+
+
+def _close(got, want):
+    want = np.asarray(want, dtype=np.float64)
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-9,
+                               atol=1e-9 * max(1.0, float(np.abs(want).max())))
+
+
+def _ref(fusion, inputs, attrs):
+    import importlib
+
+    from harness.ops import NumpyOps
+
+    pkg = importlib.import_module(f"impls.{fusion}")
+    return pkg.SPEC.decompose(NumpyOps("float64"), **inputs, **attrs)
+
+
+# ---- rmsnorm_qkv_rope -----------------------------------------------------------------------
+def emulate_qkv(inputs, dtype, attrs, cap=None, aligned=True):
+    mod = _impl_module("rmsnorm_qkv_rope")
+    d = _defines(NEW_CU["rmsnorm_qkv_rope"])
+    nh, nkv, hd = attrs["n_heads"], attrs["n_kv_heads"], attrs["head_dim"]
+    M, H = inputs["x"].shape
+    vec, plan = mod.launch_plan(M, H, nh, nkv, hd, dtype, aligned)
+    x, g, w = (Mem(inputs[k], dtype) for k in ("x", "gamma", "w"))
+    pos = np.asarray(inputs["pos"], dtype=np.int32)
+    q, k, v = Out(M * nh * hd), Out(M * nkv * hd), Out(M * nkv * hd)
+    pr = QkvPairs(w, pos, q, k, v, H, nh, nkv, hd, attrs["theta"])
+    P = (nh + 2 * nkv) * (hd // 2)
+    inv = None
+    for name, grid, block in plan:
+        grid = _cap(grid, cap)
+        if "_gemv_" in name:
+            emulate_pair_gemv(d, NormRow(x, g, H, attrs["eps"]), pr, M, H, P, vec, x.vec, grid)
+        elif "_rms_" in name:
+            inv = Out(M)
+            emulate_rms(x, inv, M, H, attrs["eps"], grid)
+            assert (inv.writes == 1).all()
+        else:
+            emulate_pair_tiled(d, NormA(x, g, inv, H), pr, M, H, P, vec, x.vec, grid)
+    return {"q": q, "k": k, "v": v}, vec, plan
+
+
+QKV_EMU_CASES = [
+    # (M, H, n_heads, n_kv_heads, head_dim, dtype, grid_y_cap)
+    (1, 16, 2, 1, 4, "float16", None),      # vec, P = 8: exactly one block
+    (2, 12, 4, 2, 6, "float32", None),      # vec f32, odd d/2, P = 24 (3 blocks)
+    (3, 13, 3, 3, 2, "bfloat16", 2),        # scalar, d = 2, blockIdx.y loop
+    (1, 4096 + 8, 1, 1, 2, "float16", None),  # two shared-memory chunks, vec
+    (9, 7, 2, 1, 6, "float32", None),       # smallest prefill, scalar, ragged everything
+    (70, 40, 4, 2, 8, "float16", None),     # vec tiles, P = 32 (one pair tile), two M tiles
+    (66, 36, 6, 2, 10, "float32", 1),       # vec f32, P = 50 (two pair tiles), M loop
+    (65, 24, 3, 1, 6, "bfloat16", None),    # vec bf16, K = 1.5 tile steps
+]
+
+
+@pytest.mark.parametrize("M,H,nh,nkv,hd,dtype,cap", QKV_EMU_CASES)
+def test_emulated_qkv_rope_indexing(M, H, nh, nkv, hd, dtype, cap):
+    from impls.rmsnorm_qkv_rope import SPEC
+
+    dims = {"M": M, "H": H, "n_heads": nh, "n_kv_heads": nkv, "head_dim": hd}
+    inputs = SPEC.make_inputs(dims, dtype, seed=M * 7 + H)
+    attrs = {"eps": 1e-5, "theta": 10000.0, "n_heads": nh, "n_kv_heads": nkv, "head_dim": hd}
+    outs, vec, plan = emulate_qkv(inputs, dtype, attrs, cap)
+    assert len(plan) == (1 if M <= 8 else 2)
+    _check_written_once(**outs)
+    ref = _ref("rmsnorm_qkv_rope", inputs, attrs)
+    for name in ("q", "k", "v"):
+        _close(outs[name].v, ref[name])
+
+
+# ---- gemm_swiglu ----------------------------------------------------------------------------
+def emulate_gemm_swiglu(inputs, dtype, cap=None, aligned=True):
+    mod = _impl_module("gemm_swiglu")
+    d = _defines(NEW_CU["gemm_swiglu"])
+    M, H = inputs["x"].shape
+    I = inputs["w_gate"].shape[0]
+    vec, plan = mod.launch_plan(M, H, I, dtype, aligned)
+    x, wg, wu = (Mem(inputs[k], dtype) for k in ("x", "w_gate", "w_up"))
+    y = Out(M * I)
+    (name, grid, _), = plan
+    grid = _cap(grid, cap)
+    pr = SwigluPairs(wg, wu, y, H, I)
+    if "_gemv_" in name:
+        emulate_pair_gemv(d, PlainRow(x, H), pr, M, H, I, vec, x.vec, grid)
+    else:
+        emulate_pair_tiled(d, PlainA(x, H), pr, M, H, I, vec, x.vec, grid)
+    return y, vec, plan
+
+
+SWIGLU_EMU_CASES = [
+    # (M, H, I, dtype, grid_y_cap)
+    (1, 8, 16, "float16", None),
+    (3, 12, 17, "float32", None),
+    (2, 12, 33, "bfloat16", None),          # scalar 16-bit (12 % 8 != 0)
+    (5, 24, 18, "bfloat16", 2),             # vec, blockIdx.y loop
+    (1, 4096 + 3, 2, "float32", None),      # two chunks, scalar
+    (9, 7, 5, "float32", None),             # smallest prefill
+    (70, 37, 67, "float32", None),          # scalar, ragged in M, pairs and K
+    (66, 40, 33, "float16", None),          # vec, two pair tiles
+    (130, 32, 40, "bfloat16", 1),           # three M tiles through the blockIdx.y loop
+]
+
+
+@pytest.mark.parametrize("M,H,I,dtype,cap", SWIGLU_EMU_CASES)
+def test_emulated_gemm_swiglu_indexing(M, H, I, dtype, cap):
+    from impls.gemm_swiglu import SPEC
+
+    inputs = SPEC.make_inputs({"M": M, "H": H, "I": I}, dtype, seed=M + H + I)
+    y, vec, plan = emulate_gemm_swiglu(inputs, dtype, cap)
+    _check_written_once(y=y)
+    _close(y.v, _ref("gemm_swiglu", inputs, {})["y"])
+
+
+# ---- swiglu_ffn -----------------------------------------------------------------------------
+def emulate_swiglu_ffn(inputs, dtype, cap=None, aligned=True):
+    mod = _impl_module("swiglu_ffn")
+    d = _defines(NEW_CU["swiglu_ffn"])
+    M, H = inputs["x"].shape
+    I = inputs["w_gate"].shape[0]
+    (vec_up, vec_down), plan = mod.launch_plan(M, H, I, dtype, aligned)
+    x, wg, wu, wd = (Mem(inputs[k], dtype) for k in ("x", "w_gate", "w_up", "w_down"))
+    act, y = Out(M * I), Out(M * H)
+    (up, g_up, _), (down, g_down, _) = plan
+    pr_up = SwigluPairs(wg, wu, act, H, I)
+    if "_gemv_" in up:
+        emulate_pair_gemv(d, PlainRow(x, H), pr_up, M, H, I, vec_up, x.vec, _cap(g_up, cap))
+    else:
+        emulate_pair_tiled(d, PlainA(x, H), pr_up, M, H, I, vec_up, x.vec, _cap(g_up, cap))
+    a = scratch_mem(act)
+    pr_down = RowPairs(wd, y, I, H)
+    if "_gemv_" in down:
+        emulate_pair_gemv(d, PlainRow(a, I), pr_down, M, I, (H + 1) // 2, vec_down, wd.vec, _cap(g_down, cap))
+    else:
+        emulate_pair_tiled(d, PlainA(a, I), pr_down, M, I, (H + 1) // 2, vec_down, wd.vec, _cap(g_down, cap))
+    return act, y, (vec_up, vec_down), plan
+
+
+FFN_EMU_CASES = [
+    # (M, H, I, dtype, grid_y_cap)
+    (1, 8, 16, "float16", None),            # vec up and down
+    (2, 13, 12, "float32", None),           # scalar up, vec down, odd H (clamped last pair)
+    (3, 16, 9, "bfloat16", 2),              # vec up, scalar down, blockIdx.y loop
+    (1, 7, 4096 + 8, "float16", None),      # down GEMV over two chunks of the activation
+    (9, 7, 5, "float32", None),             # smallest prefill, scalar, odd H
+    (66, 24, 40, "float16", None),          # vec 16-bit up and down (2 x 16-byte f32 scratch loads)
+    (70, 33, 16, "bfloat16", 1),            # odd H, vec down only, M loop
+    (65, 36, 20, "float32", None),          # vec f32 up and down
+]
+
+
+@pytest.mark.parametrize("M,H,I,dtype,cap", FFN_EMU_CASES)
+def test_emulated_swiglu_ffn_indexing(M, H, I, dtype, cap):
+    from impls.gemm_swiglu import SPEC as GS
+    from impls.swiglu_ffn import SPEC
+
+    inputs = SPEC.make_inputs({"M": M, "H": H, "I": I}, dtype, seed=M * 3 + H + I)
+    act, y, vecs, plan = emulate_swiglu_ffn(inputs, dtype, cap)
+    _check_written_once(act=act, y=y)
+    sub = {k: inputs[k] for k in GS.inputs}
+    _close(act.v, _ref("gemm_swiglu", sub, {})["y"])
+    _close(y.v, _ref("swiglu_ffn", inputs, {})["y"])
+
+
+# ---- add_rmsnorm ----------------------------------------------------------------------------
+def emulate_add_rmsnorm(inputs, dtype, eps, cap=None, aligned=True):
+    mod = _impl_module("add_rmsnorm")
+    d = _defines(NEW_CU["add_rmsnorm"])
+    THREADS = d["FB_ADD_THREADS"]
+    M, H = inputs["x"].shape
+    vec, cache, smem, plan = mod.launch_plan(M, H, dtype, aligned)
+    (name, grid, block), = plan
+    if cap:
+        grid = (min(grid[0], cap),)
+    x, r, g = (Mem(inputs[k], dtype) for k in ("x", "residual", "gamma"))
+    VEC = x.vec
+    h, y = VOut(M * H), VOut(M * H)
+    assert smem == (4 * H if cache else 0) and smem <= 48 * 1024
+    for bx in range(grid[0]):
+        hs = np.full(smem // 4, np.nan)
+        owner = np.full(smem // 4, -1)
+
+        def hs_write(slot, tid, val):
+            assert 0 <= slot < hs.size, f"shared slot {slot} beyond the dynamic allocation"
+            hs[slot], owner[slot] = val, tid
+
+        def hs_read(slot, tid):
+            assert 0 <= slot < hs.size and owner[slot] == tid, "shared slot read by another thread"
+            return hs[slot]
+
+        m = bx
+        while m < M:
+            base = m * H
+            ss = 0.0
+            if vec:
+                nv = H // VEC
+                keep = {}
+                for tid in range(THREADS):
+                    for j in range(tid, nv, THREADS):
+                        a = x.vload(base + j * VEC) + r.vload(base + j * VEC)
+                        ss += float(a @ a)
+                        h.vstore(base + j * VEC, a, VEC)
+                        if cache:
+                            for e in range(VEC):
+                                hs_write(e * nv + j, tid, a[e])
+                s = 1.0 / np.sqrt(ss / H + eps)
+                for tid in range(THREADS):
+                    for j in range(tid, nv, THREADS):
+                        if cache:
+                            a = np.array([hs_read(e * nv + j, tid) for e in range(VEC)])
+                        else:
+                            a = x.vload(base + j * VEC) + r.vload(base + j * VEC)
+                        y.vstore(base + j * VEC, a * s * g.vload(j * VEC), VEC)
+            else:
+                for tid in range(THREADS):
+                    for k in range(tid, H, THREADS):
+                        a = x.load(base + k) + r.load(base + k)
+                        ss += a * a
+                        h.store(base + k, a)
+                        if cache:
+                            hs_write(k, tid, a)
+                s = 1.0 / np.sqrt(ss / H + eps)
+                for tid in range(THREADS):
+                    for k in range(tid, H, THREADS):
+                        a = hs_read(k, tid) if cache else x.load(base + k) + r.load(base + k)
+                        y.store(base + k, a * s * g.load(k))
+            m += grid[0]
+    return h, y, vec, cache
+
+
+ADD_EMU_CASES = [
+    # (M, H, dtype, grid cap)
+    (1, 8, "float16", None),
+    (3, 12, "float32", None),
+    (2, 13, "bfloat16", None),              # scalar
+    (5, 24, "bfloat16", 2),                 # vec, blocks loop over rows
+    (4, 100, "float32", 3),
+    (1, 12288, "float32", None),            # h cached in exactly 48 KiB
+    (2, 12288 + 8, "float16", None),        # too wide to cache: pass 2 recomputes h
+    (2, 12288 + 1, "float32", None),        # too wide, scalar
+]
+
+
+@pytest.mark.parametrize("M,H,dtype,cap", ADD_EMU_CASES)
+def test_emulated_add_rmsnorm_indexing(M, H, dtype, cap):
+    from impls.add_rmsnorm import SPEC
+
+    inputs = SPEC.make_inputs({"M": M, "H": H}, dtype, seed=M + H)
+    h, y, vec, cache = emulate_add_rmsnorm(inputs, dtype, 1e-5, cap)
+    assert cache == (H <= 12288)
+    _check_written_once(h=h, y=y)
+    ref = _ref("add_rmsnorm", inputs, {"eps": 1e-5})
+    _close(h.v, ref["h"])
+    _close(y.v, ref["y"])
+
+
+def test_new_unaligned_pointers_use_scalar_loads():
+    m = _impl_module("gemm_swiglu")
+    assert m.launch_plan(2, 16, 8, "float32", aligned=False)[0] == 0
+    m = _impl_module("rmsnorm_qkv_rope")
+    assert m.launch_plan(2, 16, 2, 1, 4, "float16", aligned=False)[0] == 0
+    m = _impl_module("swiglu_ffn")
+    assert m.launch_plan(2, 16, 8, "float32", aligned=False)[0] == (0, 0)
+    m = _impl_module("add_rmsnorm")
+    assert m.launch_plan(2, 16, "float32", aligned=False)[0] == 0
+
+
+def test_emulated_gemv_down_uses_whole_chain():
+    """The decode path of swiglu_ffn launches exactly two kernels and no third (no host work)."""
+    m = _impl_module("swiglu_ffn")
+    _, plan = m.launch_plan(1, 4096, 14336, "bfloat16")
+    assert [p[0] for p in plan] == ["swiglu_ffn_gemv_up_bf16", "swiglu_ffn_gemv_down_bf16"]
+    assert plan[0][1] == (14336 // 8, 1) and plan[1][1] == (4096 // 2 // 8, 1)
+
+
+# ---- GPU tests for the new fusions (skipped without a usable device) -------------------------
+NEW_GPU_CASES = {
+    "add_rmsnorm": [{"M": 1, "H": 4096}, {"M": 3, "H": 13}, {"M": 8, "H": 12289}, {"M": 130, "H": 4097},
+                    {"M": 5, "H": 12288}],
+    "rmsnorm_qkv_rope": [
+        {"M": 1, "H": 4096, "n_heads": 32, "n_kv_heads": 8, "head_dim": 128},
+        {"M": 3, "H": 130, "n_heads": 4, "n_kv_heads": 2, "head_dim": 6},
+        {"M": 8, "H": 33, "n_heads": 3, "n_kv_heads": 3, "head_dim": 2},
+        {"M": 9, "H": 257, "n_heads": 6, "n_kv_heads": 2, "head_dim": 80},
+        {"M": 130, "H": 896, "n_heads": 14, "n_kv_heads": 2, "head_dim": 64},
+    ],
+    "gemm_swiglu": [{"M": 1, "H": 1024, "I": 2816}, {"M": 3, "H": 130, "I": 129}, {"M": 8, "H": 4099, "I": 31},
+                    {"M": 9, "H": 33, "I": 127}, {"M": 130, "H": 257, "I": 131}],
+    "swiglu_ffn": [{"M": 1, "H": 896, "I": 4864}, {"M": 2, "H": 7, "I": 33}, {"M": 1, "H": 129, "I": 4099},
+                   {"M": 9, "H": 129, "I": 130}, {"M": 130, "H": 256, "I": 300}],
+}
+NEW_GPU_PARAMS = [(f, p) for f, ps in NEW_GPU_CASES.items() for p in ps]
+
+
+def _judge_impl(impl_key, fusion, params, dtype, value_shape, seed):
+    import importlib
+
+    from harness.accuracy import judge
+    from harness.ops import NumpyOps
+
+    if not _REGISTRY:
+        from harness.registry import discover
+
+        _REGISTRY.append(discover(entry_points=False))
+    spec = importlib.import_module(f"impls.{fusion}").SPEC
+    dims, attrs = spec.split(params)
+    inputs = spec.make_inputs(dims, dtype, seed, value_shape)
+    ref = spec.decompose(NumpyOps("float64"), **inputs, **attrs)
+    chain = spec.decompose(NumpyOps(dtype), **inputs, **attrs)
+    mag = spec.magnitude(inputs, attrs) if spec.magnitude else None
+    p = _REGISTRY[0].impls[impl_key].prepare(spec, inputs, attrs, dtype)
+    p.poison()
+    p.run()
+    out = p.outputs()
+    for name, shape in spec.output_shapes(dims).items():
+        assert out[name].shape == shape, (name, out[name].shape, shape)
+        assert not np.isnan(out[name].astype(np.float32)).any(), f"{name}: NaN (an element never written?)"
+    return judge(out, ref, chain, dtype, spec.nmse_bound[dtype], spec.k_vs_chain, mag)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("fusion,params", NEW_GPU_PARAMS, ids=lambda v: v if isinstance(v, str) else
+                         "-".join(str(x) for x in v.values()))
+def test_gpu_new_fused_matches_reference(fusion, params, dtype):
+    _gpu_or_skip()
+    for value_shape in ("normal", "outliers", "large"):
+        v = _judge_impl(f"{fusion}/cuda/fused", fusion, params, dtype, value_shape, seed=sum(params.values()))
+        assert v.passed, (value_shape, v.reasons)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("fusion", NEW_FUSIONS)
+def test_gpu_new_chain_matches_reference(fusion, dtype):
+    """The cuda/unfused chain (split, reshape, rope included) against the same gate."""
+    _gpu_or_skip()
+    params = NEW_GPU_CASES[fusion][1]
+    v = _judge_impl(f"{fusion}/cuda/unfused", fusion, params, dtype, "normal", seed=3)
+    assert v.passed, v.reasons
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_gpu_chain_split_reshape_rope_match_numpy(dtype):
+    _gpu_or_skip()
+    from harness.dtypes import np_dtype
+    from harness.ops import NumpyOps
+
+    b = _cuda_backend()
+    ops, ref = b.ops(dtype), NumpyOps(dtype)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 3 * 10)).astype(np_dtype(dtype))
+    pos = rng.integers(0, 32768, size=5).astype(np.int32)
+    dpos = b.upload(pos)
+    assert dpos.dtype == np.int32 and (b.download(dpos) == pos).all()
+    dx = b.upload(x)
+    parts = ops.split(dx, [10, 12, 8])
+    for got, want in zip(parts, ref.split(x, [10, 12, 8])):
+        assert got.flags.c_contiguous and (b.download(got).view(np.uint8) == want.view(np.uint8)).all()
+    r = ops.reshape(dx, (5, 3, 10))
+    assert r.shape == (5, 3, 10)
+    tol = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}[dtype]
+    for theta in (10000.0, 500000.0):
+        got = b.download(ops.rope(r, dpos, theta)).astype(np.float64)
+        want = ref.rope(x.reshape(5, 3, 10), pos, theta).astype(np.float64)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

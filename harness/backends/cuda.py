@@ -6,8 +6,10 @@ this backend is a bfloat16 buffer). download() returns NumPy arrays of the stora
 (bfloat16 as an `ml_dtypes.bfloat16` view).
 
 The chain computes every primitive in float32 and stores its result in the storage dtype:
-rms_norm, add, mul, silu and softmax are small header-free CUDA kernels (CHAIN_SOURCE
-below, one per op and dtype), linear is cuBLAS `gemmEx` with float32 compute
+rms_norm, add, mul, silu, softmax and rope are small header-free CUDA kernels
+(CHAIN_SOURCE below, one per op and dtype; rope computes its angles and their sine and
+cosine in float64 on the device, as harness.ops.rope_angles defines them), split makes
+contiguous copies of column ranges, reshape is a view, linear is cuBLAS `gemmEx` with float32 compute
 (CUBLAS_COMPUTE_32F: no TF32, no half-precision accumulation) on float32/float16/bfloat16
 data, which is what a framework's linear layer calls.
 
@@ -286,7 +288,7 @@ class CudaOps(Ops):
         self.dt = storage_dtype(storage)
         mod = backend.chain_module()
         self.k = {op: mod.get_function(f"chain_{op}_{self.suffix}")
-                  for op in ("rms_norm", "add", "mul", "silu", "softmax")}
+                  for op in ("rms_norm", "add", "mul", "silu", "softmax", "rope")}
 
     def _arr(self, a):
         cp = self.cp
@@ -345,6 +347,36 @@ class CudaOps(Ops):
         y = self.cp.empty_like(x)
         if rows:
             self.k["softmax"]((min(rows, 65535),), (self.THREADS,), (x, y, np.int32(rows), np.int32(H)))
+        return y
+
+    def split(self, x, sizes):
+        """Last-axis split into contiguous copies (one copy kernel each, as a chain does)."""
+        x = self._arr(x)
+        edges = np.cumsum([0, *[int(s) for s in sizes]])
+        if edges[-1] != x.shape[-1]:
+            raise ValueError(f"{self.name}: split sizes {list(sizes)} do not add up to {x.shape[-1]}")
+        return [self.cp.ascontiguousarray(x[..., a:b]) for a, b in zip(edges[:-1], edges[1:])]
+
+    def reshape(self, x, shape):
+        """A view with the new shape (row-major; x is made contiguous first)."""
+        return self._arr(x).reshape(tuple(int(s) for s in shape))
+
+    def rope(self, x, pos, theta):
+        """x: (M, heads, d) storage dtype, pos: (M,) int32 -> rotate-half RoPE, float32 math
+        with float64 angles, one rounding to the storage dtype."""
+        cp = self.cp
+        x = self._arr(x)
+        if x.ndim != 3 or x.shape[-1] % 2:
+            raise ValueError(f"{self.name}: rope needs x of shape (M, heads, even d), got {x.shape}")
+        M, heads, d = x.shape
+        pos = cp.ascontiguousarray(cp.asarray(pos, dtype=cp.int32))
+        if pos.shape != (M,):
+            raise ValueError(f"{self.name}: rope positions of shape {pos.shape}, expected ({M},)")
+        y = cp.empty_like(x)
+        n = M * heads * (d // 2)
+        if n:
+            self.k["rope"]((self._grid(n),), (self.THREADS,),
+                           (x, pos, y, np.int32(M), np.int32(heads), np.int32(d), np.float64(theta)))
         return y
 
 
@@ -438,7 +470,31 @@ __device__ void fb_softmax(const typename D::T* x, typename D::T* y, int rows, i
     }
 }
 
+// Rotate-half RoPE over (M, heads, d): one thread per pair (i, i + d/2), grid-stride.
+template <class D>
+__device__ void fb_rope(const typename D::T* x, const int* pos, typename D::T* y, int M, int heads,
+                        int d, double theta) {
+    const int half = d / 2;
+    const long long n = (long long)M * heads * half;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < n;
+         t += (long long)gridDim.x * blockDim.x) {
+        const int i = (int)(t % half);
+        const long long row = t / half;                  // m * heads + head
+        const int m = (int)(row / heads);
+        const double ang = (double)pos[m] * pow(theta, -((double)i * 2.0) / (double)d);
+        double sd, cd;
+        sincos(ang, &sd, &cd);
+        const float c = (float)cd, s = (float)sd;
+        const long long o = row * d + i;
+        const float x1 = D::ld(x, o), x2 = D::ld(x, o + half);
+        D::st(y, o, x1 * c - x2 * s);
+        D::st(y, o + half, x2 * c + x1 * s);
+    }
+}
+
 #define FB_CHAIN(S, D)                                                                          \
+extern "C" __global__ void chain_rope_##S(const D::T* x, const int* pos, D::T* y, int M,         \
+    int heads, int d, double theta) { fb_rope<D>(x, pos, y, M, heads, d, theta); }               \
 extern "C" __global__ void __launch_bounds__(FB_THREADS) chain_rms_norm_##S(                    \
     const D::T* x, const D::T* g, D::T* y, int rows, int H, float eps) {                        \
     fb_rms_norm<D>(x, g, y, rows, H, eps); }                                                    \
@@ -461,6 +517,6 @@ FB_CHAIN(bf16, FbBF16)
 """
 
 CHAIN_KERNELS = tuple(f"chain_{op}_{s}" for s in ("f32", "f16", "bf16")
-                      for op in ("rms_norm", "add", "mul", "silu", "softmax"))
+                      for op in ("rms_norm", "add", "mul", "silu", "softmax", "rope"))
 
 BACKENDS = {"cuda": CudaBackend()}

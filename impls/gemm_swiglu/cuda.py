@@ -1,0 +1,98 @@
+"""gemm_swiglu in CUDA (gemm_swiglu.cu beside this file, CuPy RawModule).
+
+x: (M, H), w_gate, w_up: (I, H) -> y = silu(x @ w_gate.T) * (x @ w_up.T), (M, I) in the
+storage dtype; float32 accumulation, silu(g)·u formed in registers, y rounded once.
+
+Work is split into pairs p = (w_gate row p, w_up row p): whoever owns a pair accumulates
+both products from the same loads of x and stores y[m, p] once.
+
+Decode (M <= GEMV_MAX_M): `gemm_swiglu_gemv_<dt>`, grid (ceil(I/8), M), 256 threads; the
+x row in shared memory (4096 floats at a time), one pair per warp (16-byte loads of both W
+rows, shuffle reduction). Bound by reading the two weight matrices once.
+
+Prefill (M > GEMV_MAX_M): `gemm_swiglu_tiled_<dt>`, 64 rows x 32 pairs per block (tile
+columns interleave gate and up rows, so each thread's 4x4 register tile is 4 rows x 2 whole
+pairs), K step 16, 256 threads; each x element in shared memory feeds both products. Plain
+SIMT float32 tiles (no tensor cores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.backends import Prepared
+from harness.registry import Implementation, register
+
+SOURCE_PATH = Path(__file__).with_name("gemm_swiglu.cu")
+SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+VEC = {"float32": 4, "float16": 8, "bfloat16": 8}
+KERNELS = tuple(f"gemm_swiglu_{k}_{s}" for s in SUFFIX.values() for k in ("gemv", "tiled"))
+
+GEMV_THREADS, GEMV_PAIRS_PER_BLOCK = 256, 8
+TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32
+GEMV_MAX_M = 8
+MAX_GRID_Y = 65535
+
+_modules: dict[int, object] = {}
+
+
+def load_module():
+    import cupy as cp
+
+    dev = cp.cuda.runtime.getDevice()
+    if dev not in _modules:
+        _modules[dev] = cp.RawModule(code=SOURCE_PATH.read_text(), options=("-std=c++17",))
+    return _modules[dev]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True) -> tuple[int, list]:
+    """(vec, [(kernel, grid, block)]); no CuPy needed."""
+    sfx = SUFFIX[dtype]
+    vec = int(aligned and H % VEC[dtype] == 0)
+    if M <= GEMV_MAX_M:
+        return vec, [(f"gemm_swiglu_gemv_{sfx}", (_cdiv(I, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
+                      (GEMV_THREADS,))]
+    return vec, [(f"gemm_swiglu_tiled_{sfx}", (_cdiv(I, TILE_PAIRS), min(_cdiv(M, TILE_M), MAX_GRID_Y)),
+                  (TILED_THREADS,))]
+
+
+class GemmSwigluCuda(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        import cupy as cp
+
+        from harness.backends.cuda import storage_dtype
+
+        if dtype not in SUFFIX:
+            raise ValueError(f"gemm_swiglu/cuda: unsupported dtype {dtype!r}")
+        mod = load_module()
+        self.x, self.wg, self.wu = (backend.upload(inputs[k]) for k in ("x", "w_gate", "w_up"))
+        M, H = self.x.shape
+        I = self.wg.shape[0]
+        if self.wg.shape != (I, H) or self.wu.shape != (I, H):
+            raise ValueError(f"gemm_swiglu/cuda: shapes x{self.x.shape} w_gate{self.wg.shape} "
+                             f"w_up{self.wu.shape} do not match")
+        if max(M * H, I * H, M * I) >= 2**31:
+            raise ValueError("gemm_swiglu/cuda: sizes must be below 2**31 elements")
+        self.out = {"y": cp.empty((M, I), dtype=storage_dtype(dtype))}
+        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu))
+        vec, plan = launch_plan(M, H, I, dtype, aligned)
+        (name, grid, block), = plan
+        self.kernel, self.grid, self.block = mod.get_function(name), grid, block
+        self.args = (self.x, self.wg, self.wu, self.out["y"], np.int32(M), np.int32(H), np.int32(I), np.int32(vec))
+        self.vec = bool(vec)
+        self.empty = M == 0 or I == 0
+
+    def run(self):
+        if not self.empty:
+            self.kernel(self.grid, self.block, self.args)
+
+
+register(Implementation("gemm_swiglu", "cuda", "fused", "fused", GemmSwigluCuda,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

@@ -1,0 +1,127 @@
+"""rmsnorm_qkv_rope in CUDA (rmsnorm_qkv_rope.cu beside this file, CuPy RawModule).
+
+x: (M, H), gamma: (H,), w: ((nh + 2·nkv)·d, H), pos: (M,) int32 -> q: (M, nh, d),
+k, v: (M, nkv, d) in the storage dtype; float32 accumulation, each output rounded once.
+
+The projection is split into pairs p = (head, i): W rows head·d + i and head·d + i + d/2,
+the two outputs one rotate-half rotation mixes. Whoever holds a pair's two float32
+accumulators rotates them (q and k heads; v heads pass through) and stores both. Angles
+pos·theta^(-2i/d) and their sine and cosine are computed on the device in float64.
+
+Decode (M <= GEMV_MAX_M): `rmsnorm_qkv_rope_gemv_<dt>`, grid (ceil(P/8), M), 256 threads,
+P = (nh + 2·nkv)·d/2. Each block recomputes its row's inverse RMS, keeps x·s·gamma in
+shared memory (4096 floats at a time) and each warp owns one pair: two W rows read with
+16-byte loads, a shuffle reduction, the rotation, two stores. Bound by reading W once.
+
+Prefill (M > GEMV_MAX_M): `rmsnorm_qkv_rope_rms_<dt>` writes the M inverse RMS values,
+then `rmsnorm_qkv_rope_tiled_<dt>` computes 64 rows x 32 pairs per block (tile column c is
+W row (c & 1) of pair c/2, so every thread's 4x4 register tile holds two whole pairs) and
+rotates in the epilogue: no separate RoPE pass, no (M, N) intermediate. Plain SIMT float32
+tiles, like rmsnorm_gemm's prefill kernel (no tensor cores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.backends import Prepared
+from harness.registry import Implementation, register
+
+SOURCE_PATH = Path(__file__).with_name("rmsnorm_qkv_rope.cu")
+SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+VEC = {"float32": 4, "float16": 8, "bfloat16": 8}
+KERNELS = tuple(f"rmsnorm_qkv_rope_{k}_{s}" for s in SUFFIX.values() for k in ("gemv", "rms", "tiled"))
+
+# Launch geometry; must match the #defines in rmsnorm_qkv_rope.cu.
+GEMV_THREADS, GEMV_PAIRS_PER_BLOCK = 256, 8
+RMS_THREADS, RMS_ROWS_PER_BLOCK = 256, 8
+TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32
+GEMV_MAX_M = 8
+MAX_GRID_Y = 65535
+
+_modules: dict[int, object] = {}
+
+
+def load_module():
+    import cupy as cp
+
+    dev = cp.cuda.runtime.getDevice()
+    if dev not in _modules:
+        _modules[dev] = cp.RawModule(code=SOURCE_PATH.read_text(), options=("-std=c++17",))
+    return _modules[dev]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def launch_plan(M: int, H: int, n_heads: int, n_kv_heads: int, head_dim: int, dtype: str,
+                aligned: bool = True) -> tuple[int, list]:
+    """(vec, [(kernel, grid, block), ...]); no CuPy needed."""
+    sfx = SUFFIX[dtype]
+    vec = int(aligned and H % VEC[dtype] == 0)
+    P = (n_heads + 2 * n_kv_heads) * (head_dim // 2)
+    if M <= GEMV_MAX_M:
+        return vec, [(f"rmsnorm_qkv_rope_gemv_{sfx}", (_cdiv(P, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
+                      (GEMV_THREADS,))]
+    return vec, [
+        (f"rmsnorm_qkv_rope_rms_{sfx}", (_cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
+        (f"rmsnorm_qkv_rope_tiled_{sfx}", (_cdiv(P, TILE_PAIRS), min(_cdiv(M, TILE_M), MAX_GRID_Y)),
+         (TILED_THREADS,)),
+    ]
+
+
+class RmsNormQkvRopeCuda(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        import cupy as cp
+
+        from harness.backends.cuda import storage_dtype
+
+        if dtype not in SUFFIX:
+            raise ValueError(f"rmsnorm_qkv_rope/cuda: unsupported dtype {dtype!r}")
+        nh, nkv, d = (int(attrs[k]) for k in ("n_heads", "n_kv_heads", "head_dim"))
+        if d < 2 or d % 2 or nh < 1 or nkv < 1:
+            raise ValueError(f"rmsnorm_qkv_rope/cuda: need an even head_dim and positive head counts, "
+                             f"got n_heads={nh} n_kv_heads={nkv} head_dim={d}")
+        mod = load_module()
+        self.x, self.gamma, self.w = (backend.upload(inputs[k]) for k in ("x", "gamma", "w"))
+        self.pos = backend.upload(np.ascontiguousarray(inputs["pos"], dtype=np.int32))
+        M, H = self.x.shape
+        N = (nh + 2 * nkv) * d
+        if self.gamma.shape != (H,) or self.w.shape != (N, H) or self.pos.shape != (M,):
+            raise ValueError(f"rmsnorm_qkv_rope/cuda: shapes x{self.x.shape} gamma{self.gamma.shape} "
+                             f"w{self.w.shape} pos{self.pos.shape} do not match n_heads={nh} "
+                             f"n_kv_heads={nkv} head_dim={d}")
+        if max(M * H, N * H, M * N) >= 2**31:
+            raise ValueError("rmsnorm_qkv_rope/cuda: sizes must be below 2**31 elements")
+        st = storage_dtype(dtype)
+        self.out = {"q": cp.empty((M, nh, d), dtype=st), "k": cp.empty((M, nkv, d), dtype=st),
+                    "v": cp.empty((M, nkv, d), dtype=st)}
+        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.gamma, self.w))
+        vec, plan = launch_plan(M, H, nh, nkv, d, dtype, aligned)
+        i32, eps, theta = np.int32, np.float32(attrs["eps"]), np.float64(attrs["theta"])
+        q, k, v = self.out["q"], self.out["k"], self.out["v"]
+        if len(plan) == 1:
+            args = [(self.x, self.gamma, self.w, self.pos, q, k, v, i32(M), i32(H), i32(nh), i32(nkv), i32(d),
+                     eps, theta, i32(vec))]
+        else:
+            self.inv_rms = cp.empty(M, dtype=cp.float32)
+            args = [(self.x, self.inv_rms, i32(M), i32(H), eps),
+                    (self.x, self.gamma, self.w, self.inv_rms, self.pos, q, k, v, i32(M), i32(H), i32(nh),
+                     i32(nkv), i32(d), theta, i32(vec))]
+        self.launches = [(mod.get_function(name), grid, block, a) for (name, grid, block), a in zip(plan, args)]
+        self.vec = bool(vec)
+        self.empty = M == 0
+
+    def run(self):
+        if self.empty:
+            return
+        for kernel, grid, block, args in self.launches:
+            kernel(grid, block, args)
+
+
+register(Implementation("rmsnorm_qkv_rope", "cuda", "fused", "fused", RmsNormQkvRopeCuda,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))
