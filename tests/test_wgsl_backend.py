@@ -195,3 +195,73 @@ def test_prefill_tiles_cover_edges(reg, spec):
     ref = spec.decompose(NumpyOps("float64"), **inp, eps=1e-5)["y"]
     assert not np.isnan(y).any()
     assert _nmse(y, ref) <= NMSE_BOUND["float32"]
+
+
+# --- split, reshape, rope and the fused transformer-block kernels ---------------------------
+
+
+def test_int32_upload_roundtrip():
+    a = np.array([0, 1, -5, 32767, 2**31 - 1], dtype=np.int32)
+    buf = BACKEND.upload(a)
+    assert buf.dtype == "int32" and buf.shape == a.shape
+    np.testing.assert_array_equal(BACKEND.download(buf), a)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_split_reshape_rope_match_numpy(dtype):
+    rng = np.random.default_rng(12)
+    dt = np_dtype(dtype)
+    ops, ref, r64 = BACKEND.ops(dtype), NumpyOps(dtype), NumpyOps("float64")
+    x = rng.standard_normal((5, 31)).astype(dt)
+    parts = ops.split(BACKEND.upload(x), [10, 1, 20])
+    for got, want in zip(parts, ref.split(x, [10, 1, 20])):
+        np.testing.assert_array_equal(BACKEND.download(got), want)
+    r = ops.reshape(parts[2], (5, 2, 10))
+    assert r.shape == (5, 2, 10) and r.buffer is parts[2].buffer
+    for M, heads, d in [(1, 1, 2), (3, 6, 10), (2, 3, 80), (4, 2, 128)]:
+        xr = rng.standard_normal((M, heads, d)).astype(dt)
+        pos = np.array([0, 32767, 7, 2**24 + 3][:M], dtype=np.int32)
+        for theta in (10000.0, 1e6):
+            got = BACKEND.download(ops.rope(BACKEND.upload(xr), BACKEND.upload(pos), theta)).astype(np.float64)
+            want = r64.rope(xr.astype(np.float64), pos, theta)
+            chain = ref.rope(xr, pos, theta).astype(np.float64)
+            # as accurate as NumPy's float64 angles rounded once: within 2x its error
+            assert np.sqrt(_nmse(got, want)) <= 2 * np.sqrt(_nmse(chain, want)) + ULP_TOL[dtype], \
+                (dtype, M, heads, d, theta)
+
+
+BLOCK_CASES = {
+    "add_rmsnorm": [{"M": 1, "H": 1}, {"M": 13, "H": 257}, {"M": 2, "H": 17000}],  # 17000: entry `wide`
+    "gemm_swiglu": [{"M": 1, "H": 1, "I": 1}, {"M": 4, "H": 257, "I": 33}, {"M": 67, "H": 300, "I": 129}],
+    "swiglu_ffn": [{"M": 1, "H": 1, "I": 1}, {"M": 2, "H": 33, "I": 257}, {"M": 67, "H": 130, "I": 67}],
+    "rmsnorm_qkv_rope": [{"M": 1, "H": 1, "n_heads": 1, "n_kv_heads": 1, "head_dim": 2},
+                         {"M": 3, "H": 67, "n_heads": 6, "n_kv_heads": 2, "head_dim": 10},
+                         {"M": 70, "H": 130, "n_heads": 4, "n_kv_heads": 1, "head_dim": 80},
+                         {"M": 13, "H": 31, "n_heads": 3, "n_kv_heads": 3, "head_dim": 6}],
+}
+
+
+@pytest.mark.parametrize("fusion", sorted(BLOCK_CASES))
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_block_fusions_pass_the_gate(reg, fusion, dtype):
+    """Decode and prefill (tiled) paths, awkward sizes, outlier channels; float16 also
+    through the packed path (no shader-f16). Every element written (outputs poisoned)."""
+    from harness.accuracy import judge
+    from harness.backends.wgsl import WgslBackend
+
+    spec = reg.fusions[fusion]
+    impl = reg.impls[f"{fusion}/wgsl/fused"]
+    backends = [BACKEND] + ([WgslBackend(native_f16=False)] if dtype == "float16" else [])
+    for i, dims in enumerate(BLOCK_CASES[fusion]):
+        inp = spec.make_inputs(dims, dtype, seed=400 + i, value_shape="outliers")
+        _, attrs = spec.split(dims)
+        ref = spec.decompose(NumpyOps("float64"), **inp, **attrs)
+        chain = spec.decompose(NumpyOps(dtype), **inp, **attrs)
+        mag = spec.magnitude(inp, attrs)
+        for b in backends:
+            p = impl.factory(b, spec, inp, attrs, dtype)
+            p.poison()
+            p.run()
+            out = p.outputs()
+            v = judge(out, ref, chain, dtype, spec.nmse_bound[dtype], spec.k_vs_chain, mag)
+            assert v.passed, (fusion, dims, dtype, b.mode(dtype), v.reasons)

@@ -28,6 +28,12 @@ invocations are never clobbered. All arithmetic is in f32.
 `st_<name>(i, v)` helpers for any list of buffers in any of these storage dtypes; the
 fused kernels in impls/*/wgsl.py use it too.
 
+Index arrays: int32 / uint32 host arrays upload too (positions, the rotary table) and bind
+as plain `array<i32>` / `array<u32>` (modes "i32" / "u32"). `split` copies each piece
+(one dispatch each), `reshape` is metadata only (same buffer), `rope` takes its angles
+from ROPE_WGSL: an exact fixed-point angle in turns from a per-(d, theta) table cached on
+the backend (rope_table), then Cephes polynomials, all in f32 and integer arithmetic.
+
 wgpu is imported inside the methods only; XDG_RUNTIME_DIR is set (to a private 0700
 directory) before the import when it is missing, which stops Vulkan loaders from
 complaining on stderr.
@@ -54,6 +60,14 @@ FEATURES_WANTED = ("timestamp-query", "shader-f16")
 
 # Word of NaN patterns per storage dtype (both halves for 16-bit types).
 NAN_WORD = {"float32": 0x7FC00000, "float16": 0x7E007E00, "bfloat16": 0x7FC07FC0}
+
+# Integer arrays (positions, index tables) a WgslArray may hold besides the float dtypes.
+INDEX_DTYPES = {"int32": np.dtype(np.int32), "uint32": np.dtype(np.uint32)}
+
+
+def _np(dtype: str) -> np.dtype:
+    """NumPy dtype of a WgslArray dtype name (float storage dtypes and int32 / uint32)."""
+    return INDEX_DTYPES[dtype] if dtype in INDEX_DTYPES else np_dtype(dtype)
 
 
 def _import_wgpu():
@@ -93,6 +107,8 @@ def storage_mode(dtype: str, native_f16: bool) -> str:
         return "f16" if native_f16 else "f16p"
     if dtype == "bfloat16":
         return "bf16"
+    if dtype in ("int32", "uint32"):
+        return "i32" if dtype == "int32" else "u32"
     raise BackendUnavailable(f"wgsl: no storage for dtype {dtype!r}")
 
 
@@ -100,7 +116,8 @@ def wgsl_buffers(buffers: Sequence[tuple[str, str, str]], params_struct: str | N
     """WGSL declarations for `buffers` [(name, mode, role)], role "in" or "out", bound at
     @binding(0..) in that order, plus `var<uniform> P: <params_struct>` at the next
     binding when given. Emits `ld_<name>(i: u32) -> f32` for inputs and
-    `st_<name>(i: u32, v: f32)` for outputs; `enable f16;` comes first when needed."""
+    `st_<name>(i: u32, v: f32)` for outputs; `enable f16;` comes first when needed.
+    Modes "i32" / "u32" declare plain integer arrays (indexed directly, no helper)."""
     head, body = [], []
     need_bf16 = False
     for b, (name, mode, role) in enumerate(buffers):
@@ -116,6 +133,9 @@ def wgsl_buffers(buffers: Sequence[tuple[str, str, str]], params_struct: str | N
             body.append(f"@group(0) @binding({b}) var<storage, {acc}> {name}: array<f16>;")
             body.append(f"fn ld_{name}(i: u32) -> f32 {{ return f32({name}[i]); }}" if ro else
                         f"fn st_{name}(i: u32, v: f32) {{ {name}[i] = f16(v); }}")
+        elif mode in ("i32", "u32"):
+            # index arrays (positions, tables): read directly, no helper
+            body.append(f"@group(0) @binding({b}) var<storage, {acc}> {name}: array<{mode}>;")
         elif mode in ("f16p", "bf16"):
             if ro:
                 body.append(f"@group(0) @binding({b}) var<storage, read> {name}: array<u32>;")
@@ -142,6 +162,57 @@ def wgsl_buffers(buffers: Sequence[tuple[str, str, str]], params_struct: str | N
     if need_bf16:
         body.append(_BF16_FROM_F32)
     return "\n".join(head + body) + "\n"
+
+
+# Rotary embedding: cos and sin of pos * inv_freq[i], accurate to about 1e-7 however large
+# pos is. The angle is kept in turns as a 64-bit fixed-point fraction: the host table
+# (WgslBackend.rope_table, built once per (d, theta)) holds inv_freq[i] / 2pi * 2^64 as
+# two u32 words (hi, lo); |pos| * that, modulo 2^64, is formed exactly with 16-bit partial
+# products (WGSL has no 32 x 32 -> 64 multiply) and its top 32 bits are the angle's
+# fraction of a turn. Its two top bits (rounded) pick the quadrant, the signed rest
+# (|r| <= 1/8 turn) becomes radians in [-pi/4, pi/4], where the Cephes sinf/cosf
+# polynomials are good to about an ulp. No f32 product pos * inv_freq is ever formed: in
+# f32 that alone loses ~1e-3 rad at pos ~ 30000. Plain integer and float arithmetic only,
+# so it does not depend on the adapter's sin/cos (WGSL allows 2^-11 absolute error there).
+ROPE_WGSL = """
+fn fb_mul32(a: u32, b: u32) -> vec2<u32> {  // (lo, hi) of the 64-bit product
+  let a0 = a & 0xffffu; let a1 = a >> 16u;
+  let b0 = b & 0xffffu; let b1 = b >> 16u;
+  let p00 = a0 * b0; let p01 = a0 * b1; let p10 = a1 * b0; let p11 = a1 * b1;
+  let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+  return vec2<u32>((mid << 16u) | (p00 & 0xffffu), p11 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u));
+}
+// (cos, sin) of pos * inv_freq, the frequency given as (hi, lo) of inv_freq / 2pi * 2^64
+fn fb_rope_cs(pos: i32, fh: u32, fl: u32) -> vec2<f32> {
+  let a = u32(abs(pos));
+  let pl = fb_mul32(a, fl);
+  var u = a * fh + pl.y + (pl.x >> 31u);  // the angle in turns, 32-bit fraction, rounded
+  if (pos < 0) { u = 0u - u; }
+  let q = (u + 0x20000000u) >> 30u;       // nearest quarter turn (mod 4)
+  let x = f32(bitcast<i32>(u - (q << 30u))) * 1.4629180792671596e-9;  // 2pi / 2^32
+  let z = x * x;
+  let sn = ((-1.9515295891e-4 * z + 8.3321608736e-3) * z - 1.6666654611e-1) * z * x + x;
+  let cs = ((2.443315711809948e-5 * z - 1.388731625493765e-3) * z + 4.166664568298827e-2) * z * z
+           - 0.5 * z + 1.0;
+  switch (q & 3u) {
+    case 0u: { return vec2<f32>(cs, sn); }
+    case 1u: { return vec2<f32>(-sn, cs); }
+    case 2u: { return vec2<f32>(-cs, -sn); }
+    default: { return vec2<f32>(sn, -cs); }
+  }
+}
+"""
+
+
+def rope_table_words(d: int, theta: float) -> np.ndarray:
+    """(d/2, 2) uint32: inv_freq[i] / 2pi * 2^64 as (hi, lo) words, inv_freq as in
+    harness.ops.rope_angles (float64)."""
+    inv = theta ** (-np.arange(0, d // 2, dtype=np.float64) * 2.0 / d)
+    out = np.zeros((d // 2, 2), dtype=np.uint32)
+    for i, f in enumerate(inv):
+        F = int(round(float(f) / (2.0 * math.pi) * 2.0**64)) % 2**64
+        out[i] = (F >> 32, F & 0xFFFFFFFF)
+    return out
 
 
 def pack_params(*fields: tuple[str, float]) -> bytes:
@@ -180,7 +251,7 @@ class WgslArray:
 
     @property
     def nbytes(self) -> int:
-        return self.size * np_dtype(self.dtype).itemsize
+        return self.size * _np(self.dtype).itemsize
 
     @property
     def ndim(self) -> int:
@@ -213,6 +284,39 @@ _BODIES = {
     "mul": "st_y(i, ld_a(i % P.na) * ld_b(i % P.nb));",
     "silu": "let v = ld_a(i); st_y(i, v / (1.0 + exp(-v)));",
 }
+
+# split: y[r, j] = x[r, off + j] for j < P.w, x rows of P.W elements
+_SPLIT = """
+struct Params { n: u32, W: u32, w: u32, off: u32 }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let i = (wid.x + wid.y * nwg.x) * 256u + t;
+  if (i >= P.n) { return; }
+  let r = i / P.w;
+  st_y(i, ld_x(r * P.W + P.off + (i - r * P.w)));
+}
+"""
+
+# rope: one invocation per rotated pair (row m, head, i < d/2); x (M, heads, d)
+_ROPE = """
+struct Params { n: u32, heads: u32, half: u32, _p: u32 }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let p = (wid.x + wid.y * nwg.x) * 256u + t;
+  if (p >= P.n) { return; }
+  let i = p % P.half;
+  let mh = p / P.half;        // m * heads + head
+  let m = mh / P.heads;
+  let o = mh * 2u * P.half + i;
+  let cs = fb_rope_cs(pos[m], freq[2u * i], freq[2u * i + 1u]);
+  let a = ld_x(o);
+  let b = ld_x(o + P.half);
+  st_y(o, a * cs.x - b * cs.y);
+  st_y(o + P.half, b * cs.x + a * cs.y);
+}
+"""
 
 _FILL = """
 struct Params { n: u32, word: u32, _p0: u32, _p1: u32 }
@@ -423,6 +527,7 @@ class WgslBackend(Backend):
         self._ts: tuple[Any, Any, Any] | None = None
         self._sync_bufs: tuple[Any, Any] | None = None
         self._flush_scratch: WgslArray | None = None
+        self._rope_tables: dict[tuple[int, float], WgslArray] = {}
         self.timestamp_period_ns = 1.0
 
     # 1. probe and fingerprint --------------------------------------------------------
@@ -515,6 +620,16 @@ class WgslBackend(Backend):
         wg = self.gemv_workgroup()
         return text.replace("@@GV_WG@@", str(wg)).replace("@@GV_RED@@", str(wg * rows))
 
+    def rope_table(self, d: int, theta: float) -> WgslArray:
+        """The rotary frequency table for head size `d` and base `theta` (uint32, see
+        ROPE_WGSL / rope_table_words), uploaded on first use and cached: it depends on
+        neither the inputs nor the positions."""
+        key = (int(d), float(theta))
+        t = self._rope_tables.get(key)
+        if t is None:
+            t = self._rope_tables[key] = self.upload(rope_table_words(int(d), float(theta)).reshape(-1))
+        return t
+
     @property
     def max_binding(self) -> int:
         return int(self.device.limits["max-storage-buffer-binding-size"])
@@ -522,7 +637,7 @@ class WgslBackend(Backend):
     # 2. upload and download --------------------------------------------------------
     def empty(self, shape, dtype: str) -> WgslArray:
         wgpu = _import_wgpu()
-        nbytes = int(math.prod(shape)) * np_dtype(dtype).itemsize
+        nbytes = int(math.prod(shape)) * _np(dtype).itemsize
         if _padded(nbytes) > self.max_binding:
             raise BackendUnavailable(f"wgsl: array of {nbytes} bytes exceeds the adapter's storage "
                                      f"binding limit ({self.max_binding} bytes)")
@@ -531,9 +646,9 @@ class WgslBackend(Backend):
 
     def upload(self, a):
         a = np.ascontiguousarray(a)
-        name = next((k for k in ("float32", "float16", "bfloat16") if a.dtype == np_dtype(k)), None)
+        name = next((k for k in ("float32", "float16", "bfloat16", "int32", "uint32") if a.dtype == _np(k)), None)
         if name is None:
-            raise TypeError(f"wgsl: cannot upload {a.dtype} (float32, float16 or bfloat16)")
+            raise TypeError(f"wgsl: cannot upload {a.dtype} (float32, float16, bfloat16, int32 or uint32)")
         out = self.empty(a.shape, name)
         raw = a.view(np.uint8).reshape(-1)
         if raw.size:
@@ -551,7 +666,7 @@ class WgslBackend(Backend):
         n = buf.nbytes
         raw = self.device.queue.read_buffer(buf.buffer, 0, _padded(n))  # waits for the work
         arr = np.frombuffer(bytes(raw), dtype=np.uint8)[:n]
-        return arr.view(np_dtype(buf.dtype)).reshape(buf.shape).copy()
+        return arr.view(_np(buf.dtype)).reshape(buf.shape).copy()
 
     def poison(self, buf):
         """NaN in every element (quiet-NaN bit patterns), recorded as a fill dispatch so
@@ -559,7 +674,7 @@ class WgslBackend(Backend):
         if isinstance(buf, np.ndarray):
             buf[...] = np.nan
             return
-        self.fill_words(buf, NAN_WORD[buf.dtype])
+        self.fill_words(buf, NAN_WORD.get(buf.dtype, 0xFFFFFFFF))
 
     def fill_words(self, buf: WgslArray, word: int) -> None:
         n = buf.buffer.size // 4
@@ -849,6 +964,53 @@ class WgslOps(Ops):
         bufs = [("a", x, "in"), ("y", None, "out")]
         self.b.dispatch(self._src(_ELEMWISE.replace("@@BODY@@", _BODIES["silu"]), bufs), [x, y],
                         ["in", "out"], grid_1d(-(-n // WG)), pack_params(("u", n), ("u", n), ("u", n)))
+        return y
+
+    def split(self, x, sizes):
+        """Along the last axis, one copy dispatch per piece (each a new contiguous array)."""
+        x = self._dev(x)
+        W = x.shape[-1]
+        if sum(sizes) != W:
+            raise ValueError(f"wgsl split: sizes {sizes} do not add up to {W}")
+        rows = x.size // W if W else 0
+        out, off = [], 0
+        for w in sizes:
+            y = self.b.empty(x.shape[:-1] + (w,), self.dtype)
+            n = rows * w
+            if n:
+                bufs = [("x", x, "in"), ("y", None, "out")]
+                self.b.dispatch(self._src(_SPLIT, bufs), [x, y], ["in", "out"], grid_1d(-(-n // WG)),
+                                pack_params(("u", n), ("u", W), ("u", w), ("u", off)))
+            out.append(y)
+            off += w
+        return out
+
+    def reshape(self, x, shape):
+        """Metadata only: the same buffer under a new shape."""
+        x = self._dev(x)
+        shape = tuple(int(s) for s in shape)
+        if -1 in shape:
+            known = math.prod(s for s in shape if s != -1)
+            shape = tuple(x.size // known if s == -1 else s for s in shape)
+        if math.prod(shape) != x.size:
+            raise ValueError(f"wgsl reshape: {x.shape} -> {shape}")
+        return WgslArray(x.buffer, shape, x.dtype)
+
+    def rope(self, x, pos, theta):
+        """x: (M, heads, d), pos: (M,) int32; one invocation per rotated pair, angles
+        from the cached frequency table (ROPE_WGSL), arithmetic in f32."""
+        x = self._dev(x)
+        pos = self._dev(np.asarray(pos, dtype=np.int32)) if not isinstance(pos, WgslArray) else pos
+        M, heads, d = x.shape
+        if d % 2 or pos.size != M:
+            raise ValueError(f"wgsl rope: x {x.shape}, pos {pos.shape}")
+        y = self.b.empty(x.shape, self.dtype)
+        n = M * heads * (d // 2)
+        if n:
+            table = self.b.rope_table(d, theta)
+            bufs = [("x", x, "in"), ("pos", pos, "in"), ("freq", table, "in"), ("y", None, "out")]
+            self.b.dispatch(self._src(_ROPE + ROPE_WGSL, bufs), [x, pos, table, y], ["in", "in", "in", "out"],
+                            grid_1d(-(-n // WG)), pack_params(("u", n), ("u", heads), ("u", d // 2)))
         return y
 
 

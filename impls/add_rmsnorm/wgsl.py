@@ -1,0 +1,72 @@
+"""add_rmsnorm in WGSL: one dispatch, source in add_rmsnorm.wgsl beside this file.
+
+x, residual: (M, H), gamma: (H,) -> h = x + residual, y = rmsnorm(h) * gamma, both (M, H).
+
+One workgroup of 256 invocations per row. Each invocation reads its strided share of x
+and residual once, forms h in f32, stores h and keeps it in VPT = ceil(H / 256) private
+registers while the row's sum of squares is reduced in workgroup memory; then it scales
+the kept values and stores y. x and residual are read once and h, y written once:
+4·M·H elements moved, against 6·M·H for the unfused add then rms_norm. y is normalised from
+the f32 sum, not from h rounded to the storage dtype. VPT is substituted into the source
+(one pipeline per distinct ceil(H / 256)). Rows wider than 256 * 64 = 16384 would not fit
+in registers; they take entry point `wide`, which forms x + residual again in the second
+pass (x and residual read twice, from cache). Any M, H >= 1.
+
+Storage dtypes: float32; float16 (`array<f16>` with shader-f16, otherwise packed two per
+u32); bfloat16 packed two per u32 (rounded to nearest even on store). Packed outputs are
+stored with per-half-word atomics (harness.backends.wgsl.wgsl_buffers), race-free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.backends import Prepared
+from harness.backends.wgsl import grid_1d, pack_params, wgsl_buffers
+from harness.registry import Implementation, register
+
+WG = 256  # must match add_rmsnorm.wgsl
+MAX_VPT = 64
+SOURCE = Path(__file__).with_name("add_rmsnorm.wgsl")
+
+_text: str | None = None
+
+
+def kernel_source(mode: str, vpt: int) -> str:
+    """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and VPT."""
+    global _text
+    if _text is None:
+        _text = SOURCE.read_text()
+    decl = wgsl_buffers([("x", mode, "in"), ("residual", mode, "in"), ("gamma", mode, "in"),
+                         ("h", mode, "out"), ("y", mode, "out")], "Params")
+    enable = ""
+    if decl.startswith("enable f16;"):
+        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
+    return enable + _text.replace("// @@BUFFERS@@", decl).replace("@@VPT@@", str(vpt))
+
+
+class AddRmsNormWgsl(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.x, self.r, self.gamma = (backend.upload(inputs[k]) for k in ("x", "residual", "gamma"))
+        self.M, self.H = self.x.shape
+        if self.r.shape != self.x.shape or self.gamma.shape != (self.H,):
+            raise ValueError(f"add_rmsnorm: shapes x {self.x.shape}, residual {self.r.shape}, "
+                             f"gamma {self.gamma.shape}")
+        vpt = -(-self.H // WG)
+        self.entry = "main" if vpt <= MAX_VPT else "wide"
+        vpt = vpt if vpt <= MAX_VPT else 1
+        self.out = {"h": backend.empty((self.M, self.H), dtype), "y": backend.empty((self.M, self.H), dtype)}
+        self.source = kernel_source(backend.mode(dtype), vpt)
+        self.params = pack_params(("u", self.M), ("u", self.H), ("f", attrs["eps"]), ("f", 1.0))
+        self.groups = grid_1d(self.M)
+        self.roles = ["in", "in", "in", "out", "out"]
+        backend.pipeline(self.source, self.roles, True, self.entry)  # compile now
+
+    def run(self):
+        self.backend.dispatch(self.source, [self.x, self.r, self.gamma, self.out["h"], self.out["y"]],
+                              self.roles, self.groups, self.params, entry=self.entry)
+
+
+register(Implementation("add_rmsnorm", "wgsl", "fused", "fused", AddRmsNormWgsl,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

@@ -1,0 +1,202 @@
+// rmsnorm_qkv_rope: q | k | v = (x * rsqrt(mean(x^2) + eps) * gamma) @ W.T, then rotary
+// embedding (rotate-half / NeoX) on q and k, applied to the f32 accumulators before they
+// are stored. One dispatch.
+//
+// impls/rmsnorm_qkv_rope/wgsl.py replaces the line below with the buffer declarations
+// (harness.backends.wgsl.wgsl_buffers): x, gamma, w at bindings 0..2 (ld_x / ld_gamma /
+// ld_w), pos (array<i32>) at 3, freq (array<u32>, the rotary table of
+// WgslBackend.rope_table) at 4, the outputs q, k, v at 5..7 named qo, ko, vo (st_qo /
+// st_ko / st_vo; a buffer called v would clash with the helpers' parameter v), and
+// `var<uniform> P: Params` at 8; then ROPE_WGSL (fb_rope_cs) from harness/backends/wgsl.py.
+// @@BUFFERS@@
+
+// Pair-major column order. The N = (nh + 2 nkv) d projected columns are visited in a
+// "virtual" order j in which the two members of every rotary pair are adjacent:
+// j = 2p + s, pair p = head * d/2 + i (i < d/2), s = 0 for column head*d + i and s = 1 for
+// column head*d + i + d/2. Whoever owns virtual columns 2p and 2p+1 owns both
+// accumulators of the pair and can rotate them in registers. v columns use the same
+// order (and are not rotated). N is even, so a pair never straddles a tile edge.
+//
+// The normalisation is deferred as in rmsnorm_gemm: x * gamma is accumulated against W
+// together with the sum of squares of x, and inv[m] = 1 / sqrt(mean(x^2) + eps) scales
+// the accumulators (before the rotation, which is linear) when they are stored.
+struct Params { M: u32, H: u32, N: u32, eps: f32, one: f32, nh: u32, nkv: u32, half: u32 }
+
+fn real_col(j: u32) -> u32 {
+  let p = j >> 1u;
+  let head = p / P.half;
+  return head * 2u * P.half + (p - head * P.half) + (j & 1u) * P.half;
+}
+
+// Store pair p of row m: a is column i, b column i + d/2 of the pair's head, both scaled.
+fn store_pair(m: u32, p: u32, a: f32, b: f32) {
+  let half = P.half;
+  let d = 2u * half;
+  let head = p / half;
+  let i = p - head * half;
+  if (head < P.nh + P.nkv) {
+    let cs = fb_rope_cs(pos[m], freq[2u * i], freq[2u * i + 1u]);
+    let ra = a * cs.x - b * cs.y;
+    let rb = b * cs.x + a * cs.y;
+    if (head < P.nh) {
+      let o = (m * P.nh + head) * d + i;
+      st_qo(o, ra);
+      st_qo(o + half, rb);
+    } else {
+      let o = (m * P.nkv + head - P.nh) * d + i;
+      st_ko(o, ra);
+      st_ko(o + half, rb);
+    }
+  } else {
+    let o = (m * P.nkv + head - P.nh - P.nkv) * d + i;
+    st_vo(o, a);
+    st_vo(o + half, b);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// gemv: few rows (decode). Workgroup (wid.x, wid.y) computes virtual columns
+// n0 .. n0+R of row m = wid.y (R/2 rotary pairs). Each invocation strides over h, loads
+// x[m, h] once, adds its square to the partial sum of squares and uses x * gamma against
+// the R rows of W. One barrier; then invocation t < R/2 adds up pair t's two partial dot
+// products and the sum of squares, scales, rotates and stores. GV_WG is substituted by wgsl.py: 16 on CPU
+// adapters, 256 on GPUs.
+// ---------------------------------------------------------------------------------
+const GV_WG: u32 = @@GV_WG@@u;
+const GV_R: u32 = 16u;
+var<workgroup> gv_red: array<f32, @@GV_RED@@>;  // GV_R * GV_WG
+var<workgroup> gv_ss: array<f32, @@GV_WG@@>;
+
+@compute @workgroup_size(@@GV_WG@@)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let m = wid.y;
+  let n0 = wid.x * GV_R;
+  let H = P.H;
+  let N = P.N;
+  let xo = m * H;
+  var ss = 0.0;
+  var acc: array<f32, 16>;
+  var wo: array<u32, 16>;
+  // W rows of the 8 pairs, walked pair by pair without a division per row (one with a
+  // divisor that is not a constant per row kept lavapipe from keeping wo uniform: 1.7x
+  // slower). Virtual columns past N read row 0 (computed, never stored).
+  var hd = (n0 / 2u) / P.half;
+  var ii = n0 / 2u - hd * P.half;
+  for (var r = 0u; r < GV_R; r += 2u) {
+    let c = hd * 2u * P.half + ii;
+    let past = n0 + r >= N;
+    wo[r] = select(c, 0u, past) * H;
+    wo[r + 1u] = select(c + P.half, 0u, past) * H;
+    acc[r] = 0.0;
+    acc[r + 1u] = 0.0;
+    ii += 1u;
+    if (ii == P.half) { ii = 0u; hd += 1u; }
+  }
+  for (var h = t; h < H; h += GV_WG) {
+    let xv = ld_x(xo + h);
+    ss += xv * xv;
+    let a = xv * ld_gamma(h);
+    for (var r = 0u; r < GV_R; r++) { acc[r] += a * ld_w(wo[r] + h); }
+  }
+  for (var r = 0u; r < GV_R; r++) { gv_red[r * GV_WG + t] = acc[r]; }
+  gv_ss[t] = ss;
+  workgroupBarrier();
+  if (t < GV_R / 2u && n0 + 2u * t < N) {
+    var tot = 0.0;
+    var s0 = 0.0;
+    var s1 = 0.0;
+    for (var i = 0u; i < GV_WG; i++) {
+      tot += gv_ss[i];
+      s0 += gv_red[2u * t * GV_WG + i];
+      s1 += gv_red[(2u * t + 1u) * GV_WG + i];
+    }
+    let inv = P.one / sqrt(tot / f32(H) + P.eps);
+    store_pair(m, n0 / 2u + t, s0 * inv, s1 * inv);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// tiled: many rows (prefill), as rmsnorm_gemm's `tiled`: TM x TN tiles of (row, virtual
+// column), 4 x 4 per invocation in vec4 registers, H in steps of TK through workgroup
+// memory with x * gamma formed on load and the sums of squares gathered alongside, sums
+// in three levels. Each invocation's 4 adjacent virtual columns are 2 whole pairs, which
+// it scales, rotates and stores.
+// ---------------------------------------------------------------------------------
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+var<workgroup> tl_a: array<f32, 1024>;  // TK * TM, [k][m]
+var<workgroup> tl_b: array<f32, 1024>;  // TK * TN, [k][n]
+var<workgroup> tl_ss: array<f32, 1024>;  // TM * TK partial sums of squares, [m][k]
+
+@compute @workgroup_size(256)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let M = P.M;
+  let H = P.H;
+  let N = P.N;
+  let m0 = wid.y * TM;
+  let n0 = wid.x * TN;
+  let tx = t % 16u;
+  let ty = t / 16u;
+  let lk = t % TK;
+  let lr = t / TK;
+  var wrow: array<u32, 4>;  // the W rows (real columns) this invocation loads
+  for (var i = 0u; i < 4u; i++) { wrow[i] = real_col(min(n0 + lr + i * 16u, N - 1u)) * H; }
+  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
+  var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
+  var sc = vec4<f32>(0.0);
+  var se = vec4<f32>(0.0);
+  for (var k0 = 0u; k0 < H; k0 += TK) {
+    let gk = k0 + lk;
+    var g = 0.0;
+    if (gk < H) { g = ld_gamma(gk); }
+    var sq = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+      let r = lr + i * 16u;
+      var xv = 0.0;
+      if (m0 + r < M && gk < H) { xv = ld_x((m0 + r) * H + gk); }
+      sq[i] = xv * xv;
+      tl_a[lk * TM + r] = xv * g;
+      var b = 0.0;
+      if (n0 + r < N && gk < H) { b = ld_w(wrow[i] + gk); }
+      tl_b[lk * TN + r] = b;
+    }
+    se += sq;
+    workgroupBarrier();
+    var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < TK; kk++) {
+      let ab = kk * TM + ty * 4u;
+      let bb = kk * TN + tx * 4u;
+      let b = vec4<f32>(tl_b[bb], tl_b[bb + 1u], tl_b[bb + 2u], tl_b[bb + 3u]);
+      d0 += tl_a[ab] * b;
+      d1 += tl_a[ab + 1u] * b;
+      d2 += tl_a[ab + 2u] * b;
+      d3 += tl_a[ab + 3u] * b;
+    }
+    e0 += d0; e1 += d1; e2 += d2; e3 += d3;
+    if ((k0 / TK) % 16u == 15u) {
+      c0 += e0; c1 += e1; c2 += e2; c3 += e3;
+      e0 = vec4<f32>(0.0); e1 = vec4<f32>(0.0); e2 = vec4<f32>(0.0); e3 = vec4<f32>(0.0);
+      sc += se;
+      se = vec4<f32>(0.0);
+    }
+    workgroupBarrier();
+  }
+  sc += se;
+  for (var i = 0u; i < 4u; i++) { tl_ss[(lr + i * 16u) * TK + lk] = sc[i]; }
+  workgroupBarrier();
+  let cs = array<vec4<f32>, 4>(c0 + e0, c1 + e1, c2 + e2, c3 + e3);
+  let p0 = (n0 + tx * 4u) / 2u;  // first of this invocation's two pairs
+  for (var i = 0u; i < 4u; i++) {
+    let rl = ty * 4u + i;
+    let gm = m0 + rl;
+    var tot = 0.0;
+    for (var kk = 0u; kk < TK; kk++) { tot += tl_ss[rl * TK + kk]; }
+    let inv = P.one / sqrt(tot / f32(H) + P.eps);
+    if (gm < M) {
+      let c = cs[i] * inv;
+      if (2u * p0 < N) { store_pair(gm, p0, c.x, c.y); }
+      if (2u * p0 + 2u < N) { store_pair(gm, p0 + 1u, c.z, c.w); }
+    }
+  }
+}

@@ -1,0 +1,93 @@
+"""rmsnorm_qkv_rope in WGSL: RMSNorm, the packed QKV projection and rotary embedding in
+one dispatch; source in rmsnorm_qkv_rope.wgsl beside this file.
+
+x: (M, H), gamma: (H,), w: ((nh + 2 nkv) d, H), pos: (M,) int32 -> q: (M, nh, d),
+k, v: (M, nkv, d). attrs: eps, theta, n_heads, n_kv_heads, head_dim.
+
+The projected columns are visited in pair-major order (virtual column 2p + s is column
+i + s·d/2 of head p // (d/2), i = p mod d/2), so whoever owns an even virtual column also
+owns its rotary partner: RoPE is applied to the two f32 accumulators in registers, after
+the deferred RMS scaling, and only the rotated values are stored (q and k), or the plain
+ones (v). Neither the normalised activations nor the unrotated projection is written.
+
+- M <= GEMV_MAX_M (decode): entry point `gemv`, a workgroup per (16 virtual columns = 8
+  pairs, row m), 16 invocations on a CPU adapter and 256 on a GPU; the sum of squares and
+  16 dot products per invocation in one pass over x, reduced in workgroup memory, then 8
+  invocations each finish a pair.
+- otherwise (prefill): entry point `tiled`, 64 x 64 tiles of (row, virtual column), 4 x 4
+  per invocation (two pairs per row), x * gamma and the W rows (gathered in pair order)
+  through workgroup memory, sums in three levels; W is read ceil(M / 64) times.
+
+Angles: cos and sin of pos·theta^(-2i/d) from an exact fixed-point angle in turns and
+Cephes polynomials (harness.backends.wgsl.ROPE_WGSL), accurate to ~1e-7 for any int32
+position; the frequency table (2·(d/2) u32 words) depends only on (d, theta) and is built
+and uploaded once per backend (WgslBackend.rope_table), not per call.
+
+Any M, H >= 1, any even head_dim (2, 6, 10, 80, ...), any head counts. Storage dtypes:
+float32; float16 (`array<f16>` with shader-f16, otherwise packed two per u32); bfloat16
+packed two per u32; packed outputs stored with per-half-word atomics, race-free.
+Eight storage buffers: exactly WebGPU's default per-stage limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.backends import Prepared
+from harness.backends.wgsl import ROPE_WGSL, pack_params, wgsl_buffers
+from harness.registry import Implementation, register
+
+GEMV_MAX_M = 4  # up to this many rows, W is streamed once per row by `gemv`
+GV_R, TM, TN = 16, 64, 64  # must match the constants in rmsnorm_qkv_rope.wgsl
+SOURCE = Path(__file__).with_name("rmsnorm_qkv_rope.wgsl")
+ROLES = ["in", "in", "in", "in", "in", "out", "out", "out"]
+
+_text: str | None = None
+
+
+def kernel_source(mode: str) -> str:
+    """The shader for one storage mode ("f32", "f16", "f16p", "bf16")."""
+    global _text
+    if _text is None:
+        _text = SOURCE.read_text()
+    decl = wgsl_buffers([("x", mode, "in"), ("gamma", mode, "in"), ("w", mode, "in"), ("pos", "i32", "in"),
+                         ("freq", "u32", "in"), ("qo", mode, "out"), ("ko", mode, "out"), ("vo", mode, "out")],
+                        "Params")
+    enable = ""
+    if decl.startswith("enable f16;"):
+        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
+    return enable + _text.replace("// @@BUFFERS@@", decl + ROPE_WGSL)
+
+
+class RmsNormQkvRopeWgsl(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.x, self.gamma, self.w = (backend.upload(inputs[k]) for k in ("x", "gamma", "w"))
+        self.pos = backend.upload(inputs["pos"].astype("int32", copy=False))
+        nh, nkv, d = int(attrs["n_heads"]), int(attrs["n_kv_heads"]), int(attrs["head_dim"])
+        self.M, self.H = self.x.shape
+        self.N = (nh + 2 * nkv) * d
+        if (d % 2 or self.w.shape != (self.N, self.H) or self.gamma.shape != (self.H,)
+                or self.pos.shape != (self.M,)):
+            raise ValueError(f"rmsnorm_qkv_rope: shapes x {self.x.shape}, gamma {self.gamma.shape}, "
+                             f"w {self.w.shape}, pos {self.pos.shape} with heads {nh}/{nkv} x {d}")
+        self.freq = backend.rope_table(d, float(attrs["theta"]))
+        self.out = {"q": backend.empty((self.M, nh, d), dtype), "k": backend.empty((self.M, nkv, d), dtype),
+                    "v": backend.empty((self.M, nkv, d), dtype)}
+        self.source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
+        self.params = pack_params(("u", self.M), ("u", self.H), ("u", self.N), ("f", attrs["eps"]), ("f", 1.0),
+                                  ("u", nh), ("u", nkv), ("u", d // 2))
+        if self.M <= GEMV_MAX_M:
+            self.entry, self.groups = "gemv", (-(-self.N // GV_R), self.M, 1)
+        else:
+            self.entry, self.groups = "tiled", (-(-self.N // TN), -(-self.M // TM), 1)
+        backend.pipeline(self.source, ROLES, True, self.entry)  # compile now
+
+    def run(self):
+        o = self.out
+        self.backend.dispatch(self.source, [self.x, self.gamma, self.w, self.pos, self.freq, o["q"], o["k"], o["v"]],
+                              ROLES, self.groups, self.params, entry=self.entry)
+
+
+register(Implementation("rmsnorm_qkv_rope", "wgsl", "fused", "fused", RmsNormQkvRopeWgsl,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

@@ -1,0 +1,85 @@
+"""swiglu_ffn in WGSL: the whole SwiGLU FFN as two dispatches recorded back to back in
+one compute pass, with no host round trip between them.
+
+x: (M, H), w_gate, w_up: (I, H), w_down: (H, I) -> y = (silu(x Wgᵀ) * (x Wuᵀ)) Wdᵀ: (M, H).
+
+1. the gemm_swiglu kernel (impls/gemm_swiglu/gemm_swiglu.wgsl, entry `gemv` for M <= 4,
+   `tiled` otherwise): gate and up accumulated together, only the activation stored, into
+   an (M, I) **f32** device scratch buffer allocated once in prepare() (never the storage
+   dtype: the activation is not rounded to f16/bf16 between the two GEMMs, as the unfused
+   chain must round it).
+2. the down projection (swiglu_ffn.wgsl, `down_gemv` / `down_tiled`), reading that scratch.
+
+Why two dispatches: WebGPU has no grid-wide barrier or float atomics, so the down
+projection cannot start on an activation other workgroups are still producing inside one
+dispatch; the dependency is a barrier between two dispatches of the same pass (wgpu
+inserts it). The activation stays in device memory, not on chip, at decode too. At
+decode (M = 1) the scratch is I f32 values (19 KB for Qwen2.5-0.5B).
+
+Any M, H, I >= 1. Storage dtypes: float32; float16 (`array<f16>` with shader-f16,
+otherwise packed two per u32); bfloat16 packed two per u32; arithmetic and the
+activation in f32. Packed outputs are stored with per-half-word atomics, race-free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.backends import Prepared
+from harness.backends.wgsl import pack_params, wgsl_buffers
+from harness.registry import Implementation, register
+from impls.gemm_swiglu import wgsl as gs
+
+GV_R, TM, TN = 16, 64, 64  # must match swiglu_ffn.wgsl
+SOURCE = Path(__file__).with_name("swiglu_ffn.wgsl")
+DOWN_ROLES = ["in", "in", "out"]
+
+_text: str | None = None
+
+
+def down_source(mode: str) -> str:
+    """The down-projection shader: f32 activation, weights and output in `mode`."""
+    global _text
+    if _text is None:
+        _text = SOURCE.read_text()
+    decl = wgsl_buffers([("act", "f32", "in"), ("wd", mode, "in"), ("y", mode, "out")], "Params")
+    enable = ""
+    if decl.startswith("enable f16;"):
+        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
+    return enable + _text.replace("// @@BUFFERS@@", decl)
+
+
+class SwigluFfnWgsl(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.x, self.wg, self.wu, self.wd = (backend.upload(inputs[k]) for k in ("x", "w_gate", "w_up", "w_down"))
+        self.M, self.H = self.x.shape
+        self.I = self.wg.shape[0]
+        if (self.wg.shape != (self.I, self.H) or self.wu.shape != (self.I, self.H)
+                or self.wd.shape != (self.H, self.I)):
+            raise ValueError(f"swiglu_ffn: shapes x {self.x.shape}, w_gate {self.wg.shape}, "
+                             f"w_up {self.wu.shape}, w_down {self.wd.shape}")
+        mode = backend.mode(dtype)
+        self.act = backend.empty((self.M, self.I), "float32")  # device scratch, not an output
+        self.out = {"y": backend.empty((self.M, self.H), dtype)}
+        self.src1 = backend.gemv_source(gs.kernel_source(mode, "f32"), gs.GV_R)
+        self.entry1, self.groups1, self.params1 = gs.launch(self.M, self.H, self.I)
+        self.src2 = backend.gemv_source(down_source(mode), GV_R)
+        self.params2 = pack_params(("u", self.M), ("u", self.I), ("u", self.H))
+        if self.M <= gs.GEMV_MAX_M:
+            self.entry2, self.groups2 = "down_gemv", (-(-self.H // GV_R), self.M, 1)
+        else:
+            self.entry2, self.groups2 = "down_tiled", (-(-self.H // TN), -(-self.M // TM), 1)
+        backend.pipeline(self.src1, gs.ROLES, True, self.entry1)  # compile now
+        backend.pipeline(self.src2, DOWN_ROLES, True, self.entry2)
+
+    def run(self):
+        b = self.backend
+        b.dispatch(self.src1, [self.x, self.wg, self.wu, self.act], gs.ROLES, self.groups1, self.params1,
+                   entry=self.entry1)
+        b.dispatch(self.src2, [self.act, self.wd, self.out["y"]], DOWN_ROLES, self.groups2, self.params2,
+                   entry=self.entry2)
+
+
+register(Implementation("swiglu_ffn", "wgsl", "fused", "fused", SwigluFfnWgsl,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))
