@@ -8,6 +8,11 @@ Neither path needs a GPU or a driver: nvcc runs `nvcc --ptx -arch=sm_90`, NVRTC 
 `pip install 'fusebench[nvrtc]'`: cuda-toolkit[nvrtc] + cuda-bindings) compiles with
 `-arch=compute_90`. The sources are header-free, so no include path is needed; the cudart
 include directory is passed anyway when cuda.pathfinder finds it.
+
+Code shared by several kernels lives once in `harness/kernels/*.cuh`; a `.cu` file names a
+fragment with a line `//@fusebench-splice NAME.cuh`, and `cuda_source()` replaces that line
+with the fragment's text. What nvcc, NVRTC and CuPy compile is that spliced text, still
+free of #include.
 """
 
 from __future__ import annotations
@@ -36,6 +41,23 @@ class CompileResult:
 
     def entries(self) -> set[str]:
         return ptx_entries(self.ptx)
+
+
+KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
+_SPLICE = re.compile(r"^//@fusebench-splice ([\w.\-]+)[ \t]*$", re.M)
+
+
+def cuda_source(path: str | Path) -> str:
+    """The text of a .cu file with its `//@fusebench-splice NAME` lines replaced by the
+    shared fragments from harness/kernels/ (the text every compiler and CuPy receives)."""
+
+    def fragment(m: re.Match) -> str:
+        frag = KERNELS_DIR / m.group(1)
+        if not frag.is_file():
+            raise FileNotFoundError(f"{path}: spliced fragment {m.group(1)!r} not found in {KERNELS_DIR}")
+        return frag.read_text().rstrip("\n")
+
+    return _SPLICE.sub(fragment, Path(path).read_text())
 
 
 def cuda_sources(root: Path | None = None) -> list[Path]:
@@ -159,14 +181,14 @@ def compile_to_ptx(source: str, name: str = "source.cu", compiler: str | None = 
 def compile_cuda_source(path, compiler: str | None = None) -> tuple[bool, str]:
     """(ok, log) for one .cu file compiled to PTX for sm_90."""
     path = Path(path)
-    r = compile_to_ptx(path.read_text(), path.name, compiler)
+    r = compile_to_ptx(cuda_source(path), path.name, compiler)
     return r.ok, r.log
 
 
 def check_entries(path, expected, compiler: str | None = None) -> tuple[bool, str]:
     """(ok, message): the file compiles and its PTX defines every kernel in `expected`."""
     path = Path(path)
-    r = compile_to_ptx(path.read_text(), path.name, compiler)
+    r = compile_to_ptx(cuda_source(path), path.name, compiler)
     if not r.ok:
         return False, r.log
     missing = sorted(set(expected) - r.entries())
@@ -181,7 +203,7 @@ if __name__ == "__main__":  # python -m harness.cuda_compile: compile every sour
     bad = 0
     for src in cuda_sources():
         for comp in available_compilers() or [None]:
-            r = compile_to_ptx(src.read_text(), src.name, comp)
+            r = compile_to_ptx(cuda_source(src), src.name, comp)
             status = "ok" if r.ok else "FAILED"
             print(f"{src.relative_to(REPO_ROOT)} [{r.compiler or '-'}] {status} {r.seconds:.2f}s "
                   f"{len(r.entries())} kernels")

@@ -68,7 +68,7 @@ def test_sources_are_listed():
 
 @pytest.mark.parametrize("src", cc.cuda_sources(), ids=lambda p: p.parent.name)
 def test_sources_are_header_free(src):
-    assert not re.search(r"^\s*#\s*include", src.read_text(), re.M), \
+    assert not re.search(r"^\s*#\s*include", cc.cuda_source(src), re.M), \
         f"{src.name} includes a header; keep it header-free (NVRTC has none built in)"
 
 
@@ -76,7 +76,7 @@ def test_sources_are_header_free(src):
 @pytest.mark.parametrize("src", cc.cuda_sources(), ids=lambda p: p.parent.name)
 def test_source_compiles(src, compiler):
     _need_compiler(compiler)
-    r = cc.compile_to_ptx(src.read_text(), src.name, compiler)
+    r = cc.compile_to_ptx(cc.cuda_source(src), src.name, compiler)
     assert r.ok, f"{src.name} failed to compile with {compiler}:\n{r.log}"
     assert r.entries(), f"{src.name}: PTX defines no kernels"
 
@@ -146,7 +146,7 @@ def test_backend_module_does_not_import_cupy():
 # ---- launch geometry matches the #defines ------------------------------------------------------
 def _defines(path: Path) -> dict[str, int]:
     out = {}
-    for name, val in re.findall(r"^#define\s+(FB_\w+)\s+(\d+)\b", path.read_text(), re.M):
+    for name, val in re.findall(r"^#define\s+(FB_\w+)\s+(\d+)\b", cc.cuda_source(path), re.M):
         out[name] = int(val)
     return out
 
@@ -1193,3 +1193,14 @@ def test_gpu_chain_split_reshape_rope_match_numpy(dtype):
         got = b.download(ops.rope(r, dpos, theta)).astype(np.float64)
         want = ref.rope(x.reshape(5, 3, 10), pos, theta).astype(np.float64)
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_splice_expands_shared_fragments_and_refuses_unknown_ones(tmp_path):
+    src = tmp_path / "k.cu"
+    src.write_text("// before\n//@fusebench-splice fb_prelude.cuh\n// after\n")
+    text = cc.cuda_source(src)
+    assert "fusebench-splice" not in text and "typedef unsigned short fb_u16;" in text
+    assert text.startswith("// before\n") and text.endswith("// after\n")
+    src.write_text("//@fusebench-splice no_such_fragment.cuh\n")
+    with pytest.raises(FileNotFoundError, match="no_such_fragment.cuh"):
+        cc.cuda_source(src)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
+from harness.cuda_compile import cuda_source
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("rmsnorm_qkv_rope.cu")
@@ -49,7 +50,7 @@ def load_module():
 
     dev = cp.cuda.runtime.getDevice()
     if dev not in _modules:
-        _modules[dev] = cp.RawModule(code=SOURCE_PATH.read_text(), options=("-std=c++17",))
+        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
     return _modules[dev]
 
 
