@@ -1199,7 +1199,7 @@ def test_splice_expands_shared_fragments_and_refuses_unknown_ones(tmp_path):
     src = tmp_path / "k.cu"
     src.write_text("// before\n//@fusebench-splice fb_prelude.cuh\n// after\n")
     text = cc.cuda_source(src)
-    assert "fusebench-splice" not in text and "typedef unsigned short fb_u16;" in text
+    assert not re.search(r"^//@fusebench-splice", text, re.M) and "typedef unsigned short fb_u16;" in text
     assert text.startswith("// before\n") and text.endswith("// after\n")
     src.write_text("//@fusebench-splice no_such_fragment.cuh\n")
     with pytest.raises(FileNotFoundError, match="no_such_fragment.cuh"):
