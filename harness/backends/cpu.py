@@ -61,6 +61,15 @@ def cpu_fingerprint() -> dict:
     }
 
 
+# How the fused numba kernels (impls/*/cpu.py) are told the storage dtype.
+KIND = {"float32": 0, "bfloat16": 1, "float16": 2}
+
+
+def bits16(a: np.ndarray) -> np.ndarray:
+    """float32 stays; 16-bit dtypes go to the numba kernels as their uint16 bit patterns."""
+    return a if a.dtype == np.float32 else a.view(np.uint16)
+
+
 class CpuBackend(Backend):
     name = "cpu"
     device_kind = "cpu"

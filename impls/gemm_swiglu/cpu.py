@@ -20,11 +20,11 @@ from __future__ import annotations
 import numpy as np
 
 from harness.backends import Prepared
+from harness.backends.cpu import KIND, bits16
 from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 BLOCK_ROWS = 8  # rows of W_gate and of W_up per parallel task: 2 * 8 * H floats stay in L2
-KIND = {"float32": 0, "bfloat16": 1, "float16": 2}
 
 _kernel = None
 _narrow = None  # float32 -> 16-bit rounding of a row, kept for the exhaustive check
@@ -36,195 +36,23 @@ def _compile():
     global _kernel, _narrow, _widen_reg
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, make_pow2, widen, block, dots_seq, dots_w16, put, swiglu
+    global nb, block, dots_seq, dots_w16, make_pow2, put, swiglu, widen, bf16_f32, dots, dots2, f16_f32
     if _kernel is not None:
         return _kernel
     import numba as nb
-    from llvmlite import ir
-    from numba.core import types
-    from numba.extending import intrinsic
 
-    @intrinsic
-    def f32_bits(typingctx, v):
-        # the IEEE bit pattern of a float32 scalar, as uint32
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.IntType(32))
-        return types.uint32(types.float32), codegen
-
-    @intrinsic
-    def bf16_f32(typingctx, u):
-        # bfloat16 bits -> float32 in a register: the bits are the float32's top half
-        def codegen(context, builder, signature, args):
-            w = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
-            return builder.bitcast(w, ir.FloatType())
-        return types.float32(types.uint16), codegen
-
-    @intrinsic
-    def f16_f32(typingctx, u):
-        # float16 bits -> float32 in a register (exact; one vcvtph2ps on x86 with F16C)
-        def codegen(context, builder, signature, args):
-            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-        return types.float32(types.uint16), codegen
-
-    @nb.njit(inline="always")
-    def narrow16(v, kind):
-        # float32 -> bfloat16 (kind 1) or float16 (kind 2) bit pattern, round to nearest even
-        u = f32_bits(np.float32(v))
-        a = u & np.uint32(0x7FFFFFFF)
-        if kind == 1:
-            if a > np.uint32(0x7F800000):
-                return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
-            return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
-        sign = (u >> np.uint32(16)) & np.uint32(0x8000)
-        if a > np.uint32(0x7F800000):
-            r = np.uint32(0x7E00)
-        elif a >= np.uint32(0x477FF000):  # >= 65520 rounds to Inf
-            r = np.uint32(0x7C00)
-        elif a >= np.uint32(0x38800000):  # normal: rebias the exponent by 112, drop 13 bits
-            r = (a - np.uint32(0x38000000) + np.uint32(0xFFF) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
-        elif a > np.uint32(0x33000000):  # subnormal: units of 2**-24
-            mant = (a & np.uint32(0x7FFFFF)) | np.uint32(0x800000)
-            sh = np.uint32(126) - (a >> np.uint32(23))
-            r = mant >> sh
-            rem = mant & ((np.uint32(1) << sh) - np.uint32(1))
-            half = np.uint32(1) << (sh - np.uint32(1))
-            if rem > half or (rem == half and (r & np.uint32(1))):
-                r += np.uint32(1)
-        else:
-            r = np.uint32(0)
-        return np.uint16(sign | r)
-
-    @nb.njit(inline="always")
-    def put(out, m, n, v, kind):
-        # out[m, n] = v in the storage dtype (out: float32, or uint16 bit patterns)
-        if kind == 0:
-            out[m, n] = v
-        else:
-            out[m, n] = narrow16(v, kind)
-
-    @nb.njit(inline="always", fastmath=True)
-    def widen(src, dst, kind, pow2):
-        # src: (H,) float32 or uint16 bit patterns; dst: (H,) float32 (as rmsnorm_gemm/cpu.py)
-        if kind == 0:
-            for h in range(src.shape[0]):
-                dst[h] = src[h]
-        elif kind == 1:
-            bits = dst.view(np.uint32)
-            for h in range(src.shape[0]):
-                bits[h] = np.uint32(src[h]) << np.uint32(16)
-        else:
-            bits = dst.view(np.uint32)
-            sub = False
-            for h in range(src.shape[0]):
-                u = np.uint32(src[h])
-                e = (u >> np.uint32(10)) & np.uint32(31)
-                body = ((e + np.uint32(112)) << np.uint32(23)) | ((u & np.uint32(1023)) << np.uint32(13))
-                body = np.uint32(0x7F800000) | ((u & np.uint32(1023)) << np.uint32(13)) if e == 31 else body
-                bits[h] = ((u & np.uint32(0x8000)) << np.uint32(16)) | body
-                sub |= e == 0
-            if sub:
-                for h in range(src.shape[0]):
-                    u = np.uint32(src[h])
-                    if (u >> np.uint32(10)) & np.uint32(31) == 0:
-                        v = np.float32(u & np.uint32(1023)) * pow2[0]
-                        dst[h] = -v if (u & np.uint32(0x8000)) else v
-
-    @nb.njit(inline="always")
-    def make_pow2():
-        pow2 = np.empty(32, dtype=np.float32)  # float16 exponent e -> 2**(e - 25)
-        pow2[0] = np.float32(2.0**-24)
-        for e in range(1, 32):
-            pow2[e] = np.float32(2.0 ** (e - 25))
-        return pow2
-
-    @nb.njit(inline="always", fastmath=True)
-    def dots(x0, rows, a):
-        # a[j] = x0 . rows[j]; four rows per pass share each x load
-        J, H = rows.shape
-        j = 0
-        while j + 4 <= J:
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for h in range(H):
-                v = x0[h]
-                a0 += v * rows[j, h]
-                a1 += v * rows[j + 1, h]
-                a2 += v * rows[j + 2, h]
-                a3 += v * rows[j + 3, h]
-            a[j], a[j + 1], a[j + 2], a[j + 3] = a0, a1, a2, a3
-            j += 4
-        while j < J:
-            acc = np.float32(0.0)
-            for h in range(H):
-                acc += x0[h] * rows[j, h]
-            a[j] = acc
-            j += 1
-
-    @nb.njit(inline="always", fastmath=True)
-    def dots2(x0, x1, rows, a, b):
-        # two x rows against the block: each W load feeds two sums (prefill)
-        J, H = rows.shape
-        j = 0
-        while j + 4 <= J:
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            for h in range(H):
-                u = x0[h]
-                v = x1[h]
-                w0 = rows[j, h]
-                w1 = rows[j + 1, h]
-                w2 = rows[j + 2, h]
-                w3 = rows[j + 3, h]
-                a0 += u * w0
-                a1 += u * w1
-                a2 += u * w2
-                a3 += u * w3
-                b0 += v * w0
-                b1 += v * w1
-                b2 += v * w2
-                b3 += v * w3
-            a[j], a[j + 1], a[j + 2], a[j + 3] = a0, a1, a2, a3
-            b[j], b[j + 1], b[j + 2], b[j + 3] = b0, b1, b2, b3
-            j += 4
-        while j < J:
-            s = t = np.float32(0.0)
-            for h in range(H):
-                s += x0[h] * rows[j, h]
-                t += x1[h] * rows[j, h]
-            a[j] = s
-            b[j] = t
-            j += 1
-
-    @nb.njit(inline="always", fastmath=True)
-    def dots_seq(x0, rows, a):
-        # a[j] = x0 . rows[j], one row at a time: the decode path (see dots_w16)
-        J, H = rows.shape
-        for j in range(J):
-            acc = np.float32(0.0)
-            for h in range(H):
-                acc += x0[h] * rows[j, h]
-            a[j] = acc
-
-    @nb.njit(inline="always", fastmath=True)
-    def dots_w16(x0, rows, a, kind):
-        # a[j] = x0 . rows[j] with rows as 16-bit patterns widened in registers (decode: each
-        # W element is used once, so a float32 copy of the block would only cost bandwidth).
-        # One row at a time: the block is read as one sequential stream, which the hardware
-        # prefetcher follows best; x0 stays in L1.
-        J, H = rows.shape
-        for j in range(J):
-            acc = np.float32(0.0)
-            if kind == 1:
-                for h in range(H):
-                    acc += x0[h] * bf16_f32(rows[j, h])
-            else:
-                for h in range(H):
-                    acc += x0[h] * f16_f32(rows[j, h])
-            a[j] = acc
-
-    @nb.njit(inline="always", fastmath=True)
-    def swiglu(g, u):
-        # silu(g) * u in float64; exp's argument is clamped so it never overflows
-        gd = np.float64(g)
-        return gd / (1.0 + np.exp(min(-gd, 700.0))) * np.float64(u)
+    from harness.backends.cpu_numba import (
+        bf16_f32,
+        dots,
+        dots2,
+        dots_seq,
+        dots_w16,
+        f16_f32,
+        make_pow2,
+        put,
+        swiglu,
+        widen,
+    )
 
     @nb.njit(inline="always", fastmath=True)
     def block(x, tg, tu, n0, kind, pow2, y):
@@ -325,19 +153,14 @@ def _compile():
     return kernel
 
 
-def _bits(a: np.ndarray) -> np.ndarray:
-    """float32 stays; 16-bit dtypes are passed as their uint16 bit patterns."""
-    return a if a.dtype == np.float32 else a.view(np.uint16)
-
-
 class GemmSwigluCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.x, self.wg, self.wu = (_bits(np.ascontiguousarray(inputs[k])) for k in ("x", "w_gate", "w_up"))
+        self.x, self.wg, self.wu = (bits16(np.ascontiguousarray(inputs[k])) for k in ("x", "w_gate", "w_up"))
         M, I = inputs["x"].shape[0], inputs["w_gate"].shape[0]
         self.out = {"y": np.empty((M, I), dtype=np_dtype(dtype))}
-        self.y = _bits(self.out["y"])  # the kernel stores the rounded bits straight into y
+        self.y = bits16(self.out["y"])  # the kernel stores the rounded bits straight into y
 
     def run(self):
         self.kernel(self.x, self.wg, self.wu, KIND[self.dtype], self.y)

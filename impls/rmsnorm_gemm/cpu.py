@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from harness.backends import Prepared
+from harness.backends.cpu import KIND, bits16
 from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 BLOCK_ROWS = 16  # W rows per parallel task: 16 * H floats stay in the core's L2
-KIND = {"float32": 0, "bfloat16": 1, "float16": 2}
 
 _kernel = None
 _widen = None  # the 16-bit -> float32 row conversion, kept for the exhaustive test
@@ -204,16 +204,11 @@ def _compile():
     return kernel
 
 
-def _bits(a: np.ndarray) -> np.ndarray:
-    """float32 stays; 16-bit dtypes are passed as their uint16 bit patterns."""
-    return a if a.dtype == np.float32 else a.view(np.uint16)
-
-
 class RmsNormGemmCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.x, self.gamma, self.w = (_bits(np.ascontiguousarray(inputs[k])) for k in ("x", "gamma", "w"))
+        self.x, self.gamma, self.w = (bits16(np.ascontiguousarray(inputs[k])) for k in ("x", "gamma", "w"))
         M, N = inputs["x"].shape[0], inputs["w"].shape[0]
         self.out = {"y": np.empty((M, N), dtype=np_dtype(dtype))}
         self.acc = self.out["y"] if dtype == "float32" else np.empty((M, N), dtype=np.float32)
