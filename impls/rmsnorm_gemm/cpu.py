@@ -29,39 +29,14 @@ _widen = None  # the 16-bit -> float32 row conversion, kept for the exhaustive t
 def _compile():
     """Build the numba kernel on first use (numba is imported only here)."""
     global _kernel, _widen
+    # what the cached kernels call is bound at module level, not in closure cells: numba keys
+    # its on-disk cache on the pickled closure, which differs in every process
+    global nb, make_pow2, normalise, widen, dots, dots2, prologue, block, kernel_f32, kernel_16
     if _kernel is not None:
         return _kernel
     import numba as nb
 
-    @nb.njit(inline="always", fastmath=True)
-    def widen(src, dst, kind, pow2):
-        # src: (H,) float32 or uint16 bit patterns; dst: (H,) float32
-        if kind == 0:
-            for h in range(src.shape[0]):
-                dst[h] = src[h]
-        elif kind == 1:
-            bits = dst.view(np.uint32)
-            for h in range(src.shape[0]):
-                bits[h] = np.uint32(src[h]) << np.uint32(16)
-        else:
-            # float16 -> float32 bit pattern: sign, exponent rebiased by 112, mantissa << 13;
-            # exponent 31 (Inf/NaN) keeps an all-ones exponent; subnormals are rare, so their
-            # value is computed exactly in a second pass
-            bits = dst.view(np.uint32)
-            sub = False
-            for h in range(src.shape[0]):
-                u = np.uint32(src[h])
-                e = (u >> np.uint32(10)) & np.uint32(31)
-                body = ((e + np.uint32(112)) << np.uint32(23)) | ((u & np.uint32(1023)) << np.uint32(13))
-                body = np.uint32(0x7F800000) | ((u & np.uint32(1023)) << np.uint32(13)) if e == 31 else body
-                bits[h] = ((u & np.uint32(0x8000)) << np.uint32(16)) | body
-                sub |= e == 0
-            if sub:
-                for h in range(src.shape[0]):
-                    u = np.uint32(src[h])
-                    if (u >> np.uint32(10)) & np.uint32(31) == 0:
-                        v = np.float32(u & np.uint32(1023)) * pow2[0]
-                        dst[h] = -v if (u & np.uint32(0x8000)) else v
+    from harness.backends.cpu_numba import make_pow2, normalise, widen
 
     @nb.njit(inline="always", fastmath=True)
     def dots(xg, rows, y_row, n0):
@@ -92,10 +67,7 @@ def _compile():
     def prologue(x, gamma, eps, kind):
         # (pow2 table for float16, gamma as float32, inverse RMS of every row): one pass over x
         M, H = x.shape
-        pow2 = np.empty(32, dtype=np.float32)  # float16 exponent e -> 2**(e - 25)
-        pow2[0] = np.float32(2.0**-24)
-        for e in range(1, 32):
-            pow2[e] = np.float32(2.0 ** (e - 25))
+        pow2 = make_pow2()
         g = np.empty(H, dtype=np.float32)
         widen(gamma, g, kind, pow2)
         inv_rms = np.empty(M, dtype=np.float32)
@@ -143,12 +115,6 @@ def _compile():
             j += 1
 
     @nb.njit(inline="always", fastmath=True)
-    def normalise(x_row, g, s, kind, pow2, out):
-        widen(x_row, out, kind, pow2)
-        for h in range(out.shape[0]):
-            out[h] = out[h] * s * g[h]
-
-    @nb.njit(inline="always", fastmath=True)
     def block(x, g, inv_rms, tile, n0, kind, pow2, y):
         # every row of x, normalised in thread-local buffers, against one block of W rows
         M, H = x.shape
@@ -192,12 +158,8 @@ def _compile():
 
     @nb.njit
     def widen_row(src, kind):
-        pow2 = np.empty(32, dtype=np.float32)
-        pow2[0] = np.float32(2.0**-24)
-        for e in range(1, 32):
-            pow2[e] = np.float32(2.0 ** (e - 25))
         dst = np.empty(src.shape[0], dtype=np.float32)
-        widen(src, dst, kind, pow2)
+        widen(src, dst, kind, make_pow2())
         return dst
 
     _kernel, _widen = kernel, widen_row
