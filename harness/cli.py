@@ -162,8 +162,9 @@ def _default_results_path(info) -> Path:
     return Path("reports") / "runs" / f"{stamp}-{info.machine}.jsonl"
 
 
-def _execute(args, bench: bool, results_path=None) -> tuple[list[dict], Path | None]:
-    """Run the jobs with a progress bar; records go to the results file as they finish."""
+def _execute(args, bench: bool, write: bool = False) -> tuple[list[dict], Path | None]:
+    """Run the jobs with a progress bar; with `write`, records go to the results file
+    (args.out, else reports/runs/<time>-<machine>.jsonl) as they finish."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.results import ResultsWriter, RunInfo
@@ -179,7 +180,9 @@ def _execute(args, bench: bool, results_path=None) -> tuple[list[dict], Path | N
         opts.budget_s, opts.min_samples, opts.cold = args.budget, args.min_samples, not args.hot
     jobs = plan(cases, usable, args.dtype)
     writer = None
-    if results_path is not None:
+    results_path = None
+    if write:
+        results_path = Path(args.out) if args.out else _default_results_path(info)
         writer = ResultsWriter(results_path)
     records: list[dict] = []
 
@@ -287,12 +290,7 @@ def _ms(s: float) -> str:
 
 
 def cmd_bench(args) -> int:
-    from harness.results import RunInfo
-
-    path = Path(args.out) if args.out else None
-    if path is None:
-        path = _default_results_path(RunInfo.collect())
-    records, path = _execute(args, bench=True, results_path=path)
+    records, path = _execute(args, bench=True, write=True)
     _print_bench_table(records)
     print(f"results: {path}")
     return 0
@@ -308,10 +306,8 @@ def cmd_report(args) -> int:
 
 def cmd_run(args) -> int:
     from harness.report import write_report
-    from harness.results import RunInfo
 
-    path = Path(args.out) if args.out else _default_results_path(RunInfo.collect())
-    records, path = _execute(args, bench=True, results_path=path)
+    records, path = _execute(args, bench=True, write=True)
     _print_check_table(records)
     _print_bench_table(records)
     report_path = Path(args.report) if args.report else path.parent.parent / f"report-{path.stem}.html"

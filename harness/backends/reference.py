@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.backends import Backend
-from harness.backends.cpu import cpu_fingerprint
+from harness.backends.cpu import cpu_fingerprint, host_peak
 from harness.ops import NumpyOps
 
 
@@ -34,9 +34,7 @@ class ReferenceBackend(Backend):
 
     # 6. peak probe: the CPU's (the reference runs there)
     def measure_peak(self):
-        from harness.backends.cpu import BACKENDS as cpu
-
-        return cpu["cpu"].peak()
+        return host_peak()
 
 
 BACKENDS = {"reference": ReferenceBackend()}
