@@ -1,6 +1,15 @@
-"""Metamorphic properties that hold whatever the values: RMSNorm outputs do not change
-when x is scaled (by a power of two, so the scaled inputs are exact in every dtype), and
-permuting the rows of x permutes the rows of y."""
+"""Metamorphic properties that hold whatever the values, checked on every implementation:
+
+- RMSNorm (rmsnorm_gemm): outputs do not change when x is scaled (by a power of two, so
+  the scaled inputs are exact in every dtype); permuting the rows of x permutes the rows
+  of y.
+- RoPE (rmsnorm_qkv_rope): the rotation preserves each head's norm (compared with the
+  same inputs at position 0, where it is the identity), and q·k depends only on the
+  difference of positions (shifting every position by a constant leaves all scores alone).
+- SwiGLU (gemm_swiglu, swiglu_ffn): W_up = 0 gives exactly 0, whatever the gate.
+
+Each run poisons the outputs first, so an output left unwritten cannot pass as zero.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +20,113 @@ from harness.accuracy import metrics
 from harness.registry import discover
 
 REGISTRY = discover()
-IMPLS = [i for i in REGISTRY.select(fusions=["rmsnorm_gemm"], kinds=("fused", "unfused", "peer"))
-         if not i.origin.startswith("tests.")]
-DIMS = {"M": 5, "H": 131, "N": 37}
+DTYPES = ["float32", "float16", "bfloat16"]
 
 
-def outputs(impl, inputs, dtype):
+def impls_of(fusion):
+    return [i for i in REGISTRY.select(fusions=[fusion], kinds=("fused", "unfused", "peer"))
+            if not i.origin.startswith("tests.")]
+
+
+def outputs(impl, inputs, attrs, dtype):
     spec = REGISTRY.fusions[impl.fusion]
-    p = impl.prepare(spec, inputs, {"eps": 1e-6}, dtype)
+    p = impl.prepare(spec, inputs, attrs, dtype)
     p.poison()
     p.run()
-    return p.outputs()["y"]
+    return {k: np.asarray(v, dtype=np.float64) for k, v in p.outputs().items()}
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.key)
-def test_rmsnorm_scale_invariance_and_row_permutation(impl, dtype):
+def usable(impl, dtype):
     ok, why = impl.available()
     if not ok:
         pytest.skip(why)
     if dtype not in impl.dtypes:
         pytest.skip(f"{impl.key} does not claim {dtype}")
-    spec = REGISTRY.fusions[impl.fusion]
-    inputs = spec.make_inputs(DIMS, dtype, seed=7)
-    y = outputs(impl, inputs, dtype)
+    return REGISTRY.fusions[impl.fusion]
+
+
+def relative(a, b):
+    """Largest difference relative to the largest magnitude of b, per trailing vector."""
+    scale = np.maximum(np.max(np.abs(b), axis=-1, keepdims=True), 1e-30)
+    return float(np.max(np.abs(a - b) / scale))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls_of("rmsnorm_gemm"), ids=lambda i: i.key)
+def test_rmsnorm_scale_invariance_and_row_permutation(impl, dtype):
+    spec = usable(impl, dtype)
+    dims, attrs = {"M": 5, "H": 131, "N": 37}, {"eps": 1e-6}
+    inputs = spec.make_inputs(dims, dtype, seed=7)
+    y = outputs(impl, inputs, attrs, dtype)["y"]
     bound = spec.nmse_bound[dtype]
     scaled = dict(inputs, x=(inputs["x"].astype(np.float32) * 8.0).astype(inputs["x"].dtype))
-    assert metrics(outputs(impl, scaled, dtype), y, dtype).nmse <= bound
-    perm = np.random.default_rng(3).permutation(DIMS["M"])
+    assert metrics(outputs(impl, scaled, attrs, dtype)["y"], y, dtype).nmse <= bound
+    perm = np.random.default_rng(3).permutation(dims["M"])
     permuted = dict(inputs, x=np.ascontiguousarray(inputs["x"][perm]))
-    assert metrics(outputs(impl, permuted, dtype), y[perm], dtype).nmse <= bound
+    assert metrics(outputs(impl, permuted, attrs, dtype)["y"], y[perm], dtype).nmse <= bound
+
+
+# Grouped-query heads (3 q heads per kv head), head_dim 80, H not a multiple of 4.
+ROPE_DIMS = {"M": 7, "H": 131, "n_heads": 6, "n_kv_heads": 2, "head_dim": 80}
+ROPE_ATTRS = REGISTRY.fusions["rmsnorm_qkv_rope"].split({"eps": 1e-5, "theta": 10000.0, **ROPE_DIMS})[1]
+# Rounding of q and k in the output dtype bounds how well norms and dot products agree.
+ROPE_TOL = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
+
+
+def rope_inputs(spec, dtype, seed):
+    inputs = spec.make_inputs(ROPE_DIMS, dtype, seed=seed)
+    rng = np.random.default_rng(seed)
+    return dict(inputs, pos=rng.integers(0, 4096, size=ROPE_DIMS["M"]).astype(np.int32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls_of("rmsnorm_qkv_rope"), ids=lambda i: i.key)
+def test_rope_preserves_each_heads_norm(impl, dtype):
+    spec = usable(impl, dtype)
+    inputs = rope_inputs(spec, dtype, seed=11)
+    rotated = outputs(impl, inputs, ROPE_ATTRS, dtype)
+    at_zero = outputs(impl, dict(inputs, pos=np.zeros_like(inputs["pos"])), ROPE_ATTRS, dtype)
+    for name in ("q", "k"):
+        n_rot = np.linalg.norm(rotated[name], axis=-1)
+        n_zero = np.linalg.norm(at_zero[name], axis=-1)
+        assert np.all(np.isfinite(n_rot))
+        assert np.max(np.abs(n_rot - n_zero) / n_zero) <= ROPE_TOL[dtype], name
+        # Not the identity: the rotation moved the vectors (positions are nonzero).
+        assert relative(rotated[name], at_zero[name]) > 10 * ROPE_TOL[dtype], name
+    assert np.array_equal(rotated["v"], at_zero["v"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls_of("rmsnorm_qkv_rope"), ids=lambda i: i.key)
+def test_rope_scores_depend_only_on_position_difference(impl, dtype):
+    spec = usable(impl, dtype)
+    inputs = rope_inputs(spec, dtype, seed=12)
+    shifted_pos = (inputs["pos"] + 1000).astype(np.int32)
+    group = ROPE_DIMS["n_heads"] // ROPE_DIMS["n_kv_heads"]
+
+    def scores(out):
+        k = np.repeat(out["k"], group, axis=1)          # (M, n_heads, d)
+        return np.einsum("mhd,nhd->hmn", out["q"], k)   # (n_heads, M, M)
+
+    base = outputs(impl, inputs, ROPE_ATTRS, dtype)
+    moved = outputs(impl, dict(inputs, pos=shifted_pos), ROPE_ATTRS, dtype)
+    s0, s1 = scores(base), scores(moved)
+    # Each score is a sum of d products of rounded values: compare against |q|·|k|.
+    qn = np.linalg.norm(base["q"], axis=-1).transpose(1, 0)[:, :, None]
+    kn = np.repeat(np.linalg.norm(base["k"], axis=-1), group, axis=1).transpose(1, 0)[:, None, :]
+    assert np.max(np.abs(s1 - s0) / (qn * kn)) <= 4 * ROPE_TOL[dtype]
+    # The outputs themselves did move, so the test is not comparing a thing with itself.
+    assert relative(moved["q"], base["q"]) > 10 * ROPE_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls_of("gemm_swiglu") + impls_of("swiglu_ffn"), ids=lambda i: i.key)
+def test_swiglu_with_zero_up_projection_is_zero(impl, dtype):
+    spec = usable(impl, dtype)
+    dims = {"M": 3, "H": 67, "I": 45}
+    inputs = spec.make_inputs(dims, dtype, seed=5)
+    y = outputs(impl, inputs, {}, dtype)["y"]
+    assert np.count_nonzero(y) > y.size // 2          # the same kernel, live inputs: not zero
+    zeroed = dict(inputs, w_up=np.zeros_like(inputs["w_up"]))
+    y0 = outputs(impl, zeroed, {}, dtype)["y"]
+    assert np.all(y0 == 0.0), f"{np.count_nonzero(y0)} nonzero of {y0.size}"

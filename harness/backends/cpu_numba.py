@@ -177,31 +177,119 @@ def dots2(x0, x1, rows, a, b):
 
 @nb.njit(inline="always", fastmath=True)
 def dots_seq(x0, rows, a):
-    # a[j] = x0 . rows[j], one row at a time: the decode path (see dots_w16)
+    # a[j] = x0 . rows[j], two rows per pass: the decode path. Two sequential streams per
+    # thread measured 10-20% faster than one at a time (and than a block of four) for
+    # Llama-3-8B's down projection, (4096, 14336) f32.
     J, H = rows.shape
-    for j in range(J):
-        acc = np.float32(0.0)
+    j = 0
+    while j + 2 <= J:
+        s = t = np.float32(0.0)
         for h in range(H):
-            acc += x0[h] * rows[j, h]
-        a[j] = acc
+            v = x0[h]
+            s += v * rows[j, h]
+            t += v * rows[j + 1, h]
+        a[j], a[j + 1] = s, t
+        j += 2
+    if j < J:
+        s = np.float32(0.0)
+        for h in range(H):
+            s += x0[h] * rows[j, h]
+        a[j] = s
 
 
 @nb.njit(inline="always", fastmath=True)
 def dots_w16(x0, rows, a, kind):
-    # a[j] = x0 . rows[j] with rows as 16-bit patterns widened in registers (decode: each
-    # W element is used once, so a float32 copy of the block would only cost bandwidth).
-    # One row at a time: the block is read as one sequential stream, which the hardware
-    # prefetcher follows best; x0 stays in L1.
+    # dots_seq with rows as 16-bit patterns widened in registers (decode: each W element is
+    # used once, so a float32 copy of the block would only cost bandwidth); x0 stays in L1.
     J, H = rows.shape
-    for j in range(J):
-        acc = np.float32(0.0)
+    j = 0
+    while j + 2 <= J:
+        s = t = np.float32(0.0)
         if kind == 1:
             for h in range(H):
-                acc += x0[h] * bf16_f32(rows[j, h])
+                v = x0[h]
+                s += v * bf16_f32(rows[j, h])
+                t += v * bf16_f32(rows[j + 1, h])
         else:
             for h in range(H):
-                acc += x0[h] * f16_f32(rows[j, h])
-        a[j] = acc
+                v = x0[h]
+                s += v * f16_f32(rows[j, h])
+                t += v * f16_f32(rows[j + 1, h])
+        a[j], a[j + 1] = s, t
+        j += 2
+    if j < J:
+        s = np.float32(0.0)
+        if kind == 1:
+            for h in range(H):
+                s += x0[h] * bf16_f32(rows[j, h])
+        else:
+            for h in range(H):
+                s += x0[h] * f16_f32(rows[j, h])
+        a[j] = s
+
+
+@nb.njit(inline="always", fastmath=True)
+def gate_up2(x0, wg, wu, n):
+    # decode, float32 W: rows n and n+1 of W_gate and W_up in one pass, four sequential
+    # streams sharing each x load. Streaming gate and up side by side, rather than a block
+    # of gate rows and then the same block of up rows, measured 8-14% faster at
+    # Llama-3-8B sizes (the two-GEMV chain's OpenBLAS sgemv is that fast too).
+    a = b = c = d = np.float32(0.0)
+    for h in range(x0.shape[0]):
+        v = x0[h]
+        a += v * wg[n, h]
+        b += v * wu[n, h]
+        c += v * wg[n + 1, h]
+        d += v * wu[n + 1, h]
+    return a, b, c, d
+
+
+@nb.njit(inline="always", fastmath=True)
+def gate_up1(x0, wg, wu, n):
+    # the last row when the row count is odd (see gate_up2)
+    a = b = np.float32(0.0)
+    for h in range(x0.shape[0]):
+        v = x0[h]
+        a += v * wg[n, h]
+        b += v * wu[n, h]
+    return a, b
+
+
+@nb.njit(inline="always", fastmath=True)
+def gate_up2_w16(x0, wg, wu, n, kind):
+    # gate_up2 with W as 16-bit patterns widened in registers
+    a = b = c = d = np.float32(0.0)
+    if kind == 1:
+        for h in range(x0.shape[0]):
+            v = x0[h]
+            a += v * bf16_f32(wg[n, h])
+            b += v * bf16_f32(wu[n, h])
+            c += v * bf16_f32(wg[n + 1, h])
+            d += v * bf16_f32(wu[n + 1, h])
+    else:
+        for h in range(x0.shape[0]):
+            v = x0[h]
+            a += v * f16_f32(wg[n, h])
+            b += v * f16_f32(wu[n, h])
+            c += v * f16_f32(wg[n + 1, h])
+            d += v * f16_f32(wu[n + 1, h])
+    return a, b, c, d
+
+
+@nb.njit(inline="always", fastmath=True)
+def gate_up1_w16(x0, wg, wu, n, kind):
+    a = b = np.float32(0.0)
+    if kind == 1:
+        for h in range(x0.shape[0]):
+            v = x0[h]
+            a += v * bf16_f32(wg[n, h])
+            b += v * bf16_f32(wu[n, h])
+    else:
+        for h in range(x0.shape[0]):
+            v = x0[h]
+            a += v * f16_f32(wg[n, h])
+            b += v * f16_f32(wu[n, h])
+    return a, b
 
 
 @nb.njit(inline="always", fastmath=True)

@@ -9,8 +9,9 @@ float16 and bfloat16 arrive as raw 16-bit patterns; the W rows of a block and th
 x are widened to float32 in thread-local buffers as they are used (bfloat16 by a shift,
 float16 by its bit fields). Decode (M = 1) uses each W element once, so there x is widened
 once and W is widened in registers as it streams (bfloat16: a shift; float16: one
-half -> float conversion, vcvtph2ps on x86), one row at a time so that each block is one
-sequential stream for the hardware prefetcher. Dot products accumulate in float32, silu * up is taken in
+half -> float conversion, vcvtph2ps on x86); each pass streams two rows of W_gate and the
+same two rows of W_up side by side (cpu_numba.gate_up2), four sequential streams that
+share every x load. Dot products accumulate in float32, silu * up is taken in
 float64, and the result is rounded (to nearest even) straight into the storage dtype as
 it is stored: no float32 (M, I) staging array and no second pass over y.
 """
@@ -36,7 +37,7 @@ def _compile():
     global _kernel, _narrow, _widen_reg
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, block, dots_seq, dots_w16, make_pow2, put, swiglu, widen, bf16_f32, dots, dots2, f16_f32
+    global nb, block, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, widen, bf16_f32, dots, dots2, f16_f32
     if _kernel is not None:
         return _kernel
     import numba as nb
@@ -45,9 +46,11 @@ def _compile():
         bf16_f32,
         dots,
         dots2,
-        dots_seq,
-        dots_w16,
         f16_f32,
+        gate_up1,
+        gate_up1_w16,
+        gate_up2,
+        gate_up2_w16,
         make_pow2,
         put,
         swiglu,
@@ -86,16 +89,15 @@ def _compile():
     def kernel_f32(x, wg, wu, y):
         pow2 = make_pow2()
         N = wg.shape[0]
-        if x.shape[0] == 1:  # decode: W streamed once, one row at a time
-            for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
-                n0 = b * BLOCK_ROWS
-                n1 = min(N, n0 + BLOCK_ROWS)
-                g0 = np.empty(n1 - n0, dtype=np.float32)
-                u0 = np.empty(n1 - n0, dtype=np.float32)
-                dots_seq(x[0], wg[n0:n1], g0)
-                dots_seq(x[0], wu[n0:n1], u0)
-                for j in range(n1 - n0):
-                    y[0, n0 + j] = swiglu(g0[j], u0[j])
+        if x.shape[0] == 1:  # decode: gate and up rows streamed side by side, two of each
+            x0 = x[0]
+            for p in nb.prange(N // 2):
+                g0, u0, g1, u1 = gate_up2(x0, wg, wu, 2 * p)
+                y[0, 2 * p] = swiglu(g0, u0)
+                y[0, 2 * p + 1] = swiglu(g1, u1)
+            if N % 2:
+                g0, u0 = gate_up1(x0, wg, wu, N - 1)
+                y[0, N - 1] = swiglu(g0, u0)
             return
         for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
             n0 = b * BLOCK_ROWS
@@ -109,15 +111,13 @@ def _compile():
         if x.shape[0] == 1:  # decode: x widened once, W widened in registers as it streams
             x0 = np.empty(H, dtype=np.float32)
             widen(x[0], x0, kind, pow2)
-            for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
-                n0 = b * BLOCK_ROWS
-                n1 = min(N, n0 + BLOCK_ROWS)
-                g0 = np.empty(n1 - n0, dtype=np.float32)
-                u0 = np.empty(n1 - n0, dtype=np.float32)
-                dots_w16(x0, wg[n0:n1], g0, kind)
-                dots_w16(x0, wu[n0:n1], u0, kind)
-                for j in range(n1 - n0):
-                    put(y, 0, n0 + j, swiglu(g0[j], u0[j]), kind)
+            for p in nb.prange(N // 2):
+                g0, u0, g1, u1 = gate_up2_w16(x0, wg, wu, 2 * p, kind)
+                put(y, 0, 2 * p, swiglu(g0, u0), kind)
+                put(y, 0, 2 * p + 1, swiglu(g1, u1), kind)
+            if N % 2:
+                g0, u0 = gate_up1_w16(x0, wg, wu, N - 1, kind)
+                put(y, 0, N - 1, swiglu(g0, u0), kind)
             return
         for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
             n0 = b * BLOCK_ROWS

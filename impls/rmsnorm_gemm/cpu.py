@@ -7,6 +7,8 @@ dot products with the block. No (M, H) intermediate is ever written.
 
 float16 and bfloat16 arrive as raw 16-bit patterns; each W row is widened to float32 in
 a thread-local buffer as it is used (bfloat16 by a shift, float16 by its bit fields).
+Decode (M = 1) uses each W element once: there x is normalised once, and W streams two
+rows per pass (cpu_numba.dots_seq / dots_w16, 16-bit W widened in registers).
 The kernel accumulates in float32 and writes float32; rounding y to the storage dtype is
 one pass over the (M, N) output.
 """
@@ -31,12 +33,12 @@ def _compile():
     global _kernel, _widen
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, make_pow2, normalise, widen, dots, dots2, prologue, block, kernel_f32, kernel_16
+    global nb, make_pow2, normalise, widen, dots, dots2, dots_seq, dots_w16, prologue, block, kernel_f32, kernel_16
     if _kernel is not None:
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import make_pow2, normalise, widen
+    from harness.backends.cpu_numba import dots_seq, dots_w16, make_pow2, normalise, widen
 
     @nb.njit(inline="always", fastmath=True)
     def dots(xg, rows, y_row, n0):
@@ -133,7 +135,15 @@ def _compile():
     @nb.njit(parallel=True, fastmath=True, cache=True)
     def kernel_f32(x, gamma, w, eps, y):
         pow2, g, inv_rms = prologue(x, gamma, eps, 0)
-        N = w.shape[0]
+        N, H = w.shape
+        if x.shape[0] == 1:  # decode: x normalised once, W streamed two rows per pass
+            xn = np.empty(H, dtype=np.float32)
+            normalise(x[0], g, inv_rms[0], 0, pow2, xn)
+            for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
+                n0 = b * BLOCK_ROWS
+                n1 = min(N, n0 + BLOCK_ROWS)
+                dots_seq(xn, w[n0:n1], y[0, n0:n1])
+            return
         for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
             n0 = b * BLOCK_ROWS
             block(x, g, inv_rms, w[n0:min(N, n0 + BLOCK_ROWS)], n0, 0, pow2, y)
@@ -142,6 +152,14 @@ def _compile():
     def kernel_16(x, gamma, w, eps, kind, y):
         pow2, g, inv_rms = prologue(x, gamma, eps, kind)
         N, H = w.shape
+        if x.shape[0] == 1:  # decode: x normalised once, W widened in registers as it streams
+            xn = np.empty(H, dtype=np.float32)
+            normalise(x[0], g, inv_rms[0], kind, pow2, xn)
+            for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
+                n0 = b * BLOCK_ROWS
+                n1 = min(N, n0 + BLOCK_ROWS)
+                dots_w16(xn, w[n0:n1], y[0, n0:n1], kind)
+            return
         for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
             n0 = b * BLOCK_ROWS
             n1 = min(N, n0 + BLOCK_ROWS)

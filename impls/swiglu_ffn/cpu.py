@@ -18,7 +18,8 @@ synchronisation is the barrier between the two prange loops inside the one numba
 float16 and bfloat16 arrive as raw 16-bit patterns; the W rows of a block and the rows of
 x are widened to float32 in thread-local buffers as they are used (bfloat16 by a shift,
 float16 by its bit fields). Decode (M = 1) uses each W element once, so there W is widened
-in registers as it streams, one row at a time (see gemm_swiglu/cpu.py). Dot products accumulate in float32, silu * up is taken in
+in registers as it streams, two rows of W_gate beside the same two of W_up in phase 1
+(see gemm_swiglu/cpu.py), one W_down row at a time in phase 2. Dot products accumulate in float32, silu * up is taken in
 float64, and y is rounded (to nearest even) straight into the storage dtype as it is
 stored.
 """
@@ -43,12 +44,13 @@ def _compile():
     global _kernel
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, block_down, block_up, dots_seq, dots_w16, make_pow2, put, swiglu, widen, dots, dots2
+    global nb, block_down, block_up, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, widen, dots, dots2
     if _kernel is not None:
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import dots, dots2, dots_seq, dots_w16, make_pow2, put, swiglu, widen
+    from harness.backends.cpu_numba import (dots, dots2, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2,
+                                            gate_up2_w16, make_pow2, put, swiglu, widen)
 
     @nb.njit(inline="always", fastmath=True)
     def block_up(x, tg, tu, n0, kind, pow2, act):
@@ -103,16 +105,15 @@ def _compile():
         pow2 = make_pow2()
         N = wg.shape[0]
         H = wd.shape[0]
-        if x.shape[0] == 1:  # decode: each W streamed once, one row at a time
-            for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
-                n0 = b * BLOCK_ROWS
-                n1 = min(N, n0 + BLOCK_ROWS)
-                g0 = np.empty(n1 - n0, dtype=np.float32)
-                u0 = np.empty(n1 - n0, dtype=np.float32)
-                dots_seq(x[0], wg[n0:n1], g0)
-                dots_seq(x[0], wu[n0:n1], u0)
-                for j in range(n1 - n0):
-                    act[0, n0 + j] = swiglu(g0[j], u0[j])
+        if x.shape[0] == 1:  # decode: each W streamed once; gate and up rows side by side
+            x0 = x[0]
+            for p in nb.prange(N // 2):
+                g0, u0, g1, u1 = gate_up2(x0, wg, wu, 2 * p)
+                act[0, 2 * p] = swiglu(g0, u0)
+                act[0, 2 * p + 1] = swiglu(g1, u1)
+            if N % 2:
+                g0, u0 = gate_up1(x0, wg, wu, N - 1)
+                act[0, N - 1] = swiglu(g0, u0)
             for b in nb.prange((H + DOWN_ROWS - 1) // DOWN_ROWS):
                 n0 = b * DOWN_ROWS
                 n1 = min(H, n0 + DOWN_ROWS)
@@ -134,15 +135,13 @@ def _compile():
         if x.shape[0] == 1:  # decode: x widened once, W widened in registers as it streams
             x0 = np.empty(H, dtype=np.float32)
             widen(x[0], x0, kind, pow2)
-            for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
-                n0 = b * BLOCK_ROWS
-                n1 = min(N, n0 + BLOCK_ROWS)
-                g0 = np.empty(n1 - n0, dtype=np.float32)
-                u0 = np.empty(n1 - n0, dtype=np.float32)
-                dots_w16(x0, wg[n0:n1], g0, kind)
-                dots_w16(x0, wu[n0:n1], u0, kind)
-                for j in range(n1 - n0):
-                    act[0, n0 + j] = swiglu(g0[j], u0[j])
+            for p in nb.prange(N // 2):
+                g0, u0, g1, u1 = gate_up2_w16(x0, wg, wu, 2 * p, kind)
+                act[0, 2 * p] = swiglu(g0, u0)
+                act[0, 2 * p + 1] = swiglu(g1, u1)
+            if N % 2:
+                g0, u0 = gate_up1_w16(x0, wg, wu, N - 1, kind)
+                act[0, N - 1] = swiglu(g0, u0)
             for b in nb.prange((H + DOWN_ROWS - 1) // DOWN_ROWS):
                 n0 = b * DOWN_ROWS
                 n1 = min(H, n0 + DOWN_ROWS)
