@@ -43,7 +43,7 @@ class Ops:
         raise NotImplementedError(f"{self.name}: silu")
 
     def softmax(self, x):
-        """Softmax over the last axis."""
+        """Softmax over the last axis; a row that is all −inf (fully masked) gives zeros."""
         raise NotImplementedError(f"{self.name}: softmax")
 
     def split(self, x, sizes):
@@ -59,6 +59,31 @@ class Ops:
         With c = cos(pos·θ^(-2i/d)), s = sin(...), i < d/2:
         out[..., i] = x[..., i]·c − x[..., i + d/2]·s;  out[..., i + d/2] = x[..., i + d/2]·c + x[..., i]·s."""
         raise NotImplementedError(f"{self.name}: rope")
+
+    # attention ---------------------------------------------------------------------
+    # Grouped-query heads need no primitive of their own: q heads h·g … h·g+g−1 share kv
+    # head h, so q (B, Hq, S, d) reshaped to (B, Hkv, g·S, d) lines up with k (B, Hkv, T, d).
+
+    def matmul_nt(self, a, b):
+        """a: (..., S, d), b: (..., T, d) with equal leading dims -> a @ bᵀ, (..., S, T)."""
+        raise NotImplementedError(f"{self.name}: matmul_nt")
+
+    def matmul(self, a, b):
+        """a: (..., S, T), b: (..., T, d) with equal leading dims -> a @ b, (..., S, d)."""
+        raise NotImplementedError(f"{self.name}: matmul")
+
+    def scale(self, x, s: float):
+        """x * s for a Python scalar s."""
+        raise NotImplementedError(f"{self.name}: scale")
+
+    def causal_mask(self, x):
+        """x: (..., S, T) -> x with entry (i, j) set to −inf where j > i + (T − S): query i
+        sits at position T − S + i and sees keys 0 … T − S + i."""
+        raise NotImplementedError(f"{self.name}: causal_mask")
+
+    def length_mask(self, x, lens):
+        """x: (B, H, S, T), lens: (B,) int32 -> x with entries j ≥ lens[b] set to −inf."""
+        raise NotImplementedError(f"{self.name}: length_mask")
 
 
 def rope_angles(pos, d: int, theta: float) -> np.ndarray:
@@ -111,8 +136,11 @@ class NumpyOps(Ops):
 
     def softmax(self, x):
         x = self._in(x)
-        e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-        return self._out(e / np.sum(e, axis=-1, keepdims=True))
+        top = np.max(x, axis=-1, keepdims=True)
+        top = np.where(np.isneginf(top), 0.0, top).astype(self._compute)  # fully masked row
+        e = np.exp(x - top)
+        total = np.sum(e, axis=-1, keepdims=True)
+        return self._out(e / np.where(total > 0, total, 1.0).astype(self._compute))
 
     def split(self, x, sizes):
         edges = np.cumsum([0, *sizes])
@@ -129,3 +157,21 @@ class NumpyOps(Ops):
         s = np.sin(ang).astype(self._compute)
         x1, x2 = x[..., : d // 2], x[..., d // 2:]
         return self._out(np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1))
+
+    def matmul_nt(self, a, b):
+        return self._out(np.matmul(self._in(a), np.swapaxes(self._in(b), -1, -2)))
+
+    def matmul(self, a, b):
+        return self._out(np.matmul(self._in(a), self._in(b)))
+
+    def scale(self, x, s):
+        return self._out(self._in(x) * self._compute(s))
+
+    def causal_mask(self, x):
+        S, T = x.shape[-2:]
+        future = np.arange(T)[None, :] > np.arange(S)[:, None] + (T - S)
+        return np.where(future, self._dt.type(-np.inf), x)
+
+    def length_mask(self, x, lens):
+        past_end = np.arange(x.shape[-1])[None, :] >= np.asarray(lens)[:, None]  # (B, T)
+        return np.where(past_end[:, None, None, :], self._dt.type(-np.inf), x)

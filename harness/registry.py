@@ -10,7 +10,8 @@ variable FUSEBENCH_PLUGINS names more such modules without any packaging.
 Derived implementations are added for every fusion without any per-fusion code:
 `reference/float64` (the decomposition in float64 NumPy), `<backend>/unfused` for each
 backend with primitive ops (the chain the fused kernels replace), and the torch peers
-`torch/eager`, `torch/compile` (and `torch_cuda/...` where a GPU is).
+`torch/eager`, `torch/compile` (and `torch_cuda/...` where a GPU is), plus any peer the
+spec writes directly in torch (`spec.torch_peers`, e.g. `torch/sdpa`).
 """
 
 from __future__ import annotations
@@ -137,11 +138,20 @@ def _add_derived(reg: Registry, spec: FusionSpec) -> None:
     for peer in ("torch", "torch_cuda"):
         derived.append((peer, "eager", "peer", spec.dtypes, _chain_factory))
         derived.append((peer, "compile", "peer", spec.dtypes, _compile_factory))
+        for variant, fn in spec.torch_peers.items():
+            derived.append((peer, variant, "peer", spec.dtypes, _function_factory(fn)))
     for backend, variant, kind, dtypes, factory in derived:
         key = f"{spec.name}/{backend}/{variant}"
         if key not in reg.impls:
             reg.add(Implementation(spec.name, backend, variant, kind, factory,
                                    tuple(d for d in dtypes if d in spec.dtypes), origin="derived"))
+
+
+def _function_factory(fn):
+    """A peer written as `fn(ops, **inputs, **attrs)`, run the way a chain is run."""
+    def factory(backend, spec, inputs, attrs, dtype):
+        return ChainPrepared(backend, spec, inputs, attrs, dtype, decompose=fn)
+    return factory
 
 
 def _compile_factory(backend, spec, inputs, attrs, dtype):

@@ -82,6 +82,11 @@ class FusionSpec:
     decompose_dims: tuple[str, ...] = ()
     # inputs that are integer indices (positions, lengths): int32, never rounded to the dtype
     index_inputs: tuple[str, ...] = ()
+    # (dims, attrs) -> attrs with derived values filled in (attention: scale 0 -> 1/sqrt(d))
+    derive_attrs: Callable[[dict[str, int], dict[str, Any]], dict[str, Any]] | None = None
+    # more peers written directly in torch, variant -> fn(ops, **inputs, **attrs) -> outputs,
+    # registered on the torch backends beside eager and compile (e.g. "sdpa")
+    torch_peers: dict[str, Callable[..., dict[str, Any]]] = field(default_factory=dict)
 
     def check_params(self, params: dict[str, Any]) -> list[str]:
         """Problems with a case's parameters, as readable sentences (empty when fine)."""
@@ -109,6 +114,8 @@ class FusionSpec:
         dims = {d: int(params[d]) for d in self.dims}
         attrs: dict[str, Any] = {a: float(params.get(a, default)) for a, default in self.attrs.items()}
         attrs.update({d: dims[d] for d in self.decompose_dims})
+        if self.derive_attrs is not None:
+            attrs = self.derive_attrs(dims, attrs)
         return dims, attrs
 
     def make_inputs(self, dims: dict[str, int], dtype: str, seed: int,

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from harness.accuracy import metrics
+from harness.dtypes import UNIT_ROUNDOFF
 from harness.registry import discover
 
 REGISTRY = discover()
@@ -130,3 +131,89 @@ def test_swiglu_with_zero_up_projection_is_zero(impl, dtype):
     zeroed = dict(inputs, w_up=np.zeros_like(inputs["w_up"]))
     y0 = outputs(impl, zeroed, {}, dtype)["y"]
     assert np.all(y0 == 0.0), f"{np.count_nonzero(y0)} nonzero of {y0.size}"
+
+
+# ---- attention -------------------------------------------------------------------------
+ATTN_DIMS = {
+    "attn_score_softmax": {"B": 2, "S": 37, "n_heads": 6, "n_kv_heads": 2, "head_dim": 24},
+    "attention_prefill": {"B": 2, "S": 37, "n_heads": 6, "n_kv_heads": 2, "head_dim": 24},
+    "decode_attention": {"B": 3, "T": 41, "n_heads": 6, "n_kv_heads": 2, "head_dim": 24},
+}
+ATTN_IMPLS = [i for f in ATTN_DIMS for i in impls_of(f)]
+
+
+def attn_case(impl, dtype, seed):
+    spec = usable(impl, dtype)
+    dims, attrs = spec.split(ATTN_DIMS[impl.fusion])
+    return spec, dims, attrs, spec.make_inputs(dims, dtype, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", ATTN_IMPLS, ids=lambda i: i.key)
+def test_attention_ignores_a_constant_added_to_each_rows_scores(impl, dtype):
+    """k -> k + w for one w shared by every key of a kv head adds q_i·w to every score of
+    row i: the weights and outputs must not change. k and w are chosen so that k + w is
+    exact in every dtype (multiples of 1/16 in [-4, 4], w in {-0.5, 0, 0.5}), so only the
+    kernel's own rounding differs between the two runs."""
+    spec, dims, attrs, inputs = attn_case(impl, dtype, seed=21)
+    rng = np.random.default_rng(21)
+    k0 = np.clip(np.round(rng.standard_normal(inputs["k"].shape) * 16) / 16, -4, 4)
+    w = 0.5 * rng.integers(-1, 2, size=inputs["k"].shape[:2] + (1, inputs["k"].shape[-1]))
+    # q halved (exact): logits of a few units, where 16-bit rounding of them stays small
+    inputs = dict(inputs, q=(inputs["q"].astype(np.float64) * 0.5).astype(inputs["q"].dtype))
+    base = dict(inputs, k=k0.astype(inputs["k"].dtype))
+    shifted = dict(inputs, k=(k0 + w).astype(inputs["k"].dtype))
+    assert np.array_equal(shifted["k"].astype(np.float64), k0 + w)  # the shift itself is exact
+    a = outputs(impl, base, attrs, dtype)
+    b = outputs(impl, shifted, attrs, dtype)
+    # A chain rounds the logits to the dtype: the larger they are, the larger that error
+    # (u·|logit|), and the shift makes them larger. Allow 8 unit roundoffs of the largest.
+    n_kv, d = k0.shape[1], k0.shape[-1]
+    q = inputs["q"].astype(np.float64).reshape(k0.shape[0], n_kv, -1, d)  # grouped by kv head
+    largest = attrs["scale"] * np.max(np.abs(q @ np.swapaxes(k0 + w, -1, -2)))
+    tol = 8 * UNIT_ROUNDOFF[dtype] * (1.0 + largest)
+    assert tol < 0.25, tol  # a tolerance that could still fail
+    for name in a:
+        assert np.all(np.isfinite(b[name]))
+        assert relative(b[name], a[name]) <= tol, name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", [i for i in ATTN_IMPLS if i.fusion != "decode_attention"], ids=lambda i: i.key)
+def test_causal_rows_do_not_see_the_future(impl, dtype):
+    """New K (and V) at positions > i leave every row ≤ i exactly as it was."""
+    spec, dims, attrs, inputs = attn_case(impl, dtype, seed=22)
+    i = dims["S"] // 2
+    rng = np.random.default_rng(22)
+    changed = dict(inputs)
+    for name in ("k", "v"):
+        if name in inputs:
+            a = inputs[name].copy()
+            a[:, :, i + 1:] = rng.standard_normal(a[:, :, i + 1:].shape).astype(a.dtype) * 3
+            changed[name] = a
+    before = outputs(impl, inputs, attrs, dtype)
+    after = outputs(impl, changed, attrs, dtype)
+    for name in before:
+        assert np.array_equal(before[name][:, :, : i + 1], after[name][:, :, : i + 1]), name
+        assert not np.array_equal(before[name][:, :, i + 1:], after[name][:, :, i + 1:]), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls_of("decode_attention"), ids=lambda i: i.key)
+def test_decode_never_reads_past_lens(impl, dtype):
+    """Garbage in the cache past each sequence's length leaves the output unchanged. Fused
+    kernels get NaN there (any read of it shows); chains and peers, which mask logits
+    and multiply by zero weights, get large finite garbage."""
+    spec, dims, attrs, inputs = attn_case(impl, dtype, seed=23)
+    lens = np.array([dims["T"] - 5, 0, 1], dtype=np.int32)
+    inputs = dict(inputs, lens=lens)
+    garbage = np.nan if impl.kind == "fused" else 1000.0
+    dirty = dict(inputs)
+    for name in ("k", "v"):
+        a = inputs[name].copy()
+        for b, n in enumerate(lens):
+            a[b, :, n:] = garbage
+        dirty[name] = a
+    clean = outputs(impl, inputs, attrs, dtype)["o"]
+    assert np.all(clean[1] == 0.0)  # lens = 0: zeros, not NaN
+    assert np.array_equal(outputs(impl, dirty, attrs, dtype)["o"], clean)

@@ -147,10 +147,13 @@ class Prepared:
 
 
 class ChainPrepared(Prepared):
-    """The unfused chain: the spec's decomposition run with the backend's primitives."""
+    """The unfused chain: the spec's decomposition run with the backend's primitives
+    (or another function of the same form, `decompose(ops, **inputs, **attrs)`: a peer
+    written directly in the backend's library, such as torch's SDPA)."""
 
-    def __init__(self, backend, spec, inputs, attrs, dtype):
+    def __init__(self, backend, spec, inputs, attrs, dtype, decompose=None):
         super().__init__(backend, spec, inputs, attrs, dtype)
+        self.decompose = decompose or spec.decompose
         self.ops = backend.ops(dtype)
         if self.ops is None:
             raise BackendUnavailable(f"backend {backend.name!r} has no primitive ops for {dtype}")
@@ -164,7 +167,7 @@ class ChainPrepared(Prepared):
             raise BackendUnavailable(f"backend {backend.name!r} lacks a primitive this chain needs: {e}") from None
 
     def run(self) -> None:
-        self.out = self.spec.decompose(self.ops, **self.dev_inputs, **self.attrs)
+        self.out = self.decompose(self.ops, **self.dev_inputs, **self.attrs)
 
 
 _loaded: dict[str, Backend] = {}

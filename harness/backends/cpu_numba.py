@@ -15,7 +15,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba.core import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 @intrinsic
 def f32_bits(typingctx, v):
@@ -40,6 +40,17 @@ def f16_f32(typingctx, u):
     def codegen(context, builder, signature, args):
         return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
     return types.float32(types.uint16), codegen
+
+
+def to_f32(v, kind):
+    """One stored element as float32: float32 as it is, 16-bit patterns widened by kind."""
+
+
+@overload(to_f32, inline="always")
+def _to_f32(v, kind):
+    if isinstance(v, types.Float):
+        return lambda v, kind: np.float32(v)
+    return lambda v, kind: bf16_f32(v) if kind == 1 else f16_f32(v)
 
 
 @nb.njit(inline="always")
@@ -304,3 +315,95 @@ def normalise(x_row, g, s, kind, pow2, out):
     widen(x_row, out, kind, pow2)
     for h in range(out.shape[0]):
         out[h] = out[h] * s * g[h]
+
+
+# ---- attention (impls/attention_prefill, attn_score_softmax) ---------------------------
+# A task owns R consecutive query positions i0 … i0+R−1 of all g q heads that read one kv
+# head: its g·R query rows (row j·R + r is head kh·g + j at position i0 + r) share every
+# key and value row loaded, g·R dot products per K row instead of one.
+
+@nb.njit(inline="always", fastmath=True)
+def group_queries(q, b, kh, g, i0, R, scale, kind, pow2, qs):
+    # q: (B, Hq, S, d) -> qs[j·R + r] = scale · q[b, kh·g + j, i0 + r] in float32
+    d = qs.shape[1]
+    for j in range(g):
+        for r in range(R):
+            row = qs[j * R + r]
+            widen(q[b, kh * g + j, i0 + r], row, kind, pow2)
+            for h in range(d):
+                row[h] *= scale
+
+
+@nb.njit(inline="always", fastmath=True)
+def widen_rows(src, j0, n, kind, pow2, dst):
+    # dst[jj] = src[j0 + jj] as float32, jj < n (src: (S, d) stored, dst: (≥ n, d))
+    for jj in range(n):
+        widen(src[j0 + jj], dst[jj], kind, pow2)
+
+
+@nb.njit(inline="always", fastmath=True)
+def causal_logits(qs, R, i0, kb, j0, n, sct):
+    # sct[jj, row] = qs[row] · kb[jj] for key j0 + jj (keys along the first axis, so that
+    # each K row feeds all the task's rows: head_dots); −inf where the key is in the row's
+    # future (j0 + jj > i0 + r, r = row mod R)
+    for jj in range(n):
+        head_dots(qs, kb[jj], sct[jj])
+        key = j0 + jj
+        if key > i0:
+            for row in range(qs.shape[0]):
+                if key > i0 + row % R:
+                    sct[jj, row] = -np.inf
+
+
+@nb.njit(inline="always")
+def balanced_block(t, n):
+    # task t of n causal row blocks -> block 0, n−1, 1, n−2, …: numba hands each thread a
+    # contiguous run of tasks, and this order gives every run as many cheap early blocks
+    # as expensive late ones
+    half = t // 2
+    return half if t % 2 == 0 else n - 1 - half
+
+
+@nb.njit(inline="always", fastmath=True)
+def head_dots(qs, row, out):
+    # out[j] = qs[j] · row for the g query heads of a group; four heads per pass, so each
+    # element of the cache row feeds four sums (four vector accumulators over d)
+    g, d = qs.shape
+    j = 0
+    while j + 4 <= g:
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for h in range(d):
+            w = row[h]
+            s0 += qs[j, h] * w
+            s1 += qs[j + 1, h] * w
+            s2 += qs[j + 2, h] * w
+            s3 += qs[j + 3, h] * w
+        out[j], out[j + 1], out[j + 2], out[j + 3] = s0, s1, s2, s3
+        j += 4
+    while j < g:
+        s0 = np.float32(0.0)
+        for h in range(d):
+            s0 += qs[j, h] * row[h]
+        out[j] = s0
+        j += 1
+
+
+@nb.njit(inline="always", fastmath=True)
+def head_axpy(p, row, acc):
+    # acc[j] += p[j] · row for the g heads of a group, four heads per pass over the row
+    g, d = acc.shape
+    j = 0
+    while j + 4 <= g:
+        p0, p1, p2, p3 = p[j], p[j + 1], p[j + 2], p[j + 3]
+        for h in range(d):
+            w = row[h]
+            acc[j, h] += p0 * w
+            acc[j + 1, h] += p1 * w
+            acc[j + 2, h] += p2 * w
+            acc[j + 3, h] += p3 * w
+        j += 4
+    while j < g:
+        p0 = p[j]
+        for h in range(d):
+            acc[j, h] += p0 * row[h]
+        j += 1

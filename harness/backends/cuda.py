@@ -6,12 +6,15 @@ this backend is a bfloat16 buffer). download() returns NumPy arrays of the stora
 (bfloat16 as an `ml_dtypes.bfloat16` view).
 
 The chain computes every primitive in float32 and stores its result in the storage dtype:
-rms_norm, add, mul, silu, softmax and rope are small header-free CUDA kernels
-(CHAIN_SOURCE below, one per op and dtype; rope computes its angles and their sine and
-cosine in float64 on the device, as harness.ops.rope_angles defines them), split makes
-contiguous copies of column ranges, reshape is a view, linear is cuBLAS `gemmEx` with float32 compute
-(CUBLAS_COMPUTE_32F: no TF32, no half-precision accumulation) on float32/float16/bfloat16
-data, which is what a framework's linear layer calls.
+rms_norm, add, mul, silu, softmax, rope, scale, causal_mask and length_mask are small
+header-free CUDA kernels (CHAIN_SOURCE below, one per op and dtype; rope computes its
+angles and their sine and cosine in float64 on the device, as harness.ops.rope_angles
+defines them; softmax gives zeros for a row that is all -inf), split makes contiguous
+copies of column ranges, reshape is a view, linear is cuBLAS `gemmEx` and matmul_nt /
+matmul are cuBLAS `gemmStridedBatchedEx` (one call over all leading dims), all with
+float32 compute (CUBLAS_COMPUTE_32F: no TF32, no half-precision accumulation) on
+float32/float16/bfloat16 data, which is what a framework's linear layer and batched
+matmul call.
 
 CuPy is imported inside methods only. The code uses no API specific to one CuPy wheel, so
 cupy-cuda12x and cupy-cuda13x both work.
@@ -83,6 +86,46 @@ def gemm_ex(a, b, out, a_type: int) -> None:
                       a.data.ptr, a_type, K,
                       beta.ctypes.data, out.data.ptr, a_type, N,
                       _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+    finally:
+        cublas.setPointerMode(handle, mode)
+
+
+def gemm_strided_batched(a, b, out, a_type: int, transpose_b: bool) -> None:
+    """out[i] = a[i] @ b[i].T (transpose_b) or a[i] @ b[i] for every leading index i, with one
+    cuBLAS gemmStridedBatchedEx call, float32 compute.
+
+    a: (n, S, K), b: (n, N, K) (transpose_b) or (n, K, N), out: (n, S, N), C-contiguous.
+    Row-major trick as in gemm_ex: out[i].T (N x S, ld N) = op(b[i]) @ a[i].T, where b[i]
+    seen column-major is K x N (ld K; transposed) or N x K (ld N; not transposed)."""
+    import cupy as cp
+    from cupy.cuda import cublas
+
+    n, S, K = a.shape
+    N = b.shape[1] if transpose_b else b.shape[2]
+    want_b = (n, N, K) if transpose_b else (n, K, N)
+    if b.shape != want_b or out.shape != (n, S, N):
+        raise ValueError(f"gemm_strided_batched: shapes {a.shape} @ {b.shape}{'.T' if transpose_b else ''} "
+                         f"-> {out.shape} do not match")
+    for arr in (a, b, out):
+        if not arr.flags.c_contiguous:
+            raise ValueError("gemm_strided_batched needs C-contiguous arrays")
+    if out.size == 0:
+        return
+    if K == 0:
+        out.fill(0)
+        return
+    alpha = np.array(1.0, dtype=np.float32)
+    beta = np.array(0.0, dtype=np.float32)
+    op_b, ldb = (_CUBLAS_OP_T, K) if transpose_b else (_CUBLAS_OP_N, N)
+    handle = cp.cuda.device.get_cublas_handle()
+    mode = cublas.getPointerMode(handle)  # alpha and beta are host pointers
+    cublas.setPointerMode(handle, 0)  # CUBLAS_POINTER_MODE_HOST
+    try:
+        cublas.gemmStridedBatchedEx(handle, op_b, _CUBLAS_OP_N, N, S, K,
+                                    alpha.ctypes.data, b.data.ptr, a_type, ldb, N * K,
+                                    a.data.ptr, a_type, K, S * K,
+                                    beta.ctypes.data, out.data.ptr, a_type, N, S * N,
+                                    n, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
     finally:
         cublas.setPointerMode(handle, mode)
 
@@ -288,7 +331,7 @@ class CudaOps(Ops):
         self.dt = storage_dtype(storage)
         mod = backend.chain_module()
         self.k = {op: mod.get_function(f"chain_{op}_{self.suffix}")
-                  for op in ("rms_norm", "add", "mul", "silu", "softmax", "rope")}
+                  for op in CHAIN_OPS}
 
     def _arr(self, a):
         cp = self.cp
@@ -361,6 +404,64 @@ class CudaOps(Ops):
         """A view with the new shape (row-major; x is made contiguous first)."""
         return self._arr(x).reshape(tuple(int(s) for s in shape))
 
+    def _matmul(self, a, b, transpose_b: bool):
+        a, b = self._arr(a), self._arr(b)
+        lead = a.shape[:-2]
+        if a.ndim < 2 or b.ndim != a.ndim or b.shape[:-2] != lead:
+            raise ValueError(f"{self.name}: batched matmul needs equal leading dims, got {a.shape} and {b.shape}")
+        S, K = a.shape[-2:]
+        N = b.shape[-2] if transpose_b else b.shape[-1]
+        if (b.shape[-1] if transpose_b else b.shape[-2]) != K:
+            raise ValueError(f"{self.name}: inner dims of {a.shape} and {b.shape} do not match")
+        n = int(np.prod(lead, dtype=np.int64))
+        y = self.cp.empty((*lead, S, N), dtype=self.dt)
+        gemm_strided_batched(a.reshape(n, S, K), b.reshape(n, *b.shape[-2:]), y.reshape(n, S, N),
+                             self.cuda_type, transpose_b)
+        return y
+
+    def matmul_nt(self, a, b):
+        """a: (..., S, d), b: (..., T, d) -> a @ bᵀ: (..., S, T), one batched cuBLAS call."""
+        return self._matmul(a, b, True)
+
+    def matmul(self, a, b):
+        """a: (..., S, T), b: (..., T, d) -> a @ b: (..., S, d), one batched cuBLAS call."""
+        return self._matmul(a, b, False)
+
+    def scale(self, x, s):
+        x = self._arr(x)
+        y = self.cp.empty_like(x)
+        if y.size:
+            self.k["scale"]((self._grid(y.size),), (self.THREADS,), (x, y, np.int64(y.size), np.float32(s)))
+        return y
+
+    def causal_mask(self, x):
+        """x: (..., S, T) -> -inf where key j > i + (T - S)."""
+        x = self._arr(x)
+        if x.ndim < 2:
+            raise ValueError(f"{self.name}: causal_mask needs (..., S, T), got {x.shape}")
+        S, T = x.shape[-2:]
+        y = self.cp.empty_like(x)
+        if y.size:
+            self.k["causal_mask"]((self._grid(y.size),), (self.THREADS,),
+                                  (x, y, np.int64(y.size), np.int32(S), np.int32(T)))
+        return y
+
+    def length_mask(self, x, lens):
+        """x: (B, H, S, T), lens: (B,) int32 -> -inf where key j >= lens[b]."""
+        cp = self.cp
+        x = self._arr(x)
+        if x.ndim != 4:
+            raise ValueError(f"{self.name}: length_mask needs x of shape (B, H, S, T), got {x.shape}")
+        B, H, S, T = x.shape
+        lens = cp.ascontiguousarray(cp.asarray(lens, dtype=cp.int32))
+        if lens.shape != (B,):
+            raise ValueError(f"{self.name}: length_mask lens of shape {lens.shape}, expected ({B},)")
+        y = cp.empty_like(x)
+        if y.size:
+            self.k["length_mask"]((self._grid(y.size),), (self.THREADS,),
+                                  (x, lens, y, np.int64(y.size), np.int64(H * S), np.int32(T)))
+        return y
+
     def rope(self, x, pos, theta):
         """x: (M, heads, d) storage dtype, pos: (M,) int32 -> rotate-half RoPE, float32 math
         with float64 angles, one rounding to the storage dtype."""
@@ -381,8 +482,9 @@ class CudaOps(Ops):
 
 
 # The chain's kernels: header-free, like the fused sources (see impls/*/*.cu). Row kernels
-# use one 256-thread block per row (grid-stride over rows); elementwise kernels a
-# grid-stride loop over n elements.
+# use one 256-thread block per row (grid-stride over rows); elementwise kernels (the masks
+# included: they compute each element's row and column from its flat index) a grid-stride
+# loop over n elements.
 CHAIN_SOURCE = r"""
 typedef unsigned short fb_u16;
 
@@ -412,6 +514,7 @@ struct FbBF16 { typedef fb_u16 T;
 
 #define FB_THREADS 256
 #define FB_WARPS (FB_THREADS / 32)
+#define FB_INF __int_as_float(0x7f800000)
 
 __device__ __forceinline__ float fb_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -459,14 +562,15 @@ __device__ void fb_softmax(const typename D::T* x, typename D::T* y, int rows, i
     __shared__ float red[FB_WARPS];
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const long long base = (long long)r * H;
-        float mx = -__int_as_float(0x7f800000);
+        float mx = -FB_INF;
         for (int h = threadIdx.x; h < H; h += FB_THREADS) mx = fmaxf(mx, D::ld(x, base + h));
         mx = fb_block_max(mx, red);
+        if (mx == -FB_INF) mx = 0.f;  // a fully masked row: every exp is 0, the row gives zeros
         float sum = 0.f;
         for (int h = threadIdx.x; h < H; h += FB_THREADS) sum += expf(D::ld(x, base + h) - mx);
         sum = fb_block_sum(sum, red);
         for (int h = threadIdx.x; h < H; h += FB_THREADS)
-            D::st(y, base + h, expf(D::ld(x, base + h) - mx) / sum);
+            D::st(y, base + h, sum == 0.f ? 0.f : expf(D::ld(x, base + h) - mx) / sum);
     }
 }
 
@@ -509,14 +613,29 @@ extern "C" __global__ void chain_mul_##S(const D::T* a, const D::T* b, D::T* y, 
 extern "C" __global__ void chain_silu_##S(const D::T* x, D::T* y, long long n) {                \
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
          i += (long long)gridDim.x * blockDim.x) {                                              \
-        const float v = D::ld(x, i); D::st(y, i, v / (1.0f + expf(-v))); } }
+        const float v = D::ld(x, i); D::st(y, i, v / (1.0f + expf(-v))); } }                    \
+extern "C" __global__ void chain_scale_##S(const D::T* x, D::T* y, long long n, float s) {      \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
+         i += (long long)gridDim.x * blockDim.x) D::st(y, i, D::ld(x, i) * s); }                \
+extern "C" __global__ void chain_causal_mask_##S(const D::T* x, D::T* y, long long n, int S,   \
+    int T) {                                                                                    \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
+         i += (long long)gridDim.x * blockDim.x) {                                              \
+        const long long row = i / T; const int j = (int)(i - row * T), qi = (int)(row % S);      \
+        if (j > qi + (T - S)) D::st(y, i, -FB_INF); else y[i] = x[i]; } }                       \
+extern "C" __global__ void chain_length_mask_##S(const D::T* x, const int* lens, D::T* y,      \
+    long long n, long long rows_per_b, int T) {                                                 \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
+         i += (long long)gridDim.x * blockDim.x) {                                              \
+        const long long row = i / T; const int j = (int)(i - row * T);                          \
+        if (j >= lens[row / rows_per_b]) D::st(y, i, -FB_INF); else y[i] = x[i]; } }
 
 FB_CHAIN(f32, FbF32)
 FB_CHAIN(f16, FbF16)
 FB_CHAIN(bf16, FbBF16)
 """
 
-CHAIN_KERNELS = tuple(f"chain_{op}_{s}" for s in ("f32", "f16", "bf16")
-                      for op in ("rms_norm", "add", "mul", "silu", "softmax", "rope"))
+CHAIN_OPS = ("rms_norm", "add", "mul", "silu", "softmax", "rope", "scale", "causal_mask", "length_mask")
+CHAIN_KERNELS = tuple(f"chain_{op}_{s}" for s in ("f32", "f16", "bf16") for op in CHAIN_OPS)
 
 BACKENDS = {"cuda": CudaBackend()}

@@ -34,6 +34,12 @@ as plain `array<i32>` / `array<u32>` (modes "i32" / "u32"). `split` copies each 
 from ROPE_WGSL: an exact fixed-point angle in turns from a per-(d, theta) table cached on
 the backend (rope_table), then Cephes polynomials, all in f32 and integer arithmetic.
 
+Attention primitives: `matmul_nt` / `matmul` are one dispatch over all leading (batch)
+dimensions (grid z), the 64 x 64 tiling of `linear` or, for at most GEMV_MAX_M rows
+(decode), its matrix-vector scheme. `causal_mask` and `length_mask` (lens an int32 array)
+write -inf, passed in as a bit pattern (WGSL has no infinite literal); `softmax` gives
+zeros for a row that is all -inf. `scale` multiplies by an f32 uniform.
+
 wgpu is imported inside the methods only; XDG_RUNTIME_DIR is set (to a private 0700
 directory) before the import when it is missing, which stops Vulkan loaders from
 complaining on stderr.
@@ -369,6 +375,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 """
 
+# One workgroup per row: max, then the sum of exp(x - max), then the row written. The max
+# starts at the lowest finite f32, so a row of -inf (fully masked) never forms inf - inf.
 _SOFTMAX = """
 struct Params { rows: u32, H: u32, _p0: u32, _p1: u32 }
 var<workgroup> red: array<f32, 256>;
@@ -397,7 +405,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (t < s) { red[t] += red[t + s]; }
     workgroupBarrier();
   }
-  let inv = 1.0 / red[0];
+  // a fully masked row (all -inf): every exp() is 0 and the sum too; the row is zeros
+  let inv = select(0.0, 1.0 / red[0], red[0] > 0.0);
   for (var h = t; h < H; h += 256u) { st_y(o + h, exp(ld_x(o + h) - m) * inv); }
 }
 """
@@ -499,6 +508,158 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
 }
 """
+
+# Batched matmuls of the attention chain, a: (batch, M, K), b: (batch, N, K) ("nt",
+# a @ bᵀ) or (batch, K, N) ("nn", a @ b), y: (batch, M, N); batch is wid.z. Many rows: the
+# 64 x 64 tiling of _TILED, the b tile loaded as @@LOAD_B@@ says. Few rows (M <=
+# GEMV_MAX_M, decode): the _GEMV scheme, a workgroup per (GEMV_R columns, row m, batch),
+# @@MV_B@@ adding row m's share of the R columns for one k. Columns past N are clamped to
+# N - 1 (computed, never stored).
+_BMM = """
+struct Params { M: u32, K: u32, N: u32, _p: u32 }
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+var<workgroup> As: array<f32, 1024>;
+var<workgroup> Bs: array<f32, 1024>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let M = P.M;
+  let K = P.K;
+  let N = P.N;
+  let ao = wid.z * M * K;
+  let bo = wid.z * K * N;
+  let yo = wid.z * M * N;
+  let m0 = wid.y * TM;
+  let n0 = wid.x * TN;
+  let tx = t % 16u;
+  let ty = t / 16u;
+  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
+  var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
+  for (var k0 = 0u; k0 < K; k0 += TK) {
+    for (var i = 0u; i < 4u; i++) {
+      let e = t + i * 256u;
+      let rr = e / TK;
+      let kk = e % TK;
+      let gk = k0 + kk;
+      var a = 0.0;
+      if (m0 + rr < M && gk < K) { a = ld_a(ao + (m0 + rr) * K + gk); }
+      As[kk * TM + rr] = a;
+      @@LOAD_B@@
+    }
+    workgroupBarrier();
+    var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < TK; kk++) {
+      let ab = kk * TM + ty * 4u;
+      let bb = kk * TN + tx * 4u;
+      let b = vec4<f32>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
+      d0 += As[ab] * b;
+      d1 += As[ab + 1u] * b;
+      d2 += As[ab + 2u] * b;
+      d3 += As[ab + 3u] * b;
+    }
+    e0 += d0; e1 += d1; e2 += d2; e3 += d3;
+    if ((k0 / TK) % 16u == 15u) {
+      c0 += e0; c1 += e1; c2 += e2; c3 += e3;
+      e0 = vec4<f32>(0.0); e1 = vec4<f32>(0.0); e2 = vec4<f32>(0.0); e3 = vec4<f32>(0.0);
+    }
+    workgroupBarrier();
+  }
+  let cs = array<vec4<f32>, 4>(c0 + e0, c1 + e1, c2 + e2, c3 + e3);
+  for (var i = 0u; i < 4u; i++) {
+    let gm = m0 + ty * 4u + i;
+    for (var j = 0u; j < 4u; j++) {
+      let gn = n0 + tx * 4u + j;
+      if (gm < M && gn < N) { st_y(yo + gm * N + gn, cs[i][j]); }
+    }
+  }
+}
+"""
+_BMM_LOAD_B = {
+    # b (N, K): element (k, n) at n * K + k, loaded as the a tile is
+    "nt": """var bv = 0.0;
+      if (n0 + rr < N && gk < K) { bv = ld_b(bo + (n0 + rr) * K + gk); }
+      Bs[kk * TN + rr] = bv;""",
+    # b (K, N): element (k, n) at k * N + n, loaded along n
+    "nn": """let bn = e % TN;
+      let bk = e / TN;
+      var bv = 0.0;
+      if (n0 + bn < N && k0 + bk < K) { bv = ld_b(bo + (k0 + bk) * N + n0 + bn); }
+      Bs[bk * TN + bn] = bv;""",
+}
+
+_BMV = """
+struct Params { M: u32, K: u32, N: u32, _p: u32 }
+const WGS: u32 = @@GV_WG@@u;
+const R: u32 = 16u;
+var<workgroup> red: array<f32, @@GV_RED@@>;
+@compute @workgroup_size(@@GV_WG@@)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let m = wid.y;
+  let n0 = wid.x * R;
+  let K = P.K;
+  let N = P.N;
+  let ao = (wid.z * P.M + m) * K;
+  let bo = wid.z * K * N;
+  var acc: array<f32, 16>;
+  var col: array<u32, 16>;
+  for (var r = 0u; r < R; r++) { acc[r] = 0.0; col[r] = min(n0 + r, N - 1u); }
+  for (var k = t; k < K; k += WGS) {
+    let a = ld_a(ao + k);
+    @@MV_B@@
+  }
+  for (var r = 0u; r < R; r++) { red[r * WGS + t] = acc[r]; }
+  workgroupBarrier();
+  if (t < R && n0 + t < N) {
+    var s = 0.0;
+    for (var i = 0u; i < WGS; i++) { s += red[t * WGS + i]; }
+    st_y((wid.z * P.M + m) * N + n0 + t, s);
+  }
+}
+"""
+_BMV_B = {
+    "nt": "for (var r = 0u; r < R; r++) { acc[r] += a * ld_b(bo + col[r] * K + k); }",
+    "nn": "let row = bo + k * N;\n    for (var r = 0u; r < R; r++) { acc[r] += a * ld_b(row + col[r]); }",
+}
+
+_SCALE = """
+struct Params { n: u32, s: f32, _p0: u32, _p1: u32 }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let i = (wid.x + wid.y * nwg.x) * 256u + t;
+  if (i >= P.n) { return; }
+  st_y(i, ld_x(i) * P.s);
+}
+"""
+
+# x (..., S, T): element (r, j) of each (S, T) matrix becomes -inf where j > r + T - S.
+# -inf comes in as its bit pattern (ninf): WGSL has no infinite literal.
+_CAUSAL_MASK = """
+struct Params { n: u32, S: u32, T: u32, ninf: u32 }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let i = (wid.x + wid.y * nwg.x) * 256u + t;
+  if (i >= P.n) { return; }
+  let j = i % P.T;
+  let r = (i / P.T) % P.S;
+  if (i32(j) > i32(r) + i32(P.T) - i32(P.S)) { st_y(i, bitcast<f32>(P.ninf)); } else { st_y(i, ld_x(i)); }
+}
+"""
+
+# x (B, H, S, T), lens (B,) int32: element (b, ., ., j) becomes -inf where j >= lens[b].
+_LENGTH_MASK = """
+struct Params { n: u32, T: u32, per_b: u32, ninf: u32 }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+  let i = (wid.x + wid.y * nwg.x) * 256u + t;
+  if (i >= P.n) { return; }
+  if (i32(i % P.T) >= lens[i / P.per_b]) { st_y(i, bitcast<f32>(P.ninf)); } else { st_y(i, ld_x(i)); }
+}
+"""
+NEG_INF_BITS = 0xFF800000
 
 
 # ----------------------------------------------------------------------------------
@@ -612,8 +773,12 @@ class WgslBackend(Backend):
         """Invocations per workgroup of the matrix-vector kernels: 16 on a CPU adapter
         (lavapipe: one SIMD lane per invocation, a workgroup per core; measured faster
         than 64 or 256), 256 on a GPU."""
-        cpu = str(self._get_adapter().info.get("adapter_type", "")).lower() == "cpu"
-        return 16 if cpu else 256
+        return 16 if self.cpu_adapter else 256
+
+    @property
+    def cpu_adapter(self) -> bool:
+        """Whether the adapter runs on the CPU (lavapipe: a workgroup per core at a time)."""
+        return str(self._get_adapter().info.get("adapter_type", "")).lower() == "cpu"
 
     def gemv_source(self, text: str, rows: int = 16) -> str:
         """`text` with @@GV_WG@@ / @@GV_RED@@ set for this adapter."""
@@ -1012,6 +1177,70 @@ class WgslOps(Ops):
             self.b.dispatch(self._src(_ROPE + ROPE_WGSL, bufs), [x, pos, table, y], ["in", "in", "in", "out"],
                             grid_1d(-(-n // WG)), pack_params(("u", n), ("u", heads), ("u", d // 2)))
         return y
+
+    # attention --------------------------------------------------------------------
+    def _batched(self, kind: str, a, b):
+        """a: (..., M, K) times b: (..., N, K) transposed ("nt") or (..., K, N) ("nn"),
+        equal leading dims -> (..., M, N); one dispatch, the batch on the grid's z."""
+        a, b = self._dev(a), self._dev(b)
+        if a.ndim < 2 or b.ndim != a.ndim or a.shape[:-2] != b.shape[:-2]:
+            raise ValueError(f"wgsl matmul_{kind}: a {a.shape} and b {b.shape} do not match")
+        M, K = a.shape[-2:]
+        N, Kb = b.shape[-2:] if kind == "nt" else b.shape[-1:-3:-1]
+        if Kb != K:
+            raise ValueError(f"wgsl matmul_{kind}: a {a.shape} and b {b.shape} do not match")
+        batch = int(math.prod(a.shape[:-2]))
+        y = self.b.empty(a.shape[:-2] + (M, N), self.dtype)
+        if y.size == 0:
+            return y
+        bufs = [("a", a, "in"), ("b", b, "in"), ("y", None, "out")]
+        params = pack_params(("u", M), ("u", K), ("u", N))
+        if M <= GEMV_MAX_M:
+            src = self.b.gemv_source(_BMV.replace("@@MV_B@@", _BMV_B[kind]))
+            groups = (-(-N // GEMV_R), M, batch)
+        else:
+            src = _BMM.replace("@@LOAD_B@@", _BMM_LOAD_B[kind])
+            groups = (-(-N // 64), -(-M // 64), batch)
+        self.b.dispatch(self._src(src, bufs), [a, b, y], ["in", "in", "out"], groups, params)
+        return y
+
+    def matmul_nt(self, a, b):
+        """a: (..., S, d), b: (..., T, d) -> a @ bᵀ, (..., S, T)."""
+        return self._batched("nt", a, b)
+
+    def matmul(self, a, b):
+        """a: (..., S, T), b: (..., T, d) -> a @ b, (..., S, d)."""
+        return self._batched("nn", a, b)
+
+    def _elementwise(self, kernel: str, x, extra, params: bytes):
+        """One invocation per element of x; `extra` [(name, array)] bound after x."""
+        y = self.b.empty(x.shape, self.dtype)
+        if x.size:
+            bufs = [("x", x, "in")] + [(n, a, "in") for n, a in extra] + [("y", None, "out")]
+            self.b.dispatch(self._src(kernel, bufs), [x] + [a for _, a in extra] + [y],
+                            [r for _, _, r in bufs], grid_1d(-(-x.size // WG)), params)
+        return y
+
+    def scale(self, x, s):
+        x = self._dev(x)
+        return self._elementwise(_SCALE, x, [], pack_params(("u", x.size), ("f", s)))
+
+    def causal_mask(self, x):
+        """x: (..., S, T): entry (i, j) -> -inf where j > i + T - S."""
+        x = self._dev(x)
+        S, T = x.shape[-2:]
+        return self._elementwise(_CAUSAL_MASK, x, [], pack_params(("u", x.size), ("u", S), ("u", T),
+                                                                  ("u", NEG_INF_BITS)))
+
+    def length_mask(self, x, lens):
+        """x: (B, H, S, T), lens: (B,) int32: entries j >= lens[b] -> -inf."""
+        x = self._dev(x)
+        lens = lens if isinstance(lens, WgslArray) else self.b.upload(np.asarray(lens, dtype=np.int32))
+        B, T = x.shape[0], x.shape[-1]
+        if x.ndim != 4 or lens.shape != (B,) or lens.dtype != "int32":
+            raise ValueError(f"wgsl length_mask: x {x.shape}, lens {lens.shape} {lens.dtype}")
+        return self._elementwise(_LENGTH_MASK, x, [("lens", lens)],
+                                 pack_params(("u", x.size), ("u", T), ("u", x.size // max(B, 1)), ("u", NEG_INF_BITS)))
 
 
 BACKENDS = {"wgsl": WgslBackend()}

@@ -1,0 +1,111 @@
+"""What the three attention specs (impls/attn_score_softmax, attention_prefill,
+decode_attention) share: inputs, valid lengths, the default scale, the magnitude of the
+terms behind each output, and shape checks.
+
+Layout: q: (B, Hq, S, d), k, v: (B, Hkv, T, d), heads grouped: q head h reads kv head
+h // g with g = Hq / Hkv. Written as a reshape, q (B, Hq, S, d) -> (B, Hkv, g·S, d), so
+no spec repeats K or V per q head.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+# q and k are scaled by this in the "large" value shape: scale·q·k then has a standard
+# deviation of about 30, so the largest logits of a row sit near ±80-100, where exp()
+# without the max subtracted overflows float32 (e^88.7) and float16 long before.
+LARGE_LOGIT_FACTOR = math.sqrt(30.0)
+
+HEAD_DIM_LIMIT = 256  # fused kernels keep a head_dim vector per thread (see validate)
+
+
+def default_scale(dims: dict[str, int], attrs: dict[str, Any]) -> dict[str, Any]:
+    """scale = 0 (the default) means 1/sqrt(head_dim)."""
+    if not attrs.get("scale"):
+        attrs = dict(attrs, scale=1.0 / math.sqrt(dims["head_dim"]))
+    return attrs
+
+
+def qkv(rng: np.random.Generator, shapes: dict[str, tuple[int, ...]], value_shape: str) -> dict[str, np.ndarray]:
+    """Fresh N(0, 1) q, k, v of the given shapes; "large" scales q and k so that the
+    logits reach ±80 (LARGE_LOGIT_FACTOR)."""
+    out = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    if value_shape == "large":
+        out["q"] *= LARGE_LOGIT_FACTOR
+        out["k"] *= LARGE_LOGIT_FACTOR
+    return out
+
+
+def decode_lens(B: int, T: int) -> np.ndarray:
+    """The valid lengths benchmarks use: mixed within a batch, from T down towards T/2
+    (B = 1: T). Fixed by (B, T), so the cost model knows the bytes that must be read."""
+    return np.array([T - (b * T) // (2 * B) for b in range(B)], dtype=np.int64)
+
+
+def ragged_lens(rng: np.random.Generator, B: int, T: int) -> np.ndarray:
+    """Random lengths in [0, T] for property tests, with an empty sequence (lens = 0,
+    a fully masked row) and a full one in every batch of two or more."""
+    lens = rng.integers(0, T + 1, size=B)
+    if B >= 2:
+        i, j = rng.choice(B, size=2, replace=False)
+        lens[i], lens[j] = 0, T
+    else:
+        lens[0] = rng.choice([0, int(lens[0])])
+    return lens
+
+
+def grouped(q: np.ndarray, n_kv: int) -> np.ndarray:
+    """q (B, Hq, S, d) -> (B, Hkv, g·S, d): each kv head's group of q heads in one block."""
+    B, Hq, S, d = q.shape
+    return q.reshape(B, n_kv, (Hq // n_kv) * S, d)
+
+
+def magnitudes(q, k, v, scale: float, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The magnitude of the terms behind P = softmax(scale·q·kᵀ, masked) and O = P·v.
+
+    q: (B, Hkv, R, d) (grouped), k, v: (B, Hkv, T, d) (v may be None), mask: boolean,
+    broadcastable to (B, Hkv, R, T), True where a key is visible. With A = scale·|q|·|k|ᵀ
+    the rounding of a logit is about u·A, and a softmax weight moves by its own logit's
+    error and the row's weighted mean error Ā = Σ P·A, so P's terms are P·(1 + A + Ā); O's
+    are those weights against |v|. Returns (P's magnitude, O's or None), float64.
+    """
+    q, k = np.asarray(q, dtype=np.float64), np.asarray(k, dtype=np.float64)
+    logits = np.where(mask, scale * np.matmul(q, np.swapaxes(k, -1, -2)), -np.inf)
+    top = np.max(logits, axis=-1, keepdims=True)
+    e = np.exp(logits - np.where(np.isneginf(top), 0.0, top))
+    total = np.sum(e, axis=-1, keepdims=True)
+    p = e / np.where(total > 0, total, 1.0)
+    a = np.where(mask, abs(scale) * np.matmul(np.abs(q), np.swapaxes(np.abs(k), -1, -2)), 0.0)
+    weight = p * (1.0 + a + np.sum(p * a, axis=-1, keepdims=True))
+    out = None if v is None else np.matmul(weight, np.abs(np.asarray(v, dtype=np.float64)))
+    return weight, out
+
+
+def causal_visible(S: int, T: int) -> np.ndarray:
+    """(S, T) boolean: query i (at position T − S + i) sees keys 0 … T − S + i."""
+    return np.arange(T)[None, :] <= np.arange(S)[:, None] + (T - S)
+
+
+def check_heads(dims: dict[str, int]) -> list[str]:
+    problems = []
+    if dims["n_heads"] % dims["n_kv_heads"]:
+        problems.append(f"n_kv_heads ({dims['n_kv_heads']}) must divide n_heads ({dims['n_heads']})")
+    if dims["head_dim"] > HEAD_DIM_LIMIT:
+        problems.append(f"head_dim {dims['head_dim']} is above {HEAD_DIM_LIMIT}, the largest the fused kernels hold")
+    return problems
+
+
+def strategy(seq: str, upper: int, batches=(1, 2, 3)):
+    """Hypothesis dims for an attention spec: batch, an awkward sequence length `seq` (S or
+    T) up to `upper`, 1-2 kv heads with 1-3 q heads each, head sizes 4, 17, 64, 80, 128."""
+    from hypothesis import strategies as st
+
+    from harness.spec import awkward_size
+
+    return st.builds(
+        lambda B, n, kv, group, d: {"B": B, seq: n, "n_heads": kv * group, "n_kv_heads": kv, "head_dim": d},
+        st.sampled_from(batches), awkward_size(upper), st.sampled_from([1, 2]), st.sampled_from([1, 2, 3]),
+        st.sampled_from([4, 17, 64, 80, 128]))

@@ -1,0 +1,80 @@
+"""attention_prefill: causal attention over a whole prompt, (S, S) never materialised.
+
+    O = softmax(scale · q kᵀ + causal mask) v
+
+    q: (B, n_heads, S, d)       queries
+    k, v: (B, n_kv_heads, S, d) keys and values; q head h reads kv head h // g
+    o: (B, n_heads, S, d)
+
+scale: 0 (the default) means 1/sqrt(d). The unfused chain writes the logits and the
+weights (two (S, S) matrices per head); a fused kernel keeps a running max and sum per
+query row (online softmax) and touches each K/V tile once per block of queries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from harness.attention import causal_visible, check_heads, default_scale, grouped, magnitudes, qkv, strategy
+from harness.spec import Cost, FusionSpec
+
+
+def decompose(ops, q, k, v, *, scale, B, S, n_heads, n_kv_heads, head_dim):
+    g = n_heads // n_kv_heads
+    logits = ops.matmul_nt(ops.reshape(q, (B, n_kv_heads, g * S, head_dim)), k)
+    p = ops.softmax(ops.causal_mask(ops.scale(ops.reshape(logits, (B, n_heads, S, S)), scale)))
+    o = ops.matmul(ops.reshape(p, (B, n_kv_heads, g * S, S)), v)
+    return {"o": ops.reshape(o, (B, n_heads, S, head_dim))}
+
+
+def sdpa(ops, q, k, v, *, scale, B, S, n_heads, n_kv_heads, head_dim):
+    """torch's scaled_dot_product_attention, causal, grouped-query heads."""
+    import torch.nn.functional as F
+
+    return {"o": F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                enable_gqa=n_heads != n_kv_heads)}
+
+
+def magnitude(inputs, attrs):
+    B, Hq, S, d = inputs["q"].shape
+    n_kv = inputs["k"].shape[1]
+    _, o = magnitudes(grouped(inputs["q"], n_kv), inputs["k"], inputs["v"], attrs["scale"],
+                      np.tile(causal_visible(S, S), (Hq // n_kv, 1)))
+    return {"o": o.reshape(B, Hq, S, d)}
+
+
+def make_inputs(dims, rng, value_shape):
+    B, S, d = dims["B"], dims["S"], dims["head_dim"]
+    kv = (B, dims["n_kv_heads"], S, d)
+    return qkv(rng, {"q": (B, dims["n_heads"], S, d), "k": kv, "v": kv}, value_shape)
+
+
+def cost(dims, itemsize):
+    B, S, d, Hq, Hkv = dims["B"], dims["S"], dims["head_dim"], dims["n_heads"], dims["n_kv_heads"]
+    visible = S * (S + 1) // 2
+    return Cost(bytes=(2 * B * Hq * S * d + 2 * B * Hkv * S * d) * itemsize,
+                flops=B * Hq * visible * (4 * d + 4))
+
+
+def output_shapes(dims):
+    return {"o": (dims["B"], dims["n_heads"], dims["S"], dims["head_dim"])}
+
+
+SPEC = FusionSpec(
+    name="attention_prefill",
+    doc=__doc__,
+    dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
+    attrs={"scale": 0.0},
+    inputs=("q", "k", "v"),
+    outputs=("o",),
+    decompose=decompose,
+    make_inputs_f64=make_inputs,
+    cost_model=cost,
+    output_shapes=output_shapes,
+    strategy=lambda: strategy("S", 300),
+    validate_dims=check_heads,
+    magnitude=magnitude,
+    value_shapes=("normal", "large"),
+    decompose_dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
+    derive_attrs=default_scale,
+    torch_peers={"sdpa": sdpa},
+)

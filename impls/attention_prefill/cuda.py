@@ -1,0 +1,95 @@
+"""attention_prefill in CUDA (attention_prefill.cu beside this file, CuPy RawModule).
+
+q: (B, Hq, S, d), k, v: (B, Hkv, S, d) -> o: (B, Hq, S, d) = softmax(scale·q kᵀ + causal
+mask) v in the storage dtype (float32, float16, bfloat16 as uint16 bit patterns); q head h
+reads kv head h // (Hq / Hkv). float32 logits, softmax state and accumulators; o rounded once.
+
+Flash-attention style, SIMT float32 (no tensor cores): `attention_prefill_d<DMAX>_<dt>`,
+DMAX the smallest of 64, 128, 256 that holds d, grid (ceil(S/64), min(B·Hq, 65535)), 256
+threads. A block owns 64 query rows of one head and walks the key tiles up to and including
+the diagonal (tiles above it are skipped): a 64x64 logit tile in registers (16x16 threads,
+4x4 each; q and k staged through shared memory 16 dims at a time), an online-softmax update
+(row maximum by shuffles over the row's 16 threads, rescale factor, weights), the weights to
+shared memory and V staged 16 keys at a time, each thread accumulating 4 rows x DMAX/16
+columns of O in registers. The (S, S) logits and weights never leave the chip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.attention import HEAD_DIM_LIMIT
+from harness.backends import Prepared
+from harness.cuda_compile import cuda_source
+from harness.registry import Implementation, register
+
+SOURCE_PATH = Path(__file__).with_name("attention_prefill.cu")
+SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+HEAD_DIMS = (64, 128, 256)   # the kernels' DMAX variants; the last is HEAD_DIM_LIMIT
+KERNELS = tuple(f"attention_prefill_d{m}_{s}" for s in SUFFIX.values() for m in HEAD_DIMS)
+
+# Launch geometry; must match the #defines in attention_prefill.cu.
+THREADS = 256            # FB_AP_THREADS: 16 x 16, each 4 rows
+TILE = 64                # FB_AP_BM: query rows per block and keys per tile
+MAX_GRID_Y = 65535       # FB_AP_MAX_GRID_Y: blocks loop over heads beyond it
+
+_modules: dict[int, object] = {}
+
+
+def load_module():
+    import cupy as cp
+
+    dev = cp.cuda.runtime.getDevice()
+    if dev not in _modules:
+        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
+    return _modules[dev]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def launch_plan(B: int, Hq: int, S: int, d: int, dtype: str) -> list:
+    """[(kernel, grid, block)]; no CuPy needed."""
+    dmax = next(m for m in HEAD_DIMS if d <= m)
+    return [(f"attention_prefill_d{dmax}_{SUFFIX[dtype]}", (_cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)), (THREADS,))]
+
+
+class AttentionPrefillCuda(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        import cupy as cp
+
+        from harness.backends.cuda import storage_dtype
+
+        if dtype not in SUFFIX:
+            raise ValueError(f"attention_prefill/cuda: unsupported dtype {dtype!r}")
+        mod = load_module()
+        self.q, self.k, self.v = (backend.upload(inputs[n]) for n in ("q", "k", "v"))
+        B, Hq, S, d = self.q.shape
+        Hkv = self.k.shape[1]
+        if (self.k.shape != (B, Hkv, S, d) or self.v.shape != self.k.shape or Hkv < 1 or Hq % Hkv
+                or (int(attrs.get("n_heads", Hq)), int(attrs.get("n_kv_heads", Hkv))) != (Hq, Hkv)):
+            raise ValueError(f"attention_prefill/cuda: shapes q{self.q.shape} k{self.k.shape} v{self.v.shape} "
+                             f"do not match each other or n_heads / n_kv_heads")
+        if not 1 <= d <= HEAD_DIM_LIMIT:
+            raise ValueError(f"attention_prefill/cuda: head_dim {d} outside 1..{HEAD_DIM_LIMIT}")
+        if B * Hq >= 2**31:
+            raise ValueError("attention_prefill/cuda: B * n_heads must be below 2**31")
+        self.out = {"o": cp.empty((B, Hq, S, d), dtype=storage_dtype(dtype))}
+        (name, grid, block), = launch_plan(B, Hq, S, d, dtype)
+        self.kernel, self.grid, self.block = mod.get_function(name), grid, block
+        i32 = np.int32
+        self.args = (self.q, self.k, self.v, self.out["o"], i32(B), i32(Hq), i32(Hkv), i32(S), i32(d),
+                     np.float32(attrs["scale"]))
+        self.empty = B * Hq * S == 0
+
+    def run(self):
+        if not self.empty:
+            self.kernel(self.grid, self.block, self.args)
+
+
+register(Implementation("attention_prefill", "cuda", "fused", "fused", AttentionPrefillCuda,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

@@ -1,0 +1,85 @@
+"""attention_prefill in WGSL: causal attention with an online softmax, one dispatch; source
+in attention_prefill.wgsl beside this file.
+
+q: (B, Hq, S, d), k, v: (B, Hkv, S, d) -> o: (B, Hq, S, d). attrs: scale (resolved).
+
+A workgroup of WQ invocations takes WQ query rows of one q head, one row per invocation
+with its q and its output accumulator (d values each) in registers. The keys the block
+can see (0 .. last row) go through workgroup memory in tiles of BK keys and BK values,
+each tile loaded once for all WQ rows. Per tile a row forms its visible logits, moves its
+running max, rescales its sum and accumulator once, and adds exp(logit - max)·v. The (S, S)
+logits and weights are never materialised; o = acc / sum is the only store.
+
+BK is as many keys as fit, K and V tiles together, in 16 KiB of workgroup memory (WebGPU's
+default limit), at most 64; D4 = ceil(d / 4), d <= HEAD_DIM_LIMIT. The shader is
+specialised per (storage mode, D4, BK). Grid: (ceil(S / WQ), B * Hq); the last blocks of
+a head see the most keys.
+
+Storage dtypes: float32; float16 (`array<f16>` with shader-f16, otherwise packed two per
+u32); bfloat16 packed two per u32. Arithmetic in f32, one rounding per stored output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.attention import HEAD_DIM_LIMIT
+from harness.backends import Prepared
+from harness.backends.wgsl import pack_params, wgsl_buffers
+from harness.registry import Implementation, register
+
+WQ = 64  # query rows per workgroup, one per invocation
+WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
+MAX_BK = 64
+SOURCE = Path(__file__).with_name("attention_prefill.wgsl")
+ROLES = ["in", "in", "in", "out"]
+
+_text: str | None = None
+
+
+def keys_per_tile(d4: int) -> int:
+    """Keys per tile: a K and a V tile of BK x 4·d4 each in the budget."""
+    return max(1, min(MAX_BK, WORKGROUP_FLOATS // (8 * d4)))
+
+
+def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
+    """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
+    global _text
+    if _text is None:
+        _text = SOURCE.read_text()
+    decl = wgsl_buffers([("q", mode, "in"), ("k", mode, "in"), ("v", mode, "in"), ("o", mode, "out")], "Params")
+    enable = ""
+    if decl.startswith("enable f16;"):
+        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
+    subs = {"// @@BUFFERS@@": decl, "@@WQ@@": str(wq), "@@D4@@": str(d4), "@@BK@@": str(bk),
+            "@@KV@@": str(bk * d4)}
+    text = _text
+    for k, v in subs.items():
+        text = text.replace(k, v)
+    return enable + text
+
+
+class AttentionPrefillWgsl(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.q, self.k, self.v = (backend.upload(inputs[n]) for n in ("q", "k", "v"))
+        B, Hq, S, d = self.q.shape
+        Hkv = self.k.shape[1]
+        if (self.k.shape != (B, Hkv, S, d) or self.v.shape != self.k.shape or Hq % Hkv
+                or not 1 <= d <= HEAD_DIM_LIMIT):
+            raise ValueError(f"attention_prefill: shapes q {self.q.shape}, k {self.k.shape}, v {self.v.shape} "
+                             f"(head_dim at most {HEAD_DIM_LIMIT})")
+        d4 = -(-d // 4)
+        self.out = {"o": backend.empty((B, Hq, S, d), dtype)}
+        self.source = kernel_source(backend.mode(dtype), d4, keys_per_tile(d4))
+        self.params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
+        self.groups = (-(-S // WQ), B * Hq, 1)
+        backend.pipeline(self.source, ROLES, True)  # compile now
+
+    def run(self):
+        self.backend.dispatch(self.source, [self.q, self.k, self.v, self.out["o"]], ROLES, self.groups,
+                              self.params)
+
+
+register(Implementation("attention_prefill", "wgsl", "fused", "fused", AttentionPrefillWgsl,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

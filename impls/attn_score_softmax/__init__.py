@@ -1,0 +1,69 @@
+"""attn_score_softmax: causal attention weights in one kernel.
+
+    P = softmax(scale · q kᵀ + causal mask)          over the key axis
+
+    q: (B, n_heads, S, d)       queries
+    k: (B, n_kv_heads, S, d)    keys; q head h reads kv head h // (n_heads / n_kv_heads)
+    p: (B, n_heads, S, S)       the weights; row i is zero past column i
+
+scale: 0 (the default) means 1/sqrt(d). The unfused chain writes the (S, S) logits, then
+scales, masks and normalises them in separate kernels; a fused kernel never stores the
+logits, only P, and must handle any S (no on-chip row buffer of fixed size).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from harness.attention import causal_visible, check_heads, default_scale, grouped, magnitudes, qkv, strategy
+from harness.spec import Cost, FusionSpec
+
+
+def decompose(ops, q, k, *, scale, B, S, n_heads, n_kv_heads, head_dim):
+    g = n_heads // n_kv_heads
+    logits = ops.matmul_nt(ops.reshape(q, (B, n_kv_heads, g * S, head_dim)), k)
+    logits = ops.reshape(logits, (B, n_heads, S, S))
+    return {"p": ops.softmax(ops.causal_mask(ops.scale(logits, scale)))}
+
+
+def magnitude(inputs, attrs):
+    B, Hq, S, d = inputs["q"].shape
+    n_kv = inputs["k"].shape[1]
+    p, _ = magnitudes(grouped(inputs["q"], n_kv), inputs["k"], None, attrs["scale"],
+                      np.tile(causal_visible(S, S), (Hq // n_kv, 1)))
+    return {"p": p.reshape(B, Hq, S, S)}
+
+
+def make_inputs(dims, rng, value_shape):
+    B, S, d = dims["B"], dims["S"], dims["head_dim"]
+    return qkv(rng, {"q": (B, dims["n_heads"], S, d), "k": (B, dims["n_kv_heads"], S, d)}, value_shape)
+
+
+def cost(dims, itemsize):
+    B, S, d, Hq, Hkv = dims["B"], dims["S"], dims["head_dim"], dims["n_heads"], dims["n_kv_heads"]
+    visible = S * (S + 1) // 2  # the causal triangle: the only logits that must be formed
+    return Cost(bytes=(B * Hq * S * d + B * Hkv * S * d + B * Hq * S * S) * itemsize,
+                flops=B * Hq * visible * (2 * d + 4))
+
+
+def output_shapes(dims):
+    return {"p": (dims["B"], dims["n_heads"], dims["S"], dims["S"])}
+
+
+SPEC = FusionSpec(
+    name="attn_score_softmax",
+    doc=__doc__,
+    dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
+    attrs={"scale": 0.0},
+    inputs=("q", "k"),
+    outputs=("p",),
+    decompose=decompose,
+    make_inputs_f64=make_inputs,
+    cost_model=cost,
+    output_shapes=output_shapes,
+    strategy=lambda: strategy("S", 300),
+    validate_dims=check_heads,
+    magnitude=magnitude,
+    value_shapes=("normal", "large"),
+    decompose_dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
+    derive_attrs=default_scale,
+)

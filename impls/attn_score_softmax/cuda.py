@@ -1,0 +1,93 @@
+"""attn_score_softmax in CUDA (attn_score_softmax.cu beside this file, CuPy RawModule).
+
+q: (B, Hq, S, d), k: (B, Hkv, S, d) -> p: (B, Hq, S, S) = softmax(scale·q kᵀ + causal mask)
+in the storage dtype (float32, float16, bfloat16 as uint16 bit patterns); q head h reads kv
+head h // (Hq / Hkv). float32 logits and softmax state, each weight rounded once.
+
+One kernel, `attn_score_softmax_<dt>`: grid (ceil(S/64), min(B·Hq, 65535)), 256 threads.
+A block owns 64 query rows of one head and makes two passes over the 64-key tiles left of
+and on the diagonal, each tile's 64x64 logits computed in registers (16x16 threads, 4x4
+each, q and k staged through shared memory 16 dims at a time): pass 1 keeps a running
+maximum and sum per row (merged across the row's 16 threads with shuffles), pass 2
+recomputes the logits and writes exp(s − max) / sum, and the tiles right of the diagonal
+as zeros with no arithmetic. The logits are never written to memory and no row buffer of
+length S exists, so any S works; P is written once, the only S² traffic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.attention import HEAD_DIM_LIMIT
+from harness.backends import Prepared
+from harness.cuda_compile import cuda_source
+from harness.registry import Implementation, register
+
+SOURCE_PATH = Path(__file__).with_name("attn_score_softmax.cu")
+SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+KERNELS = tuple(f"attn_score_softmax_{s}" for s in SUFFIX.values())
+
+# Launch geometry; must match the #defines in attn_score_softmax.cu.
+THREADS = 256            # FB_AT_THREADS: 16 x 16, each 4 rows x 4 keys
+TILE = 64                # FB_AT_BM: query rows per block and keys per tile
+MAX_GRID_Y = 65535       # FB_AT_MAX_GRID_Y: blocks loop over heads beyond it
+
+_modules: dict[int, object] = {}
+
+
+def load_module():
+    import cupy as cp
+
+    dev = cp.cuda.runtime.getDevice()
+    if dev not in _modules:
+        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
+    return _modules[dev]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def launch_plan(B: int, Hq: int, S: int, dtype: str) -> list:
+    """[(kernel, grid, block)]; no CuPy needed."""
+    return [(f"attn_score_softmax_{SUFFIX[dtype]}", (_cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)), (THREADS,))]
+
+
+class AttnScoreSoftmaxCuda(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        import cupy as cp
+
+        from harness.backends.cuda import storage_dtype
+
+        if dtype not in SUFFIX:
+            raise ValueError(f"attn_score_softmax/cuda: unsupported dtype {dtype!r}")
+        mod = load_module()
+        self.q, self.k = (backend.upload(inputs[n]) for n in ("q", "k"))
+        B, Hq, S, d = self.q.shape
+        Hkv = self.k.shape[1]
+        if (self.k.shape != (B, Hkv, S, d) or Hkv < 1 or Hq % Hkv
+                or (int(attrs.get("n_heads", Hq)), int(attrs.get("n_kv_heads", Hkv))) != (Hq, Hkv)):
+            raise ValueError(f"attn_score_softmax/cuda: shapes q{self.q.shape} k{self.k.shape} do not match "
+                             f"each other or n_heads / n_kv_heads")
+        if not 1 <= d <= HEAD_DIM_LIMIT:
+            raise ValueError(f"attn_score_softmax/cuda: head_dim {d} outside 1..{HEAD_DIM_LIMIT}")
+        if B * Hq >= 2**31:
+            raise ValueError("attn_score_softmax/cuda: B * n_heads must be below 2**31")
+        self.out = {"p": cp.empty((B, Hq, S, S), dtype=storage_dtype(dtype))}
+        (name, grid, block), = launch_plan(B, Hq, S, dtype)
+        self.kernel, self.grid, self.block = mod.get_function(name), grid, block
+        i32 = np.int32
+        self.args = (self.q, self.k, self.out["p"], i32(B), i32(Hq), i32(Hkv), i32(S), i32(d),
+                     np.float32(attrs["scale"]))
+        self.empty = B * Hq * S == 0
+
+    def run(self):
+        if not self.empty:
+            self.kernel(self.grid, self.block, self.args)
+
+
+register(Implementation("attn_score_softmax", "cuda", "fused", "fused", AttnScoreSoftmaxCuda,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

@@ -1,0 +1,85 @@
+"""attn_score_softmax in WGSL: scale, q kᵀ, causal mask and softmax in one dispatch;
+source in attn_score_softmax.wgsl beside this file.
+
+q: (B, Hq, S, d), k: (B, Hkv, S, d) -> p: (B, Hq, S, S). attrs: scale (resolved).
+
+A workgroup of WQ invocations takes WQ query rows of one q head, one row per invocation
+with its q (d values) in registers. The keys the block can see (0 .. last row) go through
+workgroup memory in tiles of BK keys, twice: pass 1 keeps each row's running max and sum
+of exp (one rescale per tile), pass 2 forms the logits again and writes exp(logit - max) /
+sum, staging the tile in workgroup memory so that neighbouring invocations store
+neighbouring columns. Columns past the block's last row are written as zeros without
+any arithmetic. No (S, S) logits are ever stored and nothing on chip grows with S: any S.
+Logits are recomputed (2 x the dot products of the visible triangle), in exchange for
+never writing or reading a score matrix.
+
+BK is as many keys as fit, with the staged weights, in 16 KiB of workgroup memory (WebGPU's
+default limit), at most 64; D4 = ceil(d / 4), d <= HEAD_DIM_LIMIT. The shader is
+specialised per (storage mode, D4, BK). Grid: (ceil(S / WQ), B * Hq).
+
+Storage dtypes: float32; float16 (`array<f16>` with shader-f16, otherwise packed two per
+u32); bfloat16 packed two per u32. Arithmetic in f32, one rounding per stored weight.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.attention import HEAD_DIM_LIMIT
+from harness.backends import Prepared
+from harness.backends.wgsl import pack_params, wgsl_buffers
+from harness.registry import Implementation, register
+
+WQ = 64  # query rows per workgroup, one per invocation
+WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
+MAX_BK = 64
+SOURCE = Path(__file__).with_name("attn_score_softmax.wgsl")
+ROLES = ["in", "in", "out"]
+
+_text: str | None = None
+
+
+def keys_per_tile(d4: int, wq: int = WQ) -> int:
+    """Keys per tile: the key tile (BK x 4·d4) and the staged weights (wq x BK) in the budget."""
+    return max(1, min(MAX_BK, WORKGROUP_FLOATS // (4 * d4 + wq)))
+
+
+def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
+    """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
+    global _text
+    if _text is None:
+        _text = SOURCE.read_text()
+    decl = wgsl_buffers([("q", mode, "in"), ("k", mode, "in"), ("p", mode, "out")], "Params")
+    enable = ""
+    if decl.startswith("enable f16;"):
+        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
+    subs = {"// @@BUFFERS@@": decl, "@@WQ@@": str(wq), "@@D4@@": str(d4), "@@BK@@": str(bk),
+            "@@KS@@": str(bk * d4), "@@PS@@": str(wq * bk)}
+    text = _text
+    for k, v in subs.items():
+        text = text.replace(k, v)
+    return enable + text
+
+
+class AttnScoreSoftmaxWgsl(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.q, self.k = backend.upload(inputs["q"]), backend.upload(inputs["k"])
+        B, Hq, S, d = self.q.shape
+        Hkv = self.k.shape[1]
+        if self.k.shape != (B, Hkv, S, d) or Hq % Hkv or not 1 <= d <= HEAD_DIM_LIMIT:
+            raise ValueError(f"attn_score_softmax: shapes q {self.q.shape}, k {self.k.shape} "
+                             f"(head_dim at most {HEAD_DIM_LIMIT})")
+        d4 = -(-d // 4)
+        self.out = {"p": backend.empty((B, Hq, S, S), dtype)}
+        self.source = kernel_source(backend.mode(dtype), d4, keys_per_tile(d4))
+        self.params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
+        self.groups = (-(-S // WQ), B * Hq, 1)
+        backend.pipeline(self.source, ROLES, True)  # compile now
+
+    def run(self):
+        self.backend.dispatch(self.source, [self.q, self.k, self.out["p"]], ROLES, self.groups, self.params)
+
+
+register(Implementation("attn_score_softmax", "wgsl", "fused", "fused", AttnScoreSoftmaxWgsl,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

@@ -1,0 +1,170 @@
+"""decode_attention in CUDA (decode_attention.cu beside this file, CuPy RawModule).
+
+q: (B, Hq, d), k, v: (B, Hkv, T, d), lens: (B,) int32 -> o: (B, Hq, d) =
+softmax(scale·q kᵀ over keys t < lens[b]) v in the storage dtype (float32, float16, bfloat16
+as uint16 bit patterns); q head h reads kv head h // g, g = Hq / Hkv. float32 math; cache
+rows t >= lens[b] are never read; lens[b] = 0 gives zeros.
+
+Flash-decoding. `decode_attention_split_g<G>_<dt>`, G the smallest of 1, 2, 4, 8 that holds
+g (g > 8: ceil(g/8) head chunks of 8), grid (nsplit, min(B·Hkv·chunks, 65535)), 128 threads:
+a block owns one kv head's G q heads, so they share every K/V load, and one split of the valid
+keys (split s: rows [s·c, (s+1)·c) of [0, lens[b]), c = ceil(lens[b] / nsplit)). A key is read
+by a group of lanes with 16-byte loads (lanes × 4 floats or 8 halves cover d), a warp reads
+32/lanes consecutive keys at a time and keeps 4 (16-bit) or 2 (float32, two chunks per lane)
+such groups in flight; online softmax per lane group, merged by shuffles and then across the
+4 warps in shared memory. nsplit = 1 writes o directly. Otherwise each split writes its
+(max, sum, unnormalised output) to float32 scratch, pm, pl: (B·Hq, nsplit), pacc:
+(B·Hq, nsplit, d), and `decode_attention_combine_<dt>` (one 128-thread block per q head)
+rescales and merges them.
+
+Splits (choose_splits): enough blocks for WAVES full waves of resident blocks (the SM count
+times the blocks an SM holds at the split kernel's register count) when B·Hkv·chunks is
+small, no split under SPLIT_MIN_KEYS rows of T, at most MAX_SPLITS. On an H200 (132 SMs, 3
+resident g4 blocks): B = 1, Hkv = 8, T = 4096 gets 32 splits of 128 keys (256 blocks);
+B = 8, T = 8192 gets 25 splits (1600 blocks, about 4 waves); B·Hkv >= 1584 no split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.attention import HEAD_DIM_LIMIT
+from harness.backends import Prepared
+from harness.cuda_compile import cuda_source
+from harness.registry import Implementation, register
+
+SOURCE_PATH = Path(__file__).with_name("decode_attention.cu")
+SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+VEC = {"float32": 4, "float16": 8, "bfloat16": 8}   # elements per 16-byte load
+GROUPS = (1, 2, 4, 8)                               # q heads per block: the kernel variants
+KERNELS = tuple([f"decode_attention_split_g{G}_{s}" for s in SUFFIX.values() for G in GROUPS]
+                + [f"decode_attention_combine_{s}" for s in SUFFIX.values()])
+
+# Launch geometry; must match the #defines in decode_attention.cu.
+THREADS = 128            # FB_DA_THREADS: 4 warps
+DMAX = 256               # FB_DA_DMAX: the largest head_dim (harness.attention.HEAD_DIM_LIMIT)
+GMAX = 8                 # FB_DA_GMAX: q heads per block, at most
+COMBINE_THREADS = 128    # FB_DA_COMBINE_THREADS
+MAX_GRID = 65535         # FB_DA_MAX_GRID: blocks loop over rows beyond it
+
+# The split rule.
+WAVES = 4                # blocks wanted: this many waves of resident blocks (a short tail)
+SPLIT_MIN_KEYS = 128     # no split shorter than this many rows of T
+MAX_SPLITS = 128
+DEFAULT_SM_COUNT = 132   # an H200; launch_plan's default when no device is asked
+DEFAULT_BLOCKS_PER_SM = 3   # resident blocks of the g4 kernel (about 166 registers a thread)
+REGISTERS_PER_SM, WARPS_PER_SM = 65536, 64
+
+_modules: dict[int, object] = {}
+
+
+def load_module():
+    import cupy as cp
+
+    dev = cp.cuda.runtime.getDevice()
+    if dev not in _modules:
+        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
+    return _modules[dev]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def head_group(g: int) -> int:
+    """G: q heads per block for a group of g q heads per kv head."""
+    return next((G for G in GROUPS if G >= g), GMAX)
+
+
+def resident_blocks(num_regs: int) -> int:
+    """Blocks of THREADS threads an SM holds at num_regs registers a thread (registers are
+    handed out 256 at a time per warp); DEFAULT_BLOCKS_PER_SM when num_regs is unknown (0)."""
+    if num_regs <= 0:
+        return DEFAULT_BLOCKS_PER_SM
+    per_warp = _cdiv(num_regs * 32, 256) * 256
+    return max(1, min(REGISTERS_PER_SM // per_warp, WARPS_PER_SM) // (THREADS // 32))
+
+
+def choose_splits(rows: int, T: int, sm_count: int, blocks_per_sm: int = DEFAULT_BLOCKS_PER_SM) -> int:
+    """How many blocks share one row's keys: enough for WAVES waves of resident blocks, no
+    split under SPLIT_MIN_KEYS keys, at most MAX_SPLITS, at least 1."""
+    want = _cdiv(WAVES * blocks_per_sm * sm_count, max(rows, 1))
+    return max(1, min(want, _cdiv(T, SPLIT_MIN_KEYS), MAX_SPLITS))
+
+
+def launch_plan(B: int, T: int, Hq: int, Hkv: int, d: int, dtype: str, aligned: bool = True,
+                sm_count: int = DEFAULT_SM_COUNT, blocks_per_sm: int = DEFAULT_BLOCKS_PER_SM,
+                nsplit: int | None = None):
+    """(vec, nsplit, G, [(kernel, grid, block), ...]); no CuPy needed. nsplit: None for
+    choose_splits' answer."""
+    sfx = SUFFIX[dtype]
+    vec = int(aligned and d % VEC[dtype] == 0)
+    g = Hq // Hkv
+    G = head_group(g)
+    rows = B * Hkv * _cdiv(g, G)
+    if nsplit is None:
+        nsplit = choose_splits(rows, T, sm_count, blocks_per_sm)
+    plan = [(f"decode_attention_split_g{G}_{sfx}", (nsplit, min(rows, MAX_GRID)), (THREADS,))]
+    if nsplit > 1:
+        plan.append((f"decode_attention_combine_{sfx}", (min(B * Hq, MAX_GRID),), (COMBINE_THREADS,)))
+    return vec, nsplit, G, plan
+
+
+def _sm_count() -> int:
+    import cupy as cp
+
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+    return int(props.get("multiProcessorCount", DEFAULT_SM_COUNT)) or DEFAULT_SM_COUNT
+
+
+class DecodeAttentionCuda(Prepared):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        import cupy as cp
+
+        from harness.backends.cuda import storage_dtype
+
+        if dtype not in SUFFIX:
+            raise ValueError(f"decode_attention/cuda: unsupported dtype {dtype!r}")
+        mod = load_module()
+        self.q, self.k, self.v = (backend.upload(inputs[n]) for n in ("q", "k", "v"))
+        self.lens = backend.upload(np.ascontiguousarray(inputs["lens"], dtype=np.int32))
+        B, Hq, d = self.q.shape
+        Hkv, T = self.k.shape[1:3]
+        if (self.k.shape != (B, Hkv, T, d) or self.v.shape != self.k.shape or self.lens.shape != (B,)
+                or Hkv < 1 or Hq % Hkv
+                or (int(attrs.get("n_heads", Hq)), int(attrs.get("n_kv_heads", Hkv))) != (Hq, Hkv)):
+            raise ValueError(f"decode_attention/cuda: shapes q{self.q.shape} k{self.k.shape} v{self.v.shape} "
+                             f"lens{self.lens.shape} do not match each other or n_heads / n_kv_heads")
+        if not 1 <= d <= min(HEAD_DIM_LIMIT, DMAX):
+            raise ValueError(f"decode_attention/cuda: head_dim {d} outside 1..{min(HEAD_DIM_LIMIT, DMAX)}")
+        if B * Hq >= 2**31 or T >= 2**31:
+            raise ValueError("decode_attention/cuda: B * n_heads and T must be below 2**31")
+        self.out = {"o": cp.empty((B, Hq, d), dtype=storage_dtype(dtype))}
+        aligned = all(a.data.ptr % 16 == 0 for a in (self.q, self.k, self.v))
+        split_kernel = mod.get_function(f"decode_attention_split_g{head_group(Hq // Hkv)}_{SUFFIX[dtype]}")
+        vec, nsplit, G, plan = launch_plan(B, T, Hq, Hkv, d, dtype, aligned, _sm_count(),
+                                           resident_blocks(int(getattr(split_kernel, "num_regs", 0))))
+        parts = B * Hq * nsplit if nsplit > 1 else 1     # split partials (a dummy when nsplit = 1)
+        self.pm = cp.empty(parts, dtype=cp.float32)
+        self.pl = cp.empty(parts, dtype=cp.float32)
+        self.pacc = cp.empty(parts * d, dtype=cp.float32)
+        i32 = np.int32
+        args = [(self.q, self.k, self.v, self.lens, self.out["o"], self.pm, self.pl, self.pacc, i32(B), i32(Hq),
+                 i32(Hkv), i32(T), i32(d), np.float32(attrs["scale"]), i32(nsplit), i32(vec)),
+                (self.pm, self.pl, self.pacc, self.out["o"], i32(B * Hq), i32(nsplit), i32(d))]
+        self.launches = [(mod.get_function(name), grid, block, a) for (name, grid, block), a in zip(plan, args)]
+        self.vec, self.nsplit, self.heads_per_block = bool(vec), nsplit, G
+        self.empty = B * Hq == 0
+
+    def run(self):
+        if self.empty:
+            return
+        for kernel, grid, block, args in self.launches:
+            kernel(grid, block, args)
+
+
+register(Implementation("decode_attention", "cuda", "fused", "fused", DecodeAttentionCuda,
+                        dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))
