@@ -67,6 +67,26 @@ def test_rmsnorm_scale_invariance_and_row_permutation(impl, dtype):
     assert metrics(outputs(impl, permuted, attrs, dtype)["y"], y[perm], dtype).nmse <= bound
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", impls_of("add_rmsnorm") + impls_of("rmsnorm_qkv_rope"), ids=lambda i: i.key)
+def test_rmsnorm_scale_invariance_in_the_other_norm_fusions(impl, dtype):
+    """Scaling the normalised input by 8 (exact) leaves y, and q, k, v, unchanged; for
+    add_rmsnorm x and residual are both scaled, so the new residual h scales by 8 too."""
+    spec = usable(impl, dtype)
+    params = ({"M": 5, "H": 131} if impl.fusion == "add_rmsnorm"
+              else {"M": 5, "H": 131, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16})
+    dims, attrs = spec.split(params)
+    inputs = spec.make_inputs(dims, dtype, seed=9)
+    scaled_names = ("x", "residual") if impl.fusion == "add_rmsnorm" else ("x",)
+    scaled = dict(inputs, **{n: (inputs[n].astype(np.float64) * 8.0).astype(inputs[n].dtype) for n in scaled_names})
+    a = outputs(impl, inputs, attrs, dtype)
+    b = outputs(impl, scaled, attrs, dtype)
+    for name in a:
+        want = a[name] * 8.0 if name == "h" else a[name]
+        assert metrics(b[name], want, dtype).nmse <= spec.nmse_bound[dtype], name
+        assert np.count_nonzero(a[name]) > a[name].size // 2, name  # live values, not zeros
+
+
 # Grouped-query heads (3 q heads per kv head), head_dim 80, H not a multiple of 4.
 ROPE_DIMS = {"M": 7, "H": 131, "n_heads": 6, "n_kv_heads": 2, "head_dim": 80}
 ROPE_ATTRS = REGISTRY.fusions["rmsnorm_qkv_rope"].split({"eps": 1e-5, "theta": 10000.0, **ROPE_DIMS})[1]
