@@ -15,7 +15,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba.core import types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 @intrinsic
 def f32_bits(typingctx, v):
@@ -40,17 +40,6 @@ def f16_f32(typingctx, u):
     def codegen(context, builder, signature, args):
         return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
     return types.float32(types.uint16), codegen
-
-
-def to_f32(v, kind):
-    """One stored element as float32: float32 as it is, 16-bit patterns widened by kind."""
-
-
-@overload(to_f32, inline="always")
-def _to_f32(v, kind):
-    if isinstance(v, types.Float):
-        return lambda v, kind: np.float32(v)
-    return lambda v, kind: bf16_f32(v) if kind == 1 else f16_f32(v)
 
 
 @nb.njit(inline="always")
