@@ -66,7 +66,7 @@ def test_sources_listed_and_registered():
 def test_launch_constants_match_sources():
     from harness.attention import HEAD_DIM_LIMIT
 
-    for fusion, p in (("attn_score_softmax", "FB_AT"), ("attention_prefill", "FB_AP")):
+    for fusion, p in (("attn_score_softmax", "FB_ATT"), ("attention_prefill", "FB_ATT")):
         m, d = _impl_module(fusion), _defines(CU[fusion])
         assert (m.THREADS, m.TILE, m.MAX_GRID_Y) == (d[f"{p}_THREADS"], d[f"{p}_BM"], d[f"{p}_MAX_GRID_Y"])
         assert d[f"{p}_THREADS"] == 256 and d[f"{p}_BM"] == 64   # 16 x 16 threads, 4 x 4 each
@@ -239,7 +239,7 @@ def _causal_key_reads(B, Hq, Hkv, S, d, tile, passes):
 # ---- attn_score_softmax ------------------------------------------------------------------------
 def emulate_score_softmax(inputs, dtype, attrs, cap=None):
     mod = _impl_module("attn_score_softmax")
-    t = Tiles(_defines(CU["attn_score_softmax"]), "FB_AT")
+    t = Tiles(_defines(CU["attn_score_softmax"]), "FB_ATT")
     BM = t.BM
     B, Hq, S, d = inputs["q"].shape
     Hkv = inputs["k"].shape[1]
@@ -314,7 +314,7 @@ def test_emulated_score_softmax(B, Hq, Hkv, S, d, dtype, cap):
 def emulate_prefill(inputs, dtype, attrs, cap=None):
     mod = _impl_module("attention_prefill")
     defs = _defines(CU["attention_prefill"])
-    t = Tiles(defs, "FB_AP")
+    t = Tiles(defs, "FB_ATT")
     BM, TK, PAD, THREADS = t.BM, t.TK, t.PAD, t.THREADS
     B, Hq, S, d = inputs["q"].shape
     Hkv = inputs["k"].shape[1]

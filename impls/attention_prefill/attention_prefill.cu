@@ -19,63 +19,7 @@
 // At the end O / l is stored once per element (0 for a row with nothing visible).
 //@fusebench-splice fb_prelude.cuh
 
-#define FB_AP_THREADS 256
-#define FB_AP_BM 64        // query rows per block; also keys per tile (the tiles are square)
-#define FB_AP_TK 16        // head dims per shared-memory step of the logits; keys per V step
-#define FB_AP_PAD 4        // keeps rows 16-byte aligned, spreads banks
-#define FB_AP_MAX_GRID_Y 65535
-
-#define FB_AP_INF __int_as_float(0x7f800000)
-
-// e^(a - mx), 0 for a = -inf (a masked logit, or the empty running maximum).
-__device__ __forceinline__ float fb_exp_from(float a, float mx) {
-    return a == -FB_AP_INF ? 0.f : expf(a - mx);
-}
-
-// The 64x64 tile of logits scale * q[q0 + r] . k[k0 + c], causal mask applied (-inf where
-// key > query or key >= S). qh, kh: one head's (S, d) matrices. Thread (ty, tx) gets rows
-// q0 + ty*4 + i, keys k0 + tx*4 + j in s[i][j]. Every thread calls it (it has barriers).
-template <class D>
-__device__ __forceinline__ void fb_logit_tile(const typename D::T* __restrict__ qh,
-                                              const typename D::T* __restrict__ kh, int S, int d,
-                                              int q0, int k0, float scale,
-                                              float (*Qs)[FB_AP_BM + FB_AP_PAD],
-                                              float (*Ks)[FB_AP_BM + FB_AP_PAD], float s[4][4]) {
-    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-    float acc[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-
-    for (int d0 = 0; d0 < d; d0 += FB_AP_TK) {         // block-uniform
-        __syncthreads();                                // the last step's tiles are consumed
-        for (int e = tid; e < FB_AP_BM * FB_AP_TK; e += FB_AP_THREADS) {
-            const int r = e / FB_AP_TK, kk = e % FB_AP_TK, gd = d0 + kk;
-            Qs[kk][r] = (q0 + r < S && gd < d) ? D::load(qh, (long long)(q0 + r) * d + gd) : 0.f;
-            Ks[kk][r] = (k0 + r < S && gd < d) ? D::load(kh, (long long)(k0 + r) * d + gd) : 0.f;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < FB_AP_TK; ++kk) {
-            const fb_f4 ta = *reinterpret_cast<const fb_f4*>(&Qs[kk][ty * 4]);
-            const fb_f4 tb = *reinterpret_cast<const fb_f4*>(&Ks[kk][tx * 4]);
-            const float a[4] = {ta.x, ta.y, ta.z, ta.w};
-            const float b[4] = {tb.x, tb.y, tb.z, tb.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int gi = q0 + ty * 4 + i, gj = k0 + tx * 4 + j;
-            s[i][j] = (gj > gi || gj >= S) ? -FB_AP_INF : acc[i][j] * scale;
-        }
-}
+//@fusebench-splice fb_attention_tile.cuh
 
 // Maximum over the 16 threads of a row (lanes tx = 0..15 of one half-warp).
 __device__ __forceinline__ float fb_row_max(float v) {
@@ -97,14 +41,14 @@ __device__ __forceinline__ void fb_attention_prefill(const typename D::T* __rest
                                                      typename D::T* __restrict__ o, int B, int Hq,
                                                      int Hkv, int S, int d, float scale) {
     enum { NC = DMAX / 16 };                            // O columns per thread: tx + 16c
-    __shared__ alignas(16) float Qs[FB_AP_TK][FB_AP_BM + FB_AP_PAD];
-    __shared__ alignas(16) float Ks[FB_AP_TK][FB_AP_BM + FB_AP_PAD];
-    __shared__ alignas(16) float Ps[FB_AP_BM][FB_AP_BM + FB_AP_PAD];   // weights, [row][key]
-    __shared__ alignas(16) float Vs[FB_AP_TK][DMAX];                   // V rows, [key][dim]
+    __shared__ alignas(16) float Qs[FB_ATT_TK][FB_ATT_BM + FB_ATT_PAD];
+    __shared__ alignas(16) float Ks[FB_ATT_TK][FB_ATT_BM + FB_ATT_PAD];
+    __shared__ alignas(16) float Ps[FB_ATT_BM][FB_ATT_BM + FB_ATT_PAD];   // weights, [row][key]
+    __shared__ alignas(16) float Vs[FB_ATT_TK][DMAX];                   // V rows, [key][dim]
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-    const int ntiles = (S + FB_AP_BM - 1) / FB_AP_BM;
+    const int ntiles = (S + FB_ATT_BM - 1) / FB_ATT_BM;
     const int qt = ntiles - 1 - blockIdx.x;             // longest rows first
-    const int q0 = qt * FB_AP_BM;
+    const int q0 = qt * FB_ATT_BM;
     const int g = Hq / Hkv;
 
     for (int bh = blockIdx.y; bh < B * Hq; bh += gridDim.y) {   // block-uniform
@@ -117,21 +61,21 @@ __device__ __forceinline__ void fb_attention_prefill(const typename D::T* __rest
         float m[4], l[4], acc[4][NC], s[4][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            m[i] = -FB_AP_INF;
+            m[i] = -FB_ATT_INF;
             l[i] = 0.f;
 #pragma unroll
             for (int c = 0; c < NC; ++c) acc[i][c] = 0.f;
         }
 
         for (int kt = 0; kt <= qt; ++kt) {              // causal: tiles above the diagonal skipped
-            const int k0 = kt * FB_AP_BM;
+            const int k0 = kt * FB_ATT_BM;
             fb_logit_tile<D>(qh, kh, S, d, q0, k0, scale, Qs, Ks, s);   // its barriers also end
                                                                         // the last tile's reads of Ps, Vs
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const float mx = fb_row_max(fmaxf(fmaxf(s[i][0], s[i][1]), fmaxf(s[i][2], s[i][3])));
                 const float mn = fmaxf(m[i], mx);
-                const float base = mn == -FB_AP_INF ? 0.f : mn;           // nothing visible yet
+                const float base = mn == -FB_ATT_INF ? 0.f : mn;           // nothing visible yet
                 const float corr = fb_exp_from(m[i], base);
                 float t = 0.f;
 #pragma unroll
@@ -146,15 +90,15 @@ __device__ __forceinline__ void fb_attention_prefill(const typename D::T* __rest
                 for (int c = 0; c < NC; ++c) acc[i][c] *= corr;
             }
 
-            for (int kc = 0; kc < FB_AP_BM && k0 + kc < S; kc += FB_AP_TK) {   // block-uniform
+            for (int kc = 0; kc < FB_ATT_BM && k0 + kc < S; kc += FB_ATT_TK) {   // block-uniform
                 __syncthreads();                        // Ps written; the last V step consumed
-                for (int e = tid; e < FB_AP_TK * DMAX; e += FB_AP_THREADS) {
+                for (int e = tid; e < FB_ATT_TK * DMAX; e += FB_ATT_THREADS) {
                     const int kk = e / DMAX, col = e % DMAX, key = k0 + kc + kk;
                     Vs[kk][col] = (key < S && col < d) ? D::load(vh, (long long)key * d + col) : 0.f;
                 }
                 __syncthreads();
 #pragma unroll 4
-                for (int kk = 0; kk < FB_AP_TK; ++kk) {
+                for (int kk = 0; kk < FB_ATT_TK; ++kk) {
                     float w[4];
 #pragma unroll
                     for (int i = 0; i < 4; ++i) w[i] = Ps[ty * 4 + i][kc + kk];
@@ -184,7 +128,7 @@ __device__ __forceinline__ void fb_attention_prefill(const typename D::T* __rest
 }
 
 #define FB_DEFINE_KERNEL(SUFFIX, D, DMAX)                                                            \
-    extern "C" __global__ void __launch_bounds__(FB_AP_THREADS) attention_prefill_d##DMAX##_##SUFFIX( \
+    extern "C" __global__ void __launch_bounds__(FB_ATT_THREADS) attention_prefill_d##DMAX##_##SUFFIX( \
         const D::T* __restrict__ q, const D::T* __restrict__ k, const D::T* __restrict__ v,          \
         D::T* __restrict__ o, int B, int Hq, int Hkv, int S, int d, float scale) {                   \
         fb_attention_prefill<D, DMAX>(q, k, v, o, B, Hq, Hkv, S, d, scale);                          \

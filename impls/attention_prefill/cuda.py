@@ -31,9 +31,9 @@ HEAD_DIMS = (64, 128, 256)   # the kernels' DMAX variants; the last is HEAD_DIM_
 KERNELS = tuple(f"attention_prefill_d{m}_{s}" for s in SUFFIX.values() for m in HEAD_DIMS)
 
 # Launch geometry; must match the #defines in attention_prefill.cu.
-THREADS = 256            # FB_AP_THREADS: 16 x 16, each 4 rows
-TILE = 64                # FB_AP_BM: query rows per block and keys per tile
-MAX_GRID_Y = 65535       # FB_AP_MAX_GRID_Y: blocks loop over heads beyond it
+THREADS = 256            # FB_ATT_THREADS: 16 x 16, each 4 rows
+TILE = 64                # FB_ATT_BM: query rows per block and keys per tile
+MAX_GRID_Y = 65535       # FB_ATT_MAX_GRID_Y: blocks loop over heads beyond it
 
 _modules: dict[int, object] = {}
 

@@ -30,9 +30,9 @@ SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 KERNELS = tuple(f"attn_score_softmax_{s}" for s in SUFFIX.values())
 
 # Launch geometry; must match the #defines in attn_score_softmax.cu.
-THREADS = 256            # FB_AT_THREADS: 16 x 16, each 4 rows x 4 keys
-TILE = 64                # FB_AT_BM: query rows per block and keys per tile
-MAX_GRID_Y = 65535       # FB_AT_MAX_GRID_Y: blocks loop over heads beyond it
+THREADS = 256            # FB_ATT_THREADS: 16 x 16, each 4 rows x 4 keys
+TILE = 64                # FB_ATT_BM: query rows per block and keys per tile
+MAX_GRID_Y = 65535       # FB_ATT_MAX_GRID_Y: blocks loop over heads beyond it
 
 _modules: dict[int, object] = {}
 
