@@ -35,8 +35,8 @@ from ROPE_WGSL: an exact fixed-point angle in turns from a per-(d, theta) table 
 the backend (rope_table), then Cephes polynomials, all in f32 and integer arithmetic.
 
 Attention primitives: `matmul_nt` / `matmul` are one dispatch over all leading (batch)
-dimensions (grid z), the 64 x 64 tiling of `linear` or, for at most GEMV_MAX_M rows
-(decode), its matrix-vector scheme. `causal_mask` and `length_mask` (lens an int32 array)
+dimensions (grid z), a 64 x 64 tiling or, for at most GEMV_MAX_M rows (decode), a
+matrix-vector scheme; `linear` is the "nt" matmul with one batch. `causal_mask` and `length_mask` (lens an int32 array)
 write -inf, passed in as a bit pattern (WGSL has no infinite literal); `softmax` gives
 zeros for a row that is all -inf. `scale` multiplies by an f32 uniform.
 
@@ -411,110 +411,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 """
 
-# linear, few rows (M <= GEMV_MAX_M): one workgroup per (GEMV_R output columns, row m);
-# each invocation strides over K, the partial dot products are added up in workgroup
-# memory. @@GV_WG@@ is the workgroup size (gemv_workgroup(): 16 on CPU adapters, 256 on
-# GPUs). Rows past N are clamped to N - 1 (computed, never stored).
 GEMV_R = 16
 GEMV_MAX_M = 4
-_GEMV = """
-struct Params { M: u32, K: u32, N: u32, _p: u32 }
-const WGS: u32 = @@GV_WG@@u;
-const R: u32 = 16u;
-var<workgroup> red: array<f32, @@GV_RED@@>;
-@compute @workgroup_size(@@GV_WG@@)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let m = wid.y;
-  let n0 = wid.x * R;
-  let K = P.K;
-  let N = P.N;
-  let xo = m * K;
-  var acc: array<f32, 16>;
-  var wo: array<u32, 16>;
-  for (var r = 0u; r < R; r++) { acc[r] = 0.0; wo[r] = min(n0 + r, N - 1u) * K; }
-  for (var k = t; k < K; k += WGS) {
-    let a = ld_x(xo + k);
-    for (var r = 0u; r < R; r++) { acc[r] += a * ld_w(wo[r] + k); }
-  }
-  for (var r = 0u; r < R; r++) { red[r * WGS + t] = acc[r]; }
-  workgroupBarrier();
-  if (t < R && n0 + t < N) {
-    var s = 0.0;
-    for (var i = 0u; i < WGS; i++) { s += red[t * WGS + i]; }
-    st_y(m * N + n0 + t, s);
-  }
-}
-"""
 
-# linear, many rows: 64 x 64 output tile per workgroup, K in steps of 16 through
-# workgroup memory, 4 x 4 outputs per invocation in vec4 registers (arrays indexed in
-# loops cost lavapipe 2.5x), sums in three levels as in the fused kernel.
-_TILED = """
-struct Params { M: u32, K: u32, N: u32, _p: u32 }
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
-var<workgroup> As: array<f32, 1024>;
-var<workgroup> Bs: array<f32, 1024>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let M = P.M;
-  let K = P.K;
-  let N = P.N;
-  let m0 = wid.y * TM;
-  let n0 = wid.x * TN;
-  let tx = t % 16u;
-  let ty = t / 16u;
-  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
-  var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
-  for (var k0 = 0u; k0 < K; k0 += TK) {
-    for (var i = 0u; i < 4u; i++) {
-      let e = t + i * 256u;
-      let rr = e / TK;
-      let kk = e % TK;
-      let gk = k0 + kk;
-      var a = 0.0;
-      if (m0 + rr < M && gk < K) { a = ld_x((m0 + rr) * K + gk); }
-      As[kk * TM + rr] = a;
-      var b = 0.0;
-      if (n0 + rr < N && gk < K) { b = ld_w((n0 + rr) * K + gk); }
-      Bs[kk * TN + rr] = b;
-    }
-    workgroupBarrier();
-    var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
-    for (var kk = 0u; kk < TK; kk++) {
-      let ab = kk * TM + ty * 4u;
-      let bb = kk * TN + tx * 4u;
-      let b = vec4<f32>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
-      d0 += As[ab] * b;
-      d1 += As[ab + 1u] * b;
-      d2 += As[ab + 2u] * b;
-      d3 += As[ab + 3u] * b;
-    }
-    e0 += d0; e1 += d1; e2 += d2; e3 += d3;
-    if ((k0 / TK) % 16u == 15u) {
-      c0 += e0; c1 += e1; c2 += e2; c3 += e3;
-      e0 = vec4<f32>(0.0); e1 = vec4<f32>(0.0); e2 = vec4<f32>(0.0); e3 = vec4<f32>(0.0);
-    }
-    workgroupBarrier();
-  }
-  let cs = array<vec4<f32>, 4>(c0 + e0, c1 + e1, c2 + e2, c3 + e3);
-  for (var i = 0u; i < 4u; i++) {
-    let gm = m0 + ty * 4u + i;
-    for (var j = 0u; j < 4u; j++) {
-      let gn = n0 + tx * 4u + j;
-      if (gm < M && gn < N) { st_y(gm * N + gn, cs[i][j]); }
-    }
-  }
-}
-"""
-
-# Batched matmuls of the attention chain, a: (batch, M, K), b: (batch, N, K) ("nt",
-# a @ bᵀ) or (batch, K, N) ("nn", a @ b), y: (batch, M, N); batch is wid.z. Many rows: the
-# 64 x 64 tiling of _TILED, the b tile loaded as @@LOAD_B@@ says. Few rows (M <=
-# GEMV_MAX_M, decode): the _GEMV scheme, a workgroup per (GEMV_R columns, row m, batch),
-# @@MV_B@@ adding row m's share of the R columns for one k. Columns past N are clamped to
-# N - 1 (computed, never stored).
+# Matmuls, batched over grid z: a: (batch, M, K), b: (batch, N, K) ("nt", a @ bᵀ: linear
+# and the attention logits) or (batch, K, N) ("nn", a @ b), y: (batch, M, N).
+# Many rows: a 64 x 64 output tile per workgroup, K in steps of 16 through workgroup
+# memory, 4 x 4 outputs per invocation in vec4 registers (arrays indexed in loops cost
+# lavapipe 2.5x), sums in three levels as in the fused kernels; the b tile loaded as
+# @@LOAD_B@@ says.
 _BMM = """
 struct Params { M: u32, K: u32, N: u32, _p: u32 }
 const TM: u32 = 64u;
@@ -588,6 +493,11 @@ _BMM_LOAD_B = {
       Bs[bk * TN + bn] = bv;""",
 }
 
+# Few rows (M <= GEMV_MAX_M, decode): one workgroup per (GEMV_R output columns, row m,
+# batch); each invocation strides over K and @@MV_B@@ adds its share of the R columns
+# (col[r]: the column's offset in b, @@COL_STRIDE@@ apart); the partial sums are added up
+# in workgroup memory. @@GV_WG@@ is the workgroup size (gemv_workgroup(): 16 on CPU
+# adapters, 256 on GPUs). Columns past N are clamped to N - 1 (computed, never stored).
 _BMV = """
 struct Params { M: u32, K: u32, N: u32, _p: u32 }
 const WGS: u32 = @@GV_WG@@u;
@@ -603,7 +513,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let bo = wid.z * K * N;
   var acc: array<f32, 16>;
   var col: array<u32, 16>;
-  for (var r = 0u; r < R; r++) { acc[r] = 0.0; col[r] = min(n0 + r, N - 1u); }
+  for (var r = 0u; r < R; r++) { acc[r] = 0.0; col[r] = min(n0 + r, N - 1u) * @@COL_STRIDE@@; }
   for (var k = t; k < K; k += WGS) {
     let a = ld_a(ao + k);
     @@MV_B@@
@@ -618,7 +528,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 """
 _BMV_B = {
-    "nt": "for (var r = 0u; r < R; r++) { acc[r] += a * ld_b(bo + col[r] * K + k); }",
+    "nt": "for (var r = 0u; r < R; r++) { acc[r] += a * ld_b(bo + col[r] + k); }",
     "nn": "let row = bo + k * N;\n    for (var r = 0u; r < R; r++) { acc[r] += a * ld_b(row + col[r]); }",
 }
 
@@ -1080,22 +990,13 @@ class WgslOps(Ops):
         return self._rowwise(_SOFTMAX, x, [], pack_params(("u", rows), ("u", x.shape[-1])))
 
     def linear(self, x, w):
+        """x: (..., K), w: (N, K) -> x @ wᵀ: the "nt" matmul with the rows of x as one batch."""
         x, w = self._dev(x), self._dev(w)
         K = x.shape[-1]
-        M = x.size // K
-        N = w.shape[0]
-        if w.shape != (N, K):
+        if w.ndim != 2 or w.shape[1] != K:
             raise ValueError(f"wgsl linear: x {x.shape} and w {w.shape} do not match")
-        y = self.b.empty(x.shape[:-1] + (N,), self.dtype)
-        bufs = [("x", x, "in"), ("w", w, "in"), ("y", None, "out")]
-        params = pack_params(("u", M), ("u", K), ("u", N))
-        if M <= GEMV_MAX_M:
-            groups = (-(-N // GEMV_R), M, 1)
-            self.b.dispatch(self._src(self.b.gemv_source(_GEMV), bufs), [x, w, y], ["in", "in", "out"], groups, params)
-        else:
-            groups = (-(-N // 64), -(-M // 64), 1)
-            self.b.dispatch(self._src(_TILED, bufs), [x, w, y], ["in", "in", "out"], groups, params)
-        return y
+        y = self._batched("nt", self.reshape(x, (x.size // K, K)), w)
+        return self.reshape(y, x.shape[:-1] + (w.shape[0],))
 
     def _binary(self, op: str, a, b):
         a, b = self._dev(a), self._dev(b)
@@ -1196,7 +1097,8 @@ class WgslOps(Ops):
         bufs = [("a", a, "in"), ("b", b, "in"), ("y", None, "out")]
         params = pack_params(("u", M), ("u", K), ("u", N))
         if M <= GEMV_MAX_M:
-            src = self.b.gemv_source(_BMV.replace("@@MV_B@@", _BMV_B[kind]))
+            src = self.b.gemv_source(_BMV.replace("@@MV_B@@", _BMV_B[kind])
+                                     .replace("@@COL_STRIDE@@", "K" if kind == "nt" else "1u"))
             groups = (-(-N // GEMV_R), M, batch)
         else:
             src = _BMM.replace("@@LOAD_B@@", _BMM_LOAD_B[kind])
