@@ -38,32 +38,7 @@ def _compile():
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import dots_seq, dots_w16, make_pow2, normalise, widen
-
-    @nb.njit(inline="always", fastmath=True)
-    def dots(xg, rows, y_row, n0):
-        # y_row[n0 + j] = xg . rows[j] for every row j; four rows per pass share each xg load
-        J, H = rows.shape
-        j = 0
-        while j + 4 <= J:
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for h in range(H):
-                v = xg[h]
-                a0 += v * rows[j, h]
-                a1 += v * rows[j + 1, h]
-                a2 += v * rows[j + 2, h]
-                a3 += v * rows[j + 3, h]
-            y_row[n0 + j] = a0
-            y_row[n0 + j + 1] = a1
-            y_row[n0 + j + 2] = a2
-            y_row[n0 + j + 3] = a3
-            j += 4
-        while j < J:
-            acc = np.float32(0.0)
-            for h in range(H):
-                acc += xg[h] * rows[j, h]
-            y_row[n0 + j] = acc
-            j += 1
+    from harness.backends.cpu_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, widen
 
     @nb.njit(inline="always", fastmath=True)
     def prologue(x, gamma, eps, kind):
@@ -83,54 +58,21 @@ def _compile():
         return pow2, g, inv_rms
 
     @nb.njit(inline="always", fastmath=True)
-    def dots2(x0, x1, rows, y0, y1, n0):
-        # two normalised rows against the block: each W load feeds two sums (prefill)
-        J, H = rows.shape
-        j = 0
-        while j + 4 <= J:
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            for h in range(H):
-                u = x0[h]
-                v = x1[h]
-                w0 = rows[j, h]
-                w1 = rows[j + 1, h]
-                w2 = rows[j + 2, h]
-                w3 = rows[j + 3, h]
-                a0 += u * w0
-                a1 += u * w1
-                a2 += u * w2
-                a3 += u * w3
-                b0 += v * w0
-                b1 += v * w1
-                b2 += v * w2
-                b3 += v * w3
-            y0[n0 + j], y0[n0 + j + 1], y0[n0 + j + 2], y0[n0 + j + 3] = a0, a1, a2, a3
-            y1[n0 + j], y1[n0 + j + 1], y1[n0 + j + 2], y1[n0 + j + 3] = b0, b1, b2, b3
-            j += 4
-        while j < J:
-            a = b = np.float32(0.0)
-            for h in range(H):
-                a += x0[h] * rows[j, h]
-                b += x1[h] * rows[j, h]
-            y0[n0 + j] = a
-            y1[n0 + j] = b
-            j += 1
-
-    @nb.njit(inline="always", fastmath=True)
     def block(x, g, inv_rms, tile, n0, kind, pow2, y):
         # every row of x, normalised in thread-local buffers, against one block of W rows
         M, H = x.shape
+        J = tile.shape[0]
         x0 = np.empty(H, dtype=np.float32)
         x1 = np.empty(H, dtype=np.float32)
         m = 0
         while m + 2 <= M:
             normalise(x[m], g, inv_rms[m], kind, pow2, x0)
             normalise(x[m + 1], g, inv_rms[m + 1], kind, pow2, x1)
-            dots2(x0, x1, tile, y[m], y[m + 1], n0)
+            dots2(x0, x1, tile, y[m, n0:n0 + J], y[m + 1, n0:n0 + J])
             m += 2
         if m < M:
             normalise(x[m], g, inv_rms[m], kind, pow2, x0)
-            dots(x0, tile, y[m], n0)
+            dots(x0, tile, y[m, n0:n0 + J])
 
     @nb.njit(parallel=True, fastmath=True, cache=True)
     def kernel_f32(x, gamma, w, eps, y):
