@@ -1,8 +1,8 @@
 """Results files -> one self-contained HTML report (no network needed to view it).
 
-Runs from any number of machines and commits are merged; for each (machine, fusion,
-case, dtype, implementation) the newest record is shown. Speedups compare medians from
-the same machine: over the unfused chain on the same backend, and over the torch peers
+Runs from any number of machines and commits are merged; for each (machine, commit,
+fusion, case, dtype, implementation) the newest record is shown, so no commit's figures
+are hidden by another's. Speedups compare medians from the same machine and commit: over the unfused chain on the same backend, and over the torch peers
 on the same device class (harness.backends.TORCH_PEER_OF). Committed runs from real
 hardware under reports/data/ are merged in unless asked not to.
 """
@@ -20,7 +20,7 @@ from harness.backends import TORCH_PEER_OF
 from harness.results import REPO_ROOT, merge, read_records
 
 COMMITTED_DATA = REPO_ROOT / "reports" / "data"
-IDENTITY = ("machine", "fusion", "case", "dtype", "backend", "variant")
+IDENTITY = ("machine", "commit", "fusion", "case", "dtype", "backend", "variant")
 
 
 def _latest(records: list[dict]) -> list[dict]:
@@ -30,6 +30,10 @@ def _latest(records: list[dict]) -> list[dict]:
         if k not in best or str(r.get("timestamp", "")) >= str(best[k].get("timestamp", "")):
             best[k] = r
     return list(best.values())
+
+
+def _commit(r: dict) -> str:
+    return str(r.get("commit", "?"))[:10] + ("+dirty" if r.get("dirty") else "")
 
 
 def _geomean(xs) -> float | None:
@@ -43,7 +47,7 @@ def build_rows(records: list[dict]) -> list[dict]:
     index = {tuple(r.get(f) for f in IDENTITY): r for r in latest}
 
     def median_of(r, backend, variant):
-        other = index.get((r["machine"], r["fusion"], r["case"], r["dtype"], backend, variant))
+        other = index.get((r["machine"], r.get("commit"), r["fusion"], r["case"], r["dtype"], backend, variant))
         return other.get("median_s") if other and other.get("verdict") == "pass" else None
 
     rows = []
@@ -55,10 +59,14 @@ def build_rows(records: list[dict]) -> list[dict]:
             "eager": median_of(r, peer, "eager"),
             "compile": median_of(r, peer, "compile"),
         }
-        speed = {k: (v / med if v and med else None) for k, v in base.items()}
-        rows.append({**r, "speedup_chain": speed["chain"], "speedup_eager": speed["eager"],
+        if r["kind"] == "reference":
+            base = {}  # float64 NumPy is the accuracy yardstick, not a contender
+        base.pop(r["variant"] if r["backend"] == peer else "chain" if r["variant"] == "unfused" else None, None)
+        speed = {k: (base[k] / med if base.get(k) and med else None) for k in ("chain", "eager", "compile")}
+        rows.append({**r, "commit_short": _commit(r), "speedup_chain": speed["chain"], "speedup_eager": speed["eager"],
                      "speedup_compile": speed["compile"], "details": _details(r)})
-    rows.sort(key=lambda r: (r["fusion"], r["case"], r["dtype"], r["machine"], r["backend"], r["variant"]))
+    rows.sort(key=lambda r: (r["fusion"], r["case"], r["dtype"], r["machine"], r["backend"], r["variant"],
+                             str(r.get("timestamp"))))
     return rows
 
 
@@ -79,17 +87,17 @@ def _details(r: dict) -> str:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per machine and backend: pass rate, fast_p, geometric-mean speedups."""
+    """Per machine, backend and commit: pass rate, fast_p, geometric-mean speedups."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["kind"] in ("fused", "unfused", "peer"):
-            groups.setdefault((r["machine"], r["backend"]), []).append(r)
+            groups.setdefault((r["machine"], r["backend"], _commit(r)), []).append(r)
     out = []
-    for (machine, backend), rs in sorted(groups.items()):
+    for (machine, backend, commit), rs in sorted(groups.items()):
         fused = [r for r in rs if r["kind"] == "fused"]
         judged = [r for r in rs if r.get("verdict")]
         out.append({
-            "machine": machine, "backend": backend, "n": len(rs),
+            "machine": machine, "backend": backend, "commit": commit, "n": len(rs),
             "pass_rate": sum(r["verdict"] == "pass" for r in judged) / len(judged) if judged else None,
             "fast_1": _fast(fused, 1.0), "fast_12": _fast(fused, 1.2),
             "gm_chain": _geomean(r["speedup_chain"] for r in fused),
@@ -106,6 +114,28 @@ def _fast(fused: list[dict], p: float) -> float | None:
     return sum(r.get("verdict") == "pass" and (r.get("speedup_chain") or 0) > p for r in timed) / len(timed)
 
 
+def cross_machine(rows: list[dict], fusion: str) -> dict:
+    """The same fusion, case, dtype and variant side by side across machines and backends:
+    columns are (machine, backend) pairs, cells the row measured there (or None)."""
+    mine = [r for r in rows if r["fusion"] == fusion and r["kind"] != "reference"]
+    columns = sorted({(r["machine"], r["backend"]) for r in mine})
+    cells: dict[tuple, dict] = {}
+    for r in sorted(mine, key=lambda r: str(r.get("timestamp"))):  # the newest commit's record wins
+        cells.setdefault((r["case"], r["dtype"], r["variant"]), {})[(r["machine"], r["backend"])] = r
+    return {"columns": columns,
+            "rows": [{"case": k[0], "dtype": k[1], "variant": k[2], "cells": [v.get(c) for c in columns]}
+                     for k, v in sorted(cells.items())]}
+
+
+def _plots(rows: list[dict], fusions: list[str]) -> dict:
+    from harness import plots
+
+    return {"speedup": {f: plots.speedup_bars(rows, f) for f in fusions},
+            "error": {f: plots.error_by_dtype(rows, f) for f in fusions},
+            "roofline": [(m, b, uri) for m, b in sorted({(r["machine"], r["backend"]) for r in rows})
+                         if (uri := plots.roofline(rows, m, b))]}
+
+
 def _machines(records: list[dict]) -> list[dict]:
     seen = {}
     for r in records:
@@ -120,6 +150,7 @@ def write_report(paths, output: Path, include_committed: bool = True) -> Path:
     loaded = read_records(paths)
     records = merge(loaded.records)
     rows = build_rows(records)
+    fusions = sorted({r["fusion"] for r in rows})
     env = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html", "j2"]))
     env.filters["ms"] = lambda s: "" if s is None else (f"{s * 1e3:.3f}" if s < 10 else f"{s * 1e3:.0f}")
     env.filters["x"] = lambda v: "" if v is None else f"{v:.2f}×"
@@ -128,7 +159,8 @@ def write_report(paths, output: Path, include_committed: bool = True) -> Path:
     page = env.get_template("report.html.j2").render(
         generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         sources=[str(p) for p in paths], problems=loaded.problems,
-        summary=summarize(rows), fusions=sorted({r["fusion"] for r in rows}), rows=rows,
+        summary=summarize(rows), fusions=fusions, rows=rows, plots=_plots(rows, fusions),
+        cross={f: cross_machine(rows, f) for f in fusions}, commits=sorted({_commit(r) for r in rows}),
         unavailable=sorted(_latest([r for r in records if r.get("status") == "unavailable"]),
                            key=lambda r: (r["machine"], r["impl"])),
         machines=_machines(records))
