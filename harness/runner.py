@@ -103,8 +103,9 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
     for impl in job.impls:
         on_impl(impl)
         rec = {**_impl_fields(impl), "case": case.id, "model": case.model, "params": case.params, "dtype": dtype,
-               "seed": seed, "bytes": cost.bytes, "flops": cost.flops, "case_file": f"{case.file}:{case.line}"}
+               "seed": seed, "bytes": cost.bytes, "flops": cost.flops, "nmse_bound": bound, "case_file": f"{case.file}:{case.line}"}
         prepared = None
+        started = time.perf_counter()
         try:
             backend = get_backend(impl.backend)
             prepared = impl.prepare(spec, inputs, attrs, dtype)
@@ -139,6 +140,7 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
         finally:
             if prepared is not None:
                 prepared.close()
+        rec["duration_s"] = time.perf_counter() - started  # wall time of the check (and timing)
         on_record(rec)
 
 
