@@ -1,4 +1,4 @@
-"""fusebench command line: list | check | bench | report | run.
+"""fusebench command line: list | check | bench | report | run | compare.
 
 Every user error (bad case file, unknown fusion/backend/dtype, unreadable results) ends
 in one message and exit status 2, never a traceback. `check` and `run` exit 1 when any
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="accuracy gate: exit 1 on any failure")
     _add_filters(p)
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
+    p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
 
     p = sub.add_parser("bench", help="time implementations into a results file")
     _add_filters(p)
@@ -74,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(p)
     _add_timing(p)
     p.add_argument("--report", default=None, help="HTML file to write (default reports/report-<time>.html)")
+    p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
+
+    p = sub.add_parser("compare", help="BASE vs NEW results: accuracy changes, speed beyond noise; exit 1 on a regression")
+    p.add_argument("base", metavar="BASE", help="results file or folder (JSON lines) to compare against")
+    p.add_argument("new", metavar="NEW", help="results file or folder (JSON lines) of the newer run")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-fail-on-slower", action="store_true", help="exit 0 even when something is slower beyond noise")
+    p.add_argument("--no-fail-on-accuracy", action="store_true", help="exit 0 even when a verdict went pass -> fail")
+    p.add_argument("--same-within", type=float, default=0.05, metavar="FRACTION",
+                   help="call a change SAME when 99%% sure it is smaller than this (default 0.05); "
+                        "FASTER/SLOWER are decided by the noise alone")
     return ap
 
 
@@ -257,6 +269,19 @@ def _failures(records) -> list[dict]:
     return [r for r in records if r["status"] in ("fail", "error")]
 
 
+def _write_junit(args, records: list[dict], stream=None) -> None:
+    """With --junit FILE: the records as JUnit XML (harness.junit), path printed to `stream`."""
+    if not getattr(args, "junit", None):
+        return
+    from harness.junit import write_junit
+
+    try:
+        out = write_junit(args.junit, records, seed=args.seed)
+    except OSError as e:
+        raise UsageError(f"cannot write JUnit file {args.junit!r}: {e.strerror or e}") from None
+    print(f"junit: {out}", file=stream or sys.stdout)
+
+
 def cmd_check(args) -> int:
     records, _ = _execute(args, bench=False)
     if args.json:
@@ -264,6 +289,7 @@ def cmd_check(args) -> int:
         print(json.dumps({"passed": not _failures(records), "records": slim}, indent=2, default=str))
     else:
         _print_check_table(records)
+    _write_junit(args, records, sys.stderr if args.json else sys.stdout)
     bad = _failures(records)
     n = sum(r["status"] in ("ok", "fail", "error") for r in records)
     print(f"{n - len(bad)} passed, {len(bad)} failed", file=sys.stderr if args.json else sys.stdout)
@@ -315,11 +341,24 @@ def cmd_run(args) -> int:
     bad = _failures(records)
     print(f"results: {path}")
     print(f"report: {out.resolve()}")
+    _write_junit(args, records)
     print(f"{sum(r['status'] in ('ok', 'fail', 'error') for r in records) - len(bad)} passed, {len(bad)} failed")
     return 1 if bad else 0
 
 
-COMMANDS = {"list": cmd_list, "check": cmd_check, "bench": cmd_bench, "report": cmd_report, "run": cmd_run}
+def cmd_compare(args) -> int:
+    from harness.compare import CompareError, main as compare_main
+
+    try:
+        return compare_main(args.base, args.new, as_json=args.json, fail_on_slower=not args.no_fail_on_slower,
+                            fail_on_accuracy=not args.no_fail_on_accuracy, same_within=args.same_within,
+                            console=_console())
+    except CompareError as e:
+        raise UsageError(str(e)) from None
+
+
+COMMANDS = {"list": cmd_list, "check": cmd_check, "bench": cmd_bench, "report": cmd_report, "run": cmd_run,
+            "compare": cmd_compare}
 
 if __name__ == "__main__":
     sys.exit(main())
