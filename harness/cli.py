@@ -24,6 +24,33 @@ class UsageError(Exception):
     """A mistake in what the user asked for; printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least_one(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.05, got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 up to (not including) 1, got {text!r}")
+    return v
+
+
 def _csv(s: str) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()]
 
@@ -42,14 +69,39 @@ def _add_filters(p: argparse.ArgumentParser, suite_default: str | None = "quick"
 
 
 def _add_timing(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget", type=float, default=0.5, help="seconds of samples per measurement (default 0.5)")
-    p.add_argument("--min-samples", type=int, default=10, help="at least this many samples (default 10)")
+    p.add_argument("--budget", type=_positive, default=0.5, help="seconds of samples per measurement (default 0.5)")
+    p.add_argument("--min-samples", type=_int_at_least_one, default=10, help="at least this many samples (default 10)")
     p.add_argument("--hot", action="store_true", help="keep caches warm between samples (default: flush them)")
     p.add_argument("--out", "-o", help="results file (JSON lines); default reports/runs/<time>-<machine>.jsonl")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="FILE",
+                   help="continue an interrupted run: append to FILE (default: -o, else this machine's newest "
+                        "results file), skipping what it already holds")
+
+
+def _add_isolation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=_positive, default=600.0, metavar="SECONDS",
+                   help="time limit per implementation and case, compilation included (default 600)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--keep-going", dest="fail_fast", action="store_false",
+                      help="record a failing or crashing kernel and go on (the default)")
+    mode.add_argument("--fail-fast", dest="fail_fast", action="store_true", help="stop at the first failure")
+    p.set_defaults(fail_fast=False)
+    p.add_argument("--no-isolation", action="store_true",
+                   help="run every kernel in this process (faster to start, for debugging; a crash ends the run)")
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fusebench", description="Correctness and benchmarks for fused LLM kernels.")
+    ap = _Parser(prog="fusebench", description="Correctness and benchmarks for fused LLM kernels.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="fusions x implementations, each available or why not")
@@ -59,11 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="accuracy gate: exit 1 on any failure")
     _add_filters(p)
+    _add_isolation(p)
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
 
     p = sub.add_parser("bench", help="time implementations into a results file")
     _add_filters(p)
+    _add_isolation(p)
     _add_timing(p)
 
     p = sub.add_parser("report", help="results files -> one self-contained HTML report")
@@ -73,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="check + bench + report on the quick suite: the main job")
     _add_filters(p)
+    _add_isolation(p)
     _add_timing(p)
     p.add_argument("--report", default=None, help="HTML file to write (default reports/report-<time>.html)")
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
@@ -83,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-fail-on-slower", action="store_true", help="exit 0 even when something is slower beyond noise")
     p.add_argument("--no-fail-on-accuracy", action="store_true", help="exit 0 even when a verdict went pass -> fail")
-    p.add_argument("--same-within", type=float, default=0.05, metavar="FRACTION",
+    p.add_argument("--same-within", type=_fraction, default=0.05, metavar="FRACTION",
                    help="call a change SAME when 99%% sure it is smaller than this (default 0.05); "
                         "FASTER/SLOWER are decided by the noise alone")
     return ap
@@ -96,6 +151,10 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except (UsageError, CaseError) as e:
         print(f"fusebench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the user named cannot be written or read (permissions, a folder, disk full)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fusebench {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fusebench {args.command}: interrupted; finished records are kept", file=sys.stderr)
@@ -113,20 +172,29 @@ def _registry():
     return reg
 
 
-def _selection(args, reg):
-    """(cases, implementations) chosen by the filters, with unknown names refused."""
+def _check_names(args, reg) -> None:
+    """Refuse a --fusion or --backend that names nothing."""
     for f in args.fusion or []:
         if f not in reg.fusions:
             raise UsageError(f"unknown fusion {f!r}; known: {', '.join(reg.fusions)}")
     for b in args.backend or []:
         if b not in BACKEND_MODULES:
             raise UsageError(f"unknown backend {b!r}; known: {', '.join(BACKEND_MODULES)}")
+
+
+def _selection(args, reg):
+    """(cases, implementations) chosen by the filters, with unknown names refused."""
+    _check_names(args, reg)
     for d in args.dtype or []:
         if d not in DTYPES or d == "float64":
             raise UsageError(f"unknown dtype {d!r}; known: float32, float16, bfloat16")
     for f in args.cases or []:
-        if not Path(f).is_file():
+        if Path(f).is_dir():
+            raise UsageError(f"case file {f!r} is a directory; give the .toml files in it (e.g. {f}/*.toml)")
+        if not Path(f).exists():
             raise UsageError(f"case file {f!r} does not exist")
+        if not Path(f).is_file():
+            raise UsageError(f"case file {f!r} is not a regular file; give a .toml file")
     impls = reg.select(fusions=args.fusion, backends=args.backend, variants=args.variant)
     if args.variant and not impls:
         raise UsageError(f"no implementation has variant {', '.join(args.variant)}")
@@ -137,7 +205,11 @@ def _selection(args, reg):
     cases = select(load_cases(reg, args.cases), suite=None if args.cases else args.suite,
                    fusions=args.fusion, names=args.case)
     if not cases:
-        raise UsageError("no case matches the filters (see the case files with `fusebench list`)")
+        used = [f"--{k} {','.join(v)}" for k, v in (("case", args.case), ("fusion", args.fusion)) if v]
+        used += [] if args.cases else [f"--suite {args.suite}"]
+        raise UsageError(f"no case matches the filters ({'; '.join(used)}); case names are <file>.<name> from "
+                         f"{'the given case files' if args.cases else 'cases/*.toml'}, e.g. llama3_8b.decode, "
+                         f"and --suite full has every case")
     if not any(i.kind != "reference" for i in impls):
         raise UsageError("no implementation matches the filters")
     return cases, impls
@@ -147,6 +219,7 @@ def _selection(args, reg):
 
 def cmd_list(args) -> int:
     reg = _registry()
+    _check_names(args, reg)
     rows = []
     for impl in reg.select(fusions=args.fusion, backends=args.backend):
         ok, why = impl.available()
@@ -175,12 +248,15 @@ def _default_results_path(info) -> Path:
 
 
 def _execute(args, bench: bool, write: bool = False) -> tuple[list[dict], Path | None]:
-    """Run the jobs with a progress bar; with `write`, records go to the results file
-    (args.out, else reports/runs/<time>-<machine>.jsonl) as they finish."""
+    """Run the jobs with a progress bar, each backend's kernels in its worker process
+    (harness.workers) unless --no-isolation; with `write`, records go to the results file
+    (args.out, else reports/runs/<time>-<machine>.jsonl) as they finish, and --resume
+    appends to an earlier file, skipping what it holds."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.results import ResultsWriter, RunInfo
     from harness.runner import Options, plan, run_job, unavailable_records
+    from harness.workers import IsolatedRunner
 
     reg = _registry()
     cases, impls = _selection(args, reg)
@@ -193,16 +269,23 @@ def _execute(args, bench: bool, write: bool = False) -> tuple[list[dict], Path |
     jobs = plan(cases, usable, args.dtype)
     writer = None
     results_path = None
+    records: list[dict] = []
     if write:
         results_path = Path(args.out) if args.out else _default_results_path(info)
+        if getattr(args, "resume", None):
+            results_path = _resume_path(args, info)
+            records, jobs, missing = _resume(results_path, jobs, missing, opts)
         writer = ResultsWriter(results_path)
-    records: list[dict] = []
+    isolated = None if args.no_isolation else IsolatedRunner(args.timeout)
+    run = isolated.run_job if isolated else lambda *a: run_job(*a)
 
     def keep(rec):
         rec = info.stamp(rec)
         records.append(rec)
         if writer:
             writer.write(rec)
+        if args.fail_fast and rec["status"] in ("fail", "error"):
+            raise _FailFast(rec)
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -221,11 +304,68 @@ def _execute(args, bench: bool, write: bool = False) -> tuple[list[dict], Path |
                     keep(rec)
                     progress.advance(task)
 
-                run_job(reg, job, opts, on_record, on_impl)
+                run(reg, job, opts, on_record, on_impl)
+    except _FailFast as stop:
+        print(f"stopped at the first failure (--fail-fast): {stop.record['impl']} {stop.record['case']} "
+              f"{stop.record['dtype']}: {stop.record.get('reason', '')}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if results_path is not None:
+            print(f"interrupted: the finished records are in {results_path}; continue with "
+                  f"`fusebench {args.command} --resume {results_path}` (and the same filters)", file=sys.stderr)
+        raise
     finally:
+        if isolated:
+            isolated.close()
         if writer:
             writer.close()
     return records, results_path
+
+
+class _FailFast(Exception):
+    def __init__(self, record: dict):
+        super().__init__(record.get("impl"))
+        self.record = record
+
+
+def _resume_path(args, info) -> Path:
+    if args.resume != "latest":
+        path = Path(args.resume)
+    elif args.out:
+        path = Path(args.out)
+    else:
+        found = sorted(Path("reports", "runs").glob(f"*-{info.machine}.jsonl"))
+        if not found:
+            raise UsageError(f"--resume: no earlier results file of machine {info.machine} in reports/runs/")
+        path = found[-1]
+    if not path.is_file():
+        raise UsageError(f"--resume: results file {str(path)!r} does not exist")
+    return path
+
+
+def _resume(path: Path, jobs, missing, opts):
+    """(earlier records of this selection, the jobs left to run, unavailable records not yet written)."""
+    from harness.results import read_records
+    from harness.runner import case_seed
+
+    loaded = read_records([path])
+    for problem in loaded.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    finished = {(r.get("impl"), r.get("case"), r.get("dtype"), r.get("seed")): r for r in loaded.records
+                if r.get("status") in ("ok", "fail", "error", "skipped")
+                and (not opts.bench or "median_s" in r or r.get("status") != "ok")}
+    earlier, left = [], []
+    for job in jobs:
+        seed = case_seed(job.case, job.dtype, opts.seed)
+        todo = []
+        for impl in job.impls:
+            rec = finished.get((impl.key, job.case.id, job.dtype, seed))
+            (earlier.append(rec) if rec else todo.append(impl))
+        if todo:
+            left.append(type(job)(job.case, job.dtype, todo))
+    written = {r.get("impl") for r in loaded.records if r.get("status") == "unavailable"}
+    print(f"resuming {path}: {len(earlier)} finished records kept, "
+          f"{sum(len(j.impls) for j in left)} to run", file=sys.stderr)
+    return earlier, left, [r for r in missing if r["impl"] not in written]
 
 
 def _interrupt(signum, frame):
@@ -325,6 +465,11 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> int:
     from harness.report import write_report
 
+    for r in args.results:
+        if not Path(r).exists():
+            raise UsageError(f"results file {r!r} does not exist")
+    if Path(args.output).is_dir():
+        raise UsageError(f"-o {args.output!r} is a directory; give the HTML file to write")
     out = write_report(args.results, Path(args.output), include_committed=not args.no_committed)
     print(f"report: {out}")
     return 0

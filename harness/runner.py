@@ -76,11 +76,11 @@ def unavailable_records(impls: list[Implementation]) -> tuple[list[dict], list[I
         if ok:
             usable.append(impl)
         else:
-            records.append({**_impl_fields(impl), "case": "-", "dtype": "-", "status": "unavailable", "reason": why})
+            records.append({**impl_fields(impl), "case": "-", "dtype": "-", "status": "unavailable", "reason": why})
     return records, usable
 
 
-def _impl_fields(impl: Implementation) -> dict:
+def impl_fields(impl: Implementation) -> dict:
     return {"fusion": impl.fusion, "backend": impl.backend, "variant": impl.variant, "kind": impl.kind,
             "impl": impl.key}
 
@@ -93,6 +93,13 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
     spec = reg.fusions[case.fusion]
     dims, attrs = spec.split(case.params)
     seed = case_seed(case, dtype, opts.seed)
+    too_big = memory_shortfall(spec.cost(dims, "float64").bytes * HOST_COPIES, host_memory_available(), "RAM")
+    if too_big:
+        for impl in job.impls:
+            on_record({**impl_fields(impl), "case": case.id, "model": case.model, "params": case.params,
+                       "dtype": dtype, "seed": seed, "case_file": f"{case.file}:{case.line}",
+                       "status": "skipped", "reason": too_big})
+        return
     inputs = spec.make_inputs(dims, dtype, seed, opts.value_shape)
     pristine = {k: v.copy() for k, v in inputs.items()}
     reference = spec.decompose(NumpyOps("float64"), **inputs, **attrs)
@@ -102,12 +109,15 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
     bound = spec.nmse_bound[dtype]
     for impl in job.impls:
         on_impl(impl)
-        rec = {**_impl_fields(impl), "case": case.id, "model": case.model, "params": case.params, "dtype": dtype,
+        rec = {**impl_fields(impl), "case": case.id, "model": case.model, "params": case.params, "dtype": dtype,
                "seed": seed, "bytes": cost.bytes, "flops": cost.flops, "nmse_bound": bound, "case_file": f"{case.file}:{case.line}"}
         prepared = None
         started = time.perf_counter()
         try:
             backend = get_backend(impl.backend)
+            too_big = memory_shortfall(cost.bytes * DEVICE_COPIES, backend.memory_available(), "device memory")
+            if too_big:
+                raise TooLarge(too_big)
             prepared = impl.prepare(spec, inputs, attrs, dtype)
             prepared.poison()
             prepared.run()
@@ -132,6 +142,8 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
                        reason="; ".join(reasons), **verdict.worst.as_dict(),
                        chain_nmse=max(verdict.chain_nmse.values(), default=None),
                        outputs={k: m.as_dict() for k, m in verdict.metrics.items()})
+        except TooLarge as e:  # refused before anything was allocated on the device
+            rec.update(status="skipped", reason=str(e))
         except BackendUnavailable as e:  # e.g. a chain primitive this backend does not have
             rec.update(status="unavailable", reason=str(e))
         except Exception as e:  # one broken kernel must not take the run down
@@ -142,6 +154,38 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
                 prepared.close()
         rec["duration_s"] = time.perf_counter() - started  # wall time of the check (and timing)
         on_record(rec)
+
+
+# What a job holds on the host, in float64 copies of its inputs and outputs: the float64
+# draw, the reference outputs, the rounded inputs with their pristine copies, the chain's
+# outputs and intermediates (an estimate; a case above it is skipped, not attempted).
+HOST_COPIES = 4
+# What an implementation holds on its device: inputs and outputs, plus the unfused
+# chain's intermediates or a kernel's workspace of about the same size.
+DEVICE_COPIES = 2
+
+
+class TooLarge(Exception):
+    """A case that would not fit in the memory where it would run."""
+
+
+def host_memory_available() -> int | None:
+    """Bytes of RAM available to a new allocation (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_shortfall(need: int, available: int | None, where: str) -> str:
+    """A reason to skip when `need` bytes do not fit in 90 % of `available`, else ""."""
+    if available is None or need <= 0.9 * available:
+        return ""
+    return f"too large for this machine: needs about {need / 2**30:.1f} GiB of {where}, {available / 2**30:.1f} GiB available"
 
 
 # A measured peak is itself a noisy measurement: a kernel within this margin above it

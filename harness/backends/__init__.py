@@ -70,6 +70,11 @@ class Backend:
     def fingerprint(self) -> dict[str, Any]:
         return {}
 
+    def memory_available(self) -> int | None:
+        """Free bytes on the device this backend allocates on; None where that is host
+        memory (the runner checks RAM for every job) or unknown."""
+        return None
+
     # 2. upload and download --------------------------------------------------------
     def upload(self, a: np.ndarray) -> Any:
         return np.array(a, copy=True)

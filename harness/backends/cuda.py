@@ -162,6 +162,12 @@ class CudaBackend(Backend):
             return False, f"CUDA device found, but it is unusable: {_short(e)}"
         return True, ""
 
+    def memory_available(self):
+        import cupy as cp
+
+        pool = cp.get_default_memory_pool()  # blocks CuPy holds but does not use count as free
+        return int(cp.cuda.runtime.memGetInfo()[0]) + int(pool.free_bytes())
+
     def fingerprint(self):
         import cupy as cp
 

@@ -141,6 +141,13 @@ class TorchBackend(Backend):
             return False, f"torch {torch.__version__} sees no CUDA device"
         return True, ""
 
+    def memory_available(self):
+        if self.device != "cuda":
+            return None
+        torch = _torch()
+        free = torch.cuda.mem_get_info()[0]  # plus what torch's caching allocator holds unused
+        return int(free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
+
     def fingerprint(self):
         torch = _torch()
         fp = {"torch": torch.__version__, "threads": torch.get_num_threads()}

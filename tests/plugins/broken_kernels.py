@@ -1,9 +1,13 @@
-"""Broken rmsnorm_gemm kernels on the cpu backend, each wrong in one way the gate must catch.
+"""Broken rmsnorm_gemm kernels on the cpu backend, each wrong in one way the gate must catch
+(or, for a hang and a segfault, that the worker processes must survive).
 
 Loaded only through FUSEBENCH_PLUGINS=tests.plugins.broken_kernels (never shipped).
 """
 
 from __future__ import annotations
+
+import ctypes
+import time
 
 import numpy as np
 
@@ -61,7 +65,20 @@ class Raises(_Base):
         raise RuntimeError("this kernel always fails")
 
 
+class Hangs(_Base):
+    def run(self):
+        time.sleep(3600)
+
+
+class Segfaults(_Base):
+    """Reads address 0 from native code: the process dies with SIGSEGV."""
+
+    def run(self):
+        ctypes.string_at(0)
+
+
 for cls, variant in [(Zeros, "broken_zeros"), (OneNaN, "broken_nan"), (Unwritten, "broken_unwritten"),
-                     (OneUlp, "one_ulp"), (WrongShape, "broken_shape"), (Raises, "broken_raises")]:
+                     (OneUlp, "one_ulp"), (WrongShape, "broken_shape"), (Raises, "broken_raises"),
+                     (Hangs, "broken_hang"), (Segfaults, "broken_segfault")]:
     register(Implementation("rmsnorm_gemm", "cpu", variant, "fused", cls, ("float32", "float16", "bfloat16"),
                             origin=__name__, doc=cls.__doc__ or ""))

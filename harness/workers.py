@@ -1,0 +1,167 @@
+"""Implementations run isolated: one worker process per backend, a time limit per case.
+
+A kernel that hangs, or crashes its process (a segfault in native code, a device fault,
+the OOM killer), must not take the run down. `IsolatedRunner.run_job` hands each
+backend's share of a (case, dtype) job to that backend's worker (a `spawn`ed process that
+builds its own registry and calls harness.runner.run_job), and relays the worker's
+records as they come. The worker says which implementation it starts; if it then falls
+silent past the time limit, or its process dies, the worker is killed, that
+implementation gets an "error" record with the reason (timed out after N s; crashed with
+SIGSEGV / exit status), and a fresh worker carries on with the rest of the job.
+
+Workers run one at a time (never two timings at once) and live for the whole run, so a
+backend's imports and kernel compilations are paid once. Each worker computes its own
+float64 reference and same-dtype chain for a job it gets (cheap next to the kernels at
+the sizes the quick suite runs; a few seconds per worker at prefill sizes).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+from typing import Callable
+
+from harness.registry import Implementation, Registry
+from harness.runner import Job, Options, impl_fields
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def _serve(conn) -> None:
+    """The worker's loop: (case, dtype, impl keys, options) in; impl/record/done messages out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    from harness.registry import discover
+    from harness.runner import run_job
+
+    reg = discover()
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        case, dtype, keys, opts = msg
+        job = Job(case, dtype, [reg.impls[k] for k in keys])
+        run_job(reg, job, opts, lambda rec: conn.send(("record", rec)), lambda impl: conn.send(("impl", impl.key)))
+        conn.send(("done", None))
+
+
+class _Worker:
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.proc = None
+        self.conn = None
+
+    def ensure_started(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            return
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), name=f"fusebench-{self.backend}", daemon=True)
+        self.proc.start()
+        child.close()
+        self.conn = parent
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join(5)
+        if self.conn is not None:
+            self.conn.close()
+        self.proc = self.conn = None
+
+    def stop(self) -> None:
+        """Ask the worker to exit; kill it if it does not."""
+        if self.proc is not None and self.proc.is_alive():
+            try:
+                self.conn.send(None)
+                self.proc.join(5)
+            except (OSError, EOFError):
+                pass
+        self.kill()
+
+    def death(self) -> str:
+        self.proc.join(5)
+        code = self.proc.exitcode
+        if code is not None and code < 0:
+            try:
+                return f"worker process killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"worker process killed by signal {-code}"
+        return f"worker process exited with status {code}"
+
+
+class IsolatedRunner:
+    """Runs jobs like harness.runner.run_job, each backend's implementations in its worker."""
+
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.timeout_s = timeout_s
+        self.workers: dict[str, _Worker] = {}
+
+    def run_job(self, reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], None],
+                on_impl: Callable[[Implementation], None] = lambda i: None) -> None:
+        by_backend: dict[str, list[Implementation]] = {}
+        for impl in job.impls:
+            by_backend.setdefault(impl.backend, []).append(impl)
+        for backend, impls in by_backend.items():
+            worker = self.workers.setdefault(backend, _Worker(backend))
+            pending = list(impls)
+            while pending:
+                pending = self._run_part(worker, job, pending, opts, on_record, on_impl)
+
+    def _run_part(self, worker: _Worker, job: Job, impls: list[Implementation], opts: Options,
+                  on_record, on_impl) -> list[Implementation]:
+        """Send the implementations to the worker; return those still to run after a fault."""
+        by_key = {i.key: i for i in impls}
+        pending = dict(by_key)
+        worker.ensure_started()
+        worker.conn.send((job.case, job.dtype, list(by_key), opts))
+        current: Implementation | None = None
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            fault = None
+            if time.monotonic() > deadline:
+                fault = f"timed out after {self.timeout_s:g} s (the worker was killed)"
+            else:
+                try:
+                    if worker.conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+                        kind, payload = worker.conn.recv()
+                    elif not worker.proc.is_alive():
+                        raise EOFError
+                    else:
+                        continue
+                except (EOFError, OSError):
+                    fault = worker.death()
+            if fault is None:
+                if kind == "impl":
+                    current = by_key[payload]
+                    deadline = time.monotonic() + self.timeout_s
+                    on_impl(current)
+                elif kind == "record":
+                    pending.pop(payload["impl"], None)
+                    on_record(payload)
+                else:  # done
+                    return []
+                continue
+            worker.kill()
+            # The implementation that was running is blamed; if none had started yet (the
+            # worker died while making inputs or the reference), every pending one is.
+            blamed = [current] if current is not None and current.key in pending else list(pending.values())
+            for impl in blamed:
+                pending.pop(impl.key)
+                on_record({**impl_fields(impl), "case": job.case.id, "model": job.case.model,
+                           "params": job.case.params, "dtype": job.dtype,
+                           "case_file": f"{job.case.file}:{job.case.line}", "status": "error", "verdict": "fail",
+                           "reason": fault})
+            return list(pending.values())
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+        self.workers.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
