@@ -22,6 +22,8 @@ of the offending case and what was expected.
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -56,64 +58,190 @@ def shipped_case_files() -> list[Path]:
     return sorted(Path(str(p)) for p in resources.files("cases").iterdir() if str(p).endswith(".toml"))
 
 
-def _case_lines(text: str) -> list[int]:
-    return [i + 1 for i, line in enumerate(text.splitlines()) if re.match(r"\s*\[\[\s*case\s*\]\]", line)]
+# Dimensions reach the kernels as 32-bit integers (CUDA int, WGSL u32/i32); offsets are
+# 64-bit, so a tensor may be larger, but no single extent may pass this. Whether a case
+# fits in memory is the runner's question (it skips what does not fit).
+MAX_DIM = 2**31 - 1
+# Attributes with a required sign (any spec that uses the name means the same thing).
+ATTR_RANGES = {
+    "eps": (lambda v: v >= 0, "a finite number >= 0 (added to the mean square before the square root)"),
+    "theta": (lambda v: v > 0, "a finite number > 0 (the RoPE base)"),
+}
+TOP_LEVEL = ("model", "source", "case")
+_HEADER = re.compile(r"""\s*\[\[\s*(case|"case"|'case')\s*\]\]""")
+_SHOWN = 60  # characters of an offending value quoted in a message
+
+
+def _show(v) -> str:
+    r = repr(v)
+    return r if len(r) <= _SHOWN else r[: _SHOWN - 5] + "...'" if r[:1] in "'\"" else r[: _SHOWN - 3] + "..."
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _case_lines(text: str, n_entries: int) -> list[int]:
+    """The line of each case's [[case]] header; when they cannot be told apart (an inline
+    `case = [...]` array), the line of `case =` for every case."""
+    lines = text.split("\n")  # TOML counts lines by \n alone, as tomllib's messages do
+    headers = [i + 1 for i, line in enumerate(lines) if _HEADER.match(line)]
+    if len(headers) == n_entries:
+        return headers
+    inline = next((i + 1 for i, line in enumerate(lines) if re.match(r"""\s*("case"|'case'|case)\s*=""", line)), 1)
+    return [inline] * n_entries
+
+
+def _key_line(text: str, key: str, default: int = 1) -> int:
+    """The first line that assigns or opens `key` at the start of a line, else `default`."""
+    pat = re.compile(rf"""\s*(\[+\s*)?("{re.escape(key)}"|'{re.escape(key)}'|{re.escape(key)})\s*(=|\]|\.)""")
+    return next((i + 1 for i, line in enumerate(text.split("\n")) if pat.match(line)), default)
+
+
+def _read(path: Path) -> str:
+    if path.is_dir():
+        raise CaseError(f"{path}: is a directory, not a case file; give the .toml files in it")
+    try:
+        data = path.read_bytes()
+    except (OSError, ValueError) as e:  # ValueError: a path with a NUL in it
+        raise CaseError(f"{path}: cannot read case file: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise CaseError(f"{path}:{line}:{col}: not UTF-8 text (byte 0x{data[e.start]:02x}); a case file is "
+                        f"TOML, which must be saved as UTF-8") from None
+
+
+def _parse(path: Path, text: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        if m:
+            where = f"{path}:{m.group(1)}:{m.group(2)}"
+        elif "(at end of document)" in msg:
+            where = f"{path}:{text.rstrip().count(chr(10)) + 1}"  # the last line with anything on it
+        else:
+            where = f"{path}:1"
+        raise CaseError(f"{where}: TOML syntax error: {re.sub(r' [(]at (line|end).*', '', msg)}") from None
+    except RecursionError:
+        lines = text.split("\n")
+        line = max(range(len(lines)), key=lambda i: lines[i].count("[") + lines[i].count("{")) + 1
+        raise CaseError(f"{path}:{line}: TOML nested too deeply to read; a case holds numbers, strings and "
+                        f"lists of strings") from None
+    except ValueError:  # an integer literal longer than Python converts (sys.int_max_str_digits)
+        m = re.search(r"\d{1000,}", text)
+        line = text.count("\n", 0, m.start()) + 1 if m else 1
+        raise CaseError(f"{path}:{line}: number too long to read (thousands of digits); dimensions are at most "
+                        f"{MAX_DIM}") from None
+
+
+def _check_entry(entry: dict, registry, where: str) -> tuple[str, str, dict, list, list]:
+    """(fusion, name, params, dtypes, suites) of one [[case]] table, or a CaseError."""
+    known_fusions = ", ".join(registry.fusions)
+    fusion, name = entry.get("fusion"), entry.get("name")
+    if "fusion" not in entry:
+        raise CaseError(f"{where}: case needs fusion = \"<name>\"; known: {known_fusions}")
+    if not isinstance(fusion, str):
+        raise CaseError(f"{where}: fusion must be a string naming a fusion, got {_show(fusion)}; "
+                        f"known: {known_fusions}")
+    if fusion not in registry.fusions:
+        raise CaseError(f"{where}: unknown fusion {_show(fusion)}{_did_you_mean(fusion, registry.fusions)}; "
+                        f"known: {known_fusions}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+        raise CaseError(f"{where}: case needs name = \"...\" (letters, digits, _ and -), got {_show(name)}")
+    spec = registry.fusions[fusion]
+    what = f"{where}: case {name!r} ({fusion})"
+    params = {k: v for k, v in entry.items() if k not in RESERVED}
+    known = set(spec.dims) | set(spec.attrs)
+    for k in params:  # before the spec's own check, to suggest the key that was meant
+        if k not in known:
+            raise CaseError(f"{what}: unknown parameter {_show(k)}{_did_you_mean(k, known | RESERVED)}; "
+                            f"{fusion} takes {', '.join(sorted(known))}, and every case may have "
+                            f"{', '.join(sorted(RESERVED - {'fusion', 'name'}))}")
+    for a, v in params.items():  # before the spec's check, which converts them to float
+        if a in spec.attrs and isinstance(v, (int, float)) and not isinstance(v, bool):
+            ok, expected = ATTR_RANGES.get(a, (lambda v: True, "a finite number"))
+            if not _finite(v) or not ok(v):
+                raise CaseError(f"{what}: attribute {a!r} must be {expected}, got {_show(v)}")
+    try:
+        problems = spec.check_params(params)
+    except Exception as e:  # a spec's own validation must not take the loader down
+        problems = [f"the spec could not check these parameters ({type(e).__name__}: {e})"]
+    if problems:
+        raise CaseError(f"{what}: " + "; ".join(problems))
+    for d in spec.dims:
+        if params[d] > MAX_DIM:
+            raise CaseError(f"{what}: dimension {d!r} = {_show(params[d])} is too large; dimensions reach the "
+                            f"kernels as 32-bit integers, at most {MAX_DIM}")
+    dtypes = entry.get("dtypes", list(spec.dtypes))
+    if not isinstance(dtypes, list) or not dtypes:
+        raise CaseError(f"{what}: dtypes must be a non-empty list of dtype names drawn from "
+                        f"{', '.join(spec.dtypes)}, got {_show(dtypes)}")
+    for d in dtypes:
+        if isinstance(d, str) and d in DTYPES and d not in spec.dtypes:
+            raise CaseError(f"{what}: dtype {d!r} is not one {fusion} runs in; it takes {', '.join(spec.dtypes)}")
+        if not isinstance(d, str) or d not in DTYPES:
+            hint = _did_you_mean(d, spec.dtypes) if isinstance(d, str) else ""
+            raise CaseError(f"{what}: unknown dtype {_show(d)}{hint}; {fusion} takes {', '.join(spec.dtypes)}")
+    if len(set(dtypes)) != len(dtypes):
+        raise CaseError(f"{what}: dtypes lists {next(d for d in dtypes if dtypes.count(d) > 1)!r} twice")
+    suites = entry.get("suites", ["full"])
+    if not isinstance(suites, list) or any(not isinstance(s, str) or s not in SUITES for s in suites):
+        raise CaseError(f"{what}: suites must be a list drawn from {', '.join(SUITES)}, got {_show(suites)}")
+    if "note" in entry and not isinstance(entry["note"], str):
+        raise CaseError(f"{what}: note must be a string, got {_show(entry['note'])}")
+    return fusion, name, params, dtypes, suites
 
 
 def load_file(path: str | Path, registry) -> list[Case]:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise CaseError(f"{path}: cannot read case file: {e.strerror or e}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
-        where = f"{path}:{m.group(1)}:{m.group(2)}" if m else str(path)
-        raise CaseError(f"{where}: TOML syntax error: {str(e).split(' (at line')[0]}") from None
-    lines = _case_lines(text)
+    text = _read(path)
+    doc = _parse(path, text)
+    for k, v in doc.items():
+        if k not in TOP_LEVEL:
+            raise CaseError(f"{path}:{_key_line(text, k)}: unknown key {_show(k)}{_did_you_mean(k, TOP_LEVEL)}; a "
+                            f"case file has model = \"...\", source = \"...\" and [[case]] tables")
+        if k in ("model", "source") and not isinstance(v, str):
+            raise CaseError(f"{path}:{_key_line(text, k)}: {k} must be a string, got {_show(v)}")
     entries = doc.get("case", [])
-    if not isinstance(entries, list) or not entries:
-        raise CaseError(f"{path}:1: no [[case]] tables; each case is a [[case]] table with fusion, name and "
-                        f"the fusion's dimensions")
-    model = str(doc.get("model", path.stem))
-    cases, seen = [], set()
-    for i, entry in enumerate(entries):
-        line = lines[i] if i < len(lines) else 1
+    if isinstance(entries, dict):
+        raise CaseError(f"{path}:{_key_line(text, 'case')}: [case] is a single table; write each case as a "
+                        f"[[case]] table (an array of tables)")
+    if not isinstance(entries, list):
+        raise CaseError(f"{path}:{_key_line(text, 'case')}: case must be [[case]] tables, got {_show(entries)}")
+    if not entries:
+        raise CaseError(f"{path}:{_key_line(text, 'case')}: no [[case]] tables; each case is a [[case]] table with "
+                        f"fusion, name and the fusion's dimensions")
+    lines = _case_lines(text, len(entries))
+    model = doc.get("model", path.stem)
+    cases, seen = [], {}
+    for entry, line in zip(entries, lines):
         where = f"{path}:{line}"
         if not isinstance(entry, dict):
-            raise CaseError(f"{where}: a case must be a table")
-        fusion, name = entry.get("fusion"), entry.get("name")
-        if not isinstance(fusion, str):
-            raise CaseError(f"{where}: case needs fusion = \"<name>\"; known: {', '.join(registry.fusions)}")
-        if fusion not in registry.fusions:
-            raise CaseError(f"{where}: unknown fusion {fusion!r}; known: {', '.join(registry.fusions)}")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-            raise CaseError(f"{where}: case needs name = \"...\" (letters, digits, _ and -), got {name!r}")
-        spec = registry.fusions[fusion]
-        params = {k: v for k, v in entry.items() if k not in RESERVED}
-        problems = spec.check_params(params)
-        if problems:
-            raise CaseError(f"{where}: case {name!r} ({fusion}): " + "; ".join(problems))
-        dtypes = entry.get("dtypes", list(spec.dtypes))
-        if not isinstance(dtypes, list) or not dtypes:
-            raise CaseError(f"{where}: case {name!r}: dtypes must be a non-empty list")
-        for d in dtypes:
-            if d not in DTYPES or d not in spec.dtypes:
-                raise CaseError(f"{where}: case {name!r}: unknown dtype {d!r}; {fusion} takes "
-                                f"{', '.join(spec.dtypes)}")
-        suites = entry.get("suites", ["full"])
-        if not isinstance(suites, list) or any(s not in SUITES for s in suites):
-            raise CaseError(f"{where}: case {name!r}: suites must be a list drawn from {', '.join(SUITES)}")
+            raise CaseError(f"{where}: a case must be a table ([[case]] or {{fusion = ..., name = ...}}), "
+                            f"got {_show(entry)}")
+        fusion, name, params, dtypes, suites = _check_entry(entry, registry, where)
         if "full" not in suites:
             suites = [*suites, "full"]  # the full suite has every case
         cid = f"{path.stem}.{name}"
         if (fusion, cid) in seen:
-            raise CaseError(f"{where}: case {name!r} for {fusion} appears twice in this file")
-        seen.add((fusion, cid))
-        cases.append(Case(fusion, cid, model, params, tuple(dtypes), tuple(suites), str(path), line,
-                          str(entry.get("note", ""))))
+            raise CaseError(f"{where}: case {name!r} for {fusion} appears twice in this file (first at line "
+                            f"{seen[fusion, cid]}); names must be unique per fusion")
+        seen[fusion, cid] = line
+        cases.append(Case(fusion, cid, model, params, tuple(dtypes), tuple(dict.fromkeys(suites)), str(path), line,
+                          entry.get("note", "")))
     return cases
 
 
@@ -121,11 +249,16 @@ def load_cases(registry, files=None) -> list[Case]:
     """Cases from `files` (default: the shipped ones), validated against the registry."""
     out: list[Case] = []
     ids = {}
+    read = set()
     for f in files or shipped_case_files():
+        if Path(f).resolve() in read:  # the same file named twice
+            continue
+        read.add(Path(f).resolve())
         for c in load_file(f, registry):
             key = (c.fusion, c.id)
             if key in ids:
-                raise CaseError(f"{c.file}:{c.line}: case {c.id} for {c.fusion} also defined at {ids[key]}")
+                raise CaseError(f"{c.file}:{c.line}: case {c.id} for {c.fusion} also defined at {ids[key]}; case "
+                                f"ids are <file stem>.<name>, so two files of the same name cannot both hold it")
             ids[key] = f"{c.file}:{c.line}"
             out.append(c)
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 
 KIND_STYLE = {"fused": ("tab:blue", "o"), "unfused": ("tab:orange", "s"), "peer": ("tab:green", "^")}
 
@@ -104,7 +105,9 @@ def roofline(rows: list[dict], machine: str, backend: str) -> str | None:
 
 
 def error_by_dtype(rows: list[dict], fusion: str) -> str | None:
-    pts = [r for r in rows if r["fusion"] == fusion and r["kind"] != "reference" and r.get("nmse") is not None]
+    # NaN or Inf NMSE (a kernel that wrote NaN) has no place on a log axis: the table shows it
+    pts = [r for r in rows if r["fusion"] == fusion and r["kind"] != "reference" and r.get("nmse") is not None
+           and math.isfinite(r["nmse"])]
     if not pts:
         return None
     dtypes = sorted({r["dtype"] for r in pts}, key=lambda d: ("float32", "float16", "bfloat16").index(d)

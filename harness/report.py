@@ -36,6 +36,10 @@ def _commit(r: dict) -> str:
     return str(r.get("commit", "?"))[:10] + ("+dirty" if r.get("dirty") else "")
 
 
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _geomean(xs) -> float | None:
     xs = [x for x in xs if x and x > 0 and math.isfinite(x)]
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
@@ -152,10 +156,11 @@ def write_report(paths, output: Path, include_committed: bool = True) -> Path:
     rows = build_rows(records)
     fusions = sorted({r["fusion"] for r in rows})
     env = Environment(loader=PackageLoader("harness", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    env.filters["ms"] = lambda s: "" if s is None else (f"{s * 1e3:.3f}" if s < 10 else f"{s * 1e3:.0f}")
-    env.filters["x"] = lambda v: "" if v is None else f"{v:.2f}×"
-    env.filters["g"] = lambda v: "" if v is None else f"{v:.3g}"
-    env.filters["pct"] = lambda v: "" if v is None else f"{100 * v:.0f}%"
+    # a row without a figure (an untimed error, a skipped case) has None or jinja's Undefined
+    env.filters["ms"] = lambda s: "" if not _num(s) else (f"{s * 1e3:.3f}" if s < 10 else f"{s * 1e3:.0f}")
+    env.filters["x"] = lambda v: "" if not _num(v) else f"{v:.2f}×"
+    env.filters["g"] = lambda v: "" if not _num(v) else f"{v:.3g}"
+    env.filters["pct"] = lambda v: "" if not _num(v) else f"{100 * v:.0f}%"
     page = env.get_template("report.html.j2").render(
         generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         sources=[str(p) for p in paths], problems=loaded.problems,

@@ -3,13 +3,14 @@
 One long-format record per (machine, commit, fusion, implementation, case, dtype). Each
 record is appended as one line in a single write and flushed to disk, so an interrupted
 run leaves every finished record readable; the reader skips (and reports) lines it cannot
-parse, such as a truncated last line.
+parse, such as a truncated last line, or whose fields have the wrong types (record_problem).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -105,7 +106,7 @@ class ResultsWriter:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def write(self, record: dict) -> None:
-        line = (json.dumps(record, default=_jsonable, allow_nan=True) + "\n").encode()
+        line = (json.dumps(record, default=jsonable, allow_nan=True) + "\n").encode()
         os.write(self._fd, line)
         os.fsync(self._fd)
 
@@ -119,7 +120,7 @@ class ResultsWriter:
         self.close()
 
 
-def _jsonable(o):
+def jsonable(o):
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "as_dict"):
@@ -133,25 +134,141 @@ class Loaded:
     problems: list[str]  # "file:line: why" for each line skipped
 
 
+# What read_records guarantees of every record it returns: these keys are strings...
+REQUIRED = ("fusion", "backend", "variant", "case", "dtype")
+# ...and each of these fields, where present, has the type its consumers (harness.report,
+# harness.compare, the resume logic, the tables) rely on. A line that breaks one is
+# reported and skipped like a truncated one. Kinds: text (a UTF-8 string), text? (or null),
+# bool, count (an integer >= 0), int, number (a float, NaN and Inf allowed: metrics of a
+# failing kernel), number? (or null), time (a finite number >= 0), table (an object).
+FIELD_KINDS = {
+    **{k: "text" for k in ("machine", "commit", "run_id", "timestamp", "kind", "impl", "status", "model",
+                           "case_file", "traceback")},
+    "verdict": "text?", "reason": "text?",
+    "schema": "int", "seed": "int", "dirty": "bool", "invalid": "bool", "shape_ok": "bool",
+    **{k: "count" for k in ("bytes", "flops", "n", "nonfinite_mismatch")},
+    **{k: "time" for k in ("median_s", "p20_s", "p80_s", "min_s", "gbps", "gflops")},
+    "noise": "number",
+    **{k: "number?" for k in ("nmse", "max_abs", "max_rel", "max_ulp", "chain_nmse", "nmse_bound",
+                              "frac_bw", "frac_flops", "frac_peak", "duration_s")},
+    **{k: "table" for k in ("params", "fingerprint", "versions", "peak", "time", "outputs")},
+}
+TIME_KINDS = {"median": "time", "p20": "time", "p80": "time", "min": "time", "n": "count", "noise": "number",
+              "mode": "text"}
+PEAK_LIMIT = 1e15  # GB/s or GFLOP/s: a million times any machine today, far from overflow when plotted
+EXPECTED = {"text": "a string", "text?": "a string or null", "bool": "true or false",
+            "count": "an integer from 0 to 2**63 - 1", "int": "a 64-bit integer", "number": "a number",
+            "number?": "a number or null",
+            "time": "a finite number >= 0", "table": "an object"}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_text(v) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        v.encode("utf-8")  # a lone surrogate (from a "\ud800" escape) cannot be written out again
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _fits(kind: str, v) -> bool:
+    if kind.endswith("?") and v is None:
+        return True
+    kind = kind.rstrip("?")
+    if kind == "text":
+        return _is_text(v)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
+    if kind == "count":
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+    if kind == "number":
+        return _is_number(v) and (not isinstance(v, int) or abs(v) < 2**1023)
+    if kind == "time":
+        return _is_number(v) and (not isinstance(v, int) or v < 2**1023) and math.isfinite(v) and v >= 0
+    if kind == "table":
+        return isinstance(v, dict)
+    raise ValueError(kind)
+
+
+def _shown(v) -> str:
+    r = json.dumps(v, allow_nan=True, default=str) if not isinstance(v, str) else repr(v)
+    return r if len(r) <= 60 else r[:55] + " ..."
+
+
+def record_problem(rec) -> str | None:
+    """Why `rec` (a parsed JSON line) is not a record read_records can hand on, or None."""
+    if not isinstance(rec, dict):
+        return f"not a fusebench record (a JSON {type(rec).__name__.replace('dict', 'object')}, expected an object)"
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        return f"not a fusebench record (missing {'/'.join(missing)})"
+    for k in REQUIRED:
+        if not _is_text(rec[k]):
+            return f"field {k!r} must be a string, got {_shown(rec[k])}"
+    for k, kind in FIELD_KINDS.items():
+        if k in rec and not _fits(kind, rec[k]):
+            return f"field {k!r} must be {EXPECTED[kind]}, got {_shown(rec[k])}"
+    t = rec.get("time")
+    if t is not None:
+        for k, kind in TIME_KINDS.items():
+            if k in t and not _fits(kind, t[k]):
+                return f"field 'time.{k}' must be {EXPECTED[kind]}, got {_shown(t[k])}"
+        if "samples" in t and not (isinstance(t["samples"], list) and all(_is_number(x) for x in t["samples"])):
+            return f"field 'time.samples' must be a list of numbers, got {_shown(t['samples'])}"
+    for k, v in rec.get("peak", {}).items():  # a machine's measured GB/s and GFLOP/s (the roofline's ceilings)
+        if v is not None and not (_fits("time", v) and v < PEAK_LIMIT):
+            return f"field 'peak.{k}' must be a rate from 0 up to {PEAK_LIMIT:g}, or null, got {_shown(v)}"
+    fp = rec.get("fingerprint", {})
+    if "backends" in fp and not (isinstance(fp["backends"], dict)
+                                 and all(isinstance(b, dict) for b in fp["backends"].values())):
+        return f"field 'fingerprint.backends' must be an object of objects, got {_shown(fp['backends'])}"
+    return None
+
+
 def read_records(paths) -> Loaded:
-    """Every record from the given JSONL files (or folders of them), bad lines reported."""
+    """Every record from the given JSONL files (or folders of them), bad lines reported.
+
+    Never raises: an unreadable file, a line that is not UTF-8 or not JSON (a truncated
+    last line), and a record whose fields have the wrong types (record_problem) each
+    become one "file:line: why" problem, and every other record is kept."""
     records, problems = [], []
     for path in expand_paths(paths):
-        try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            problems.append(f"{path}: cannot read: {e.strerror or e}")
+        if Path(path).is_dir():
+            problems.append(f"{path}: no results files (*.jsonl) in this folder")
             continue
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
+        try:
+            data = Path(path).read_bytes()
+        except (OSError, ValueError) as e:  # ValueError: a path with a NUL in it
+            problems.append(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}")
+            continue
+        for i, raw in enumerate(data.split(b"\n"), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(f"{path}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                f"skipped")
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                problems.append(f"{path}:{i}: not a JSON record ({e.msg}); skipped")
+                problems.append(f"{path}:{i}: not a JSON record ({e.msg} at column {e.colno}); skipped")
                 continue
-            if not isinstance(rec, dict) or not {"fusion", "backend", "variant", "case", "dtype"} <= rec.keys():
-                problems.append(f"{path}:{i}: not a fusebench record (missing fusion/backend/variant/case/dtype)")
+            except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep
+                why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+                problems.append(f"{path}:{i}: not a JSON record ({why}); skipped")
+                continue
+            why = record_problem(rec)
+            if why:
+                problems.append(f"{path}:{i}: {why}; skipped")
                 continue
             rec.setdefault("source_file", str(path))
             records.append(rec)
@@ -159,10 +276,13 @@ def read_records(paths) -> Loaded:
 
 
 def expand_paths(paths) -> list[Path]:
+    """Files as given, folders as the *.jsonl files under them (a folder without any is
+    kept as itself, for read_records to report)."""
     out = []
     for p in paths:
         p = Path(p)
-        out.extend(sorted(p.rglob("*.jsonl")) if p.is_dir() else [p])
+        found = sorted(f for f in p.rglob("*.jsonl") if f.is_file()) if p.is_dir() else [p]
+        out.extend(found or [p])
     return out
 
 
