@@ -13,33 +13,19 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from harness.cli import main
+from tests.browser import chrome
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 SECOND_MACHINE = "second-machine-fixture"
 SCREENSHOT = ROOT / "reports" / "browser-test.png"
 
 
-def _need_browser():
-    try:
-        import selenium  # noqa: F401
-        missing = [n for n, p in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not p]
-    except ImportError:
-        missing = ["selenium"]
-    if missing:
-        why = f"no {', '.join(missing)} (apt-get install chromium chromium-driver; pip install selenium)"
-        if os.environ.get("FUSEBENCH_REQUIRE_BROWSER") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +65,10 @@ def test_report_is_self_contained(report):
 
 
 def test_report_in_a_browser(report):
-    _need_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    driver = chrome()
     from selenium.webdriver.common.by import By
 
     path, records = report
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         driver.get(path.as_uri())
         assert driver.title == "fusebench report"
