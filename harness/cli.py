@@ -445,10 +445,14 @@ def _print_bench_table(records: list[dict]) -> None:
     for r in records:
         if "median_s" not in r:
             continue
+        peak = "" if r.get("frac_peak") is None else f"{100 * r['frac_peak']:.0f}%"
         t.add_row(r["case"], r["dtype"], r["impl"], _ms(r["median_s"]), f"{_ms(r['p20_s'])}-{_ms(r['p80_s'])}",
-                  str(r["n"]), f"{r['gbps']:.1f}", "" if r.get("frac_peak") is None else f"{100 * r['frac_peak']:.0f}%"
-                  + (" [red]INVALID[/]" if r.get("invalid") else ""), r.get("verdict", ""))
+                  str(r["n"]), f"{r['gbps']:.1f}", peak + (" [red]INVALID[/]" if r.get("invalid") else ""),
+                  r.get("verdict", ""))
     _console().print(t)
+    for r in records:
+        if r.get("invalid"):
+            print(f"INVALID timing: {r['impl']} {r['case']} {r['dtype']}: {r.get('invalid_reason', '')}", file=sys.stderr)
 
 
 def _ms(s: float) -> str:

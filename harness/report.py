@@ -52,7 +52,8 @@ def build_rows(records: list[dict]) -> list[dict]:
 
     def median_of(r, backend, variant):
         other = index.get((r["machine"], r.get("commit"), r["fusion"], r["case"], r["dtype"], backend, variant))
-        return other.get("median_s") if other and other.get("verdict") == "pass" else None
+        ok = other and other.get("verdict") == "pass" and not other.get("invalid")
+        return other.get("median_s") if ok else None
 
     rows = []
     for r in latest:
@@ -66,6 +67,8 @@ def build_rows(records: list[dict]) -> list[dict]:
         if r["kind"] == "reference":
             base = {}  # float64 NumPy is the accuracy yardstick, not a contender
         base.pop(r["variant"] if r["backend"] == peer else "chain" if r["variant"] == "unfused" else None, None)
+        if r.get("invalid"):
+            base = {}  # a figure flagged invalid (beyond the peak, work the timer missed) is no speedup
         speed = {k: (base[k] / med if base.get(k) and med else None) for k in ("chain", "eager", "compile")}
         rows.append({**r, "commit_short": _commit(r), "speedup_chain": speed["chain"], "speedup_eager": speed["eager"],
                      "speedup_compile": speed["compile"], "details": _details(r)})
@@ -87,6 +90,8 @@ def _details(r: dict) -> str:
     parts.append(f"seed {r.get('seed')}, params {json.dumps(r.get('params'))}")
     if r.get("reason"):
         parts.append(f"reason: {r['reason']}")
+    if r.get("invalid"):
+        parts.append(f"timing invalid: {r.get('invalid_reason') or 'beyond the measured peak'}")
     return "\n".join(parts)
 
 

@@ -144,13 +144,14 @@ REQUIRED = ("fusion", "backend", "variant", "case", "dtype")
 FIELD_KINDS = {
     **{k: "text" for k in ("machine", "commit", "run_id", "timestamp", "kind", "impl", "status", "model",
                            "case_file", "traceback")},
-    "verdict": "text?", "reason": "text?",
+    "verdict": "text?", "reason": "text?", "invalid_reason": "text?",
     "schema": "int", "seed": "int", "dirty": "bool", "invalid": "bool", "shape_ok": "bool",
     **{k: "count" for k in ("bytes", "flops", "n", "nonfinite_mismatch")},
     **{k: "time" for k in ("median_s", "p20_s", "p80_s", "min_s", "gbps", "gflops")},
     "noise": "number",
     **{k: "number?" for k in ("nmse", "max_abs", "max_rel", "max_ulp", "chain_nmse", "nmse_bound",
-                              "frac_bw", "frac_flops", "frac_peak", "duration_s")},
+                              "frac_bw", "frac_flops", "frac_peak", "duration_s", "unaccounted_s",
+                              "timer_overhead_s")},
     **{k: "table" for k in ("params", "fingerprint", "versions", "peak", "time", "outputs")},
 }
 TIME_KINDS = {"median": "time", "p20": "time", "p80": "time", "min": "time", "n": "count", "noise": "number",

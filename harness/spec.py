@@ -87,6 +87,14 @@ class FusionSpec:
     # more peers written directly in torch, variant -> fn(ops, **inputs, **attrs) -> outputs,
     # registered on the torch backends beside eager and compile (e.g. "sdpa")
     torch_peers: dict[str, Callable[..., dict[str, Any]]] = field(default_factory=dict)
+    # the inputs drawn afresh between timed runs (the runner alternates two input sets, so
+    # that a kernel caching its result is caught); None: every input. Weight-heavy
+    # fusions rotate their activations only, which is enough to change every output and
+    # keeps the writes between samples small.
+    rotate: tuple[str, ...] | None = None
+
+    def rotated_inputs(self) -> tuple[str, ...]:
+        return self.inputs if self.rotate is None else self.rotate
 
     def check_params(self, params: dict[str, Any]) -> list[str]:
         """Problems with a case's parameters, as readable sentences (empty when fine)."""

@@ -49,6 +49,9 @@ IMPLS = ("reference/float64", "cpu/fused", "torch/eager")
 TRACKS = ("track_time", "track_noise", "track_gbps", "track_nmse", "track_max_ulp")
 
 
+EVERY_CLASS = r"fusions\.\w+\.track_time\('(cpu/fused|wgsl/fused)', 'smoke\.[^']+', 'float32'\)"
+
+
 def _subset(impls) -> str:
     """asv --bench regex for FUSION x impls x CASE x float32 (asv matches `name(params)`)."""
     return rf"fusions\.{FUSION}\.track_.*\('({'|'.join(impls)})', '{CASE}', 'float32'\)"
@@ -211,8 +214,10 @@ def history(tmp_path_factory):
     _asv_suite(*base, "machine", "--machine", MACHINE, env=env)
     assert MACHINE in json.loads((home / ".asv-machine.json").read_text())
     # this working tree, recorded as HEAD: three implementations of one fusion, quick mode
-    _asv_suite(*base, "run", "--machine", MACHINE, "--quick", "--budget", "0.05", "--backends",
-               "reference,cpu,torch", "-b", _subset(IMPLS), env=env)
+    # plus every fusion's class on every smoke case, the fused kernels on cpu and wgsl
+    # (float32): no generated benchmark is broken
+    _asv_suite(*base, "run", "--machine", MACHINE, "--quick", "--budget", "0.02", "--backends",
+               "reference,cpu,wgsl,torch", "-b", _subset(IMPLS), "-b", EVERY_CLASS, env=env)
     # the last two commits, each from its own worktree: the reference only
     commits = subprocess.run(["git", "rev-list", "--first-parent", "--max-count=2", "HEAD"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.split()[::-1]
@@ -229,7 +234,8 @@ def test_quick_run_saves_the_fusebench_figures(history):
     results = _results(Path(history["conf"]["results_dir"]), head)
     records = [json.loads(line) for line in
                (history["tmp"] / "fusebench" / f"{head[:12]}.jsonl").read_text().splitlines()]
-    by_impl = {r["impl"].split("/", 1)[1]: r for r in records}
+    by_impl = {r["impl"].split("/", 1)[1]: r for r in records if r["fusion"] == FUSION and r["case"] == CASE
+               and r["dtype"] == "float32"}
     for impl in IMPLS:
         key = (impl, CASE, "float32")
         rec = by_impl[impl]
@@ -242,7 +248,15 @@ def test_quick_run_saves_the_fusebench_figures(history):
         assert rec["n"] >= 5 and rec["time"]["samples"]  # the runner's own measure() record
     # the reference, measured from HEAD's worktree by `history`, is recorded under HEAD's commit
     assert by_impl["reference/float64"]["commit"] == head
-    # nothing outside the --bench subset ran: those combinations stay empty (nan)
+    # every class ran its fused kernels on every smoke case (wgsl where this machine has it)
+    from benchmarks import fusions
+
+    available = fusions.backend_availability()
+    for name, cls in fusions.BENCHMARK_CLASSES.items():
+        for impl, case in itertools.product(("cpu/fused", "wgsl/fused"), cls.params[1]):
+            if fusions.skip_reason(cls.fusion, impl, case, "float32", available) is None:
+                assert results[f"fusions.{name}.track_time"][(impl, case, "float32")] > 0, (name, impl, case)
+    # nothing outside the --bench subsets ran: those combinations stay empty (nan)
     assert math.isnan(results[f"fusions.{FUSION}.track_time"][("cpu/fused", CASE, "float16")])
 
 

@@ -4,9 +4,12 @@ Every backend module defines a `Backend` subclass and exposes instances in `BACK
 (a dict name -> Backend). The parts, in the same order in every file:
 
 1. probe and fingerprint   `probe() -> (ok, reason)`, `fingerprint() -> dict`
-2. upload and download     `upload(np.ndarray)`, `download(buf) -> np.ndarray`, `poison(buf)`
+2. upload and download     `upload(np.ndarray)`, `write(buf, np.ndarray)` (in place),
+                           `download(buf) -> np.ndarray`, `poison(buf)`
 3. synchronise             `synchronize()`
-4. timer                   `time_run(prepared) -> seconds` (device time where it can), `flush_cache()`
+4. timer                   `time_run(prepared) -> seconds` (device time where it can), `flush_cache()`,
+                           `timer_overhead()` (host seconds a device-timed run costs beyond
+                           its device time; None for host-timed backends)
 5. primitive ops           `ops(dtype) -> harness.ops.Ops` for the unfused chain
 6. peak probe              `measure_peak() -> {"copy_gbps": .., "matmul_gflops": ..}`
 
@@ -79,6 +82,13 @@ class Backend:
     def upload(self, a: np.ndarray) -> Any:
         return np.array(a, copy=True)
 
+    def write(self, buf: Any, a: np.ndarray) -> None:
+        """Overwrite the buffer `buf` (made by upload) with the host values `a` (same shape
+        and dtype) in place, so that a kernel bound to it reads the new values."""
+        if np.shape(buf) != np.shape(a):
+            raise ValueError(f"{self.name}: cannot write shape {np.shape(a)} into a buffer of {np.shape(buf)}")
+        buf[...] = a
+
     def download(self, buf: Any) -> np.ndarray:
         return np.array(buf, copy=True)
 
@@ -102,6 +112,35 @@ class Backend:
     def flush_cache(self) -> None:
         pass
 
+    # Device-timed backends (events, timestamp queries) set this: measure() then checks the
+    # host clock around every sample against the device time it reports, so that work the
+    # timer does not see (another stream, a side submission) cannot shorten a result.
+    device_timed = False
+
+    def timer_overhead(self) -> float | None:
+        """Median host seconds that one time_run() of a minimal run costs beyond its
+        device time and its launch (synchronisation, submission, readback); measured once.
+        None where the timer is the host clock itself."""
+        if not self.device_timed:
+            return None
+        if getattr(self, "_timer_overhead", None) is None:
+            self._timer_overhead = self._measure_timer_overhead()
+        return self._timer_overhead
+
+    def _measure_timer_overhead(self, runs: int = 15) -> float:
+        minimal = self.minimal_prepared()
+        self.time_run(minimal)  # compile
+        spare = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            d = self.time_run(minimal)
+            spare.append(time.perf_counter() - t0 - d)
+        return float(np.median(spare))
+
+    def minimal_prepared(self) -> "Prepared":
+        """A Prepared whose run() launches the smallest work this backend can time."""
+        raise NotImplementedError
+
     # 5. primitive ops --------------------------------------------------------------
     def ops(self, dtype: str):
         """The primitives for the unfused chain in `dtype`, or None when there is none."""
@@ -124,6 +163,13 @@ class Prepared:
     Subclasses upload inputs and compile in __init__ (never timed), launch the work in
     run() (timed; no host synchronisation inside), and keep their device outputs in
     `self.out` (name -> device buffer) so that outputs() and poison() work unchanged.
+
+    The device buffers the kernel reads its inputs from are kept in `self.inputs` (name ->
+    buffer; bind_inputs() uploads and records them). The harness writes fresh values into
+    them between timed runs (refresh(); a kernel that caches its result across calls
+    then fails the check after the timing loop) and reads them back to check that the
+    kernel left its inputs unmodified. A kernel that derives data from an input at
+    prepare time (a transposed or packed weight) overrides refresh() to derive it again.
     """
 
     def __init__(self, backend: Backend, spec, inputs: dict[str, np.ndarray],
@@ -133,6 +179,31 @@ class Prepared:
         self.attrs = attrs
         self.dtype = dtype
         self.out: dict[str, Any] = {}
+        self.inputs: dict[str, Any] = {}
+
+    def bind_inputs(self, inputs: dict[str, np.ndarray], names, place=None) -> tuple:
+        """The named inputs placed where the kernel reads them (backend.upload, or
+        `place`, e.g. np.ascontiguousarray for a CPU kernel that reads host arrays in
+        place), recorded in self.inputs; returned in the order of `names`."""
+        place = place or self.backend.upload
+        bufs = tuple(place(inputs[n]) for n in names)
+        self.inputs.update(zip(names, bufs))
+        return bufs
+
+    def refresh(self, values: dict[str, np.ndarray]) -> None:
+        """Write new input values into the buffers the kernel reads (never timed)."""
+        missing = [k for k in values if k not in self.inputs]
+        if missing:
+            raise NotRotatable(f"the implementation does not declare its input buffer(s) {', '.join(missing)} "
+                               f"(Prepared.bind_inputs), so fresh inputs cannot be written between timed runs")
+        for k, v in values.items():
+            self.backend.write(self.inputs[k], v)
+        self.backend.synchronize()
+
+    def input_values(self) -> dict[str, np.ndarray]:
+        """The declared inputs as the kernel sees them now, downloaded."""
+        self.backend.synchronize()
+        return {k: self.backend.download(v) for k, v in self.inputs.items()}
 
     def run(self) -> None:
         raise NotImplementedError
@@ -151,6 +222,10 @@ class Prepared:
         self.out = {}
 
 
+class NotRotatable(RuntimeError):
+    """An implementation whose input buffers the harness cannot overwrite."""
+
+
 class ChainPrepared(Prepared):
     """The unfused chain: the spec's decomposition run with the backend's primitives
     (or another function of the same form, `decompose(ops, **inputs, **attrs)`: a peer
@@ -163,7 +238,7 @@ class ChainPrepared(Prepared):
         if self.ops is None:
             raise BackendUnavailable(f"backend {backend.name!r} has no primitive ops for {dtype}")
         try:
-            self.dev_inputs = {k: backend.upload(v) for k, v in inputs.items()}
+            self.bind_inputs(inputs, list(inputs))
         except (TypeError, NotImplementedError) as e:  # e.g. int32 positions on a float-only backend
             raise BackendUnavailable(f"backend {backend.name!r} cannot hold an input of this chain: {e}") from None
         try:  # one untimed run: a primitive this backend lacks shows here, not in the timing
@@ -172,7 +247,7 @@ class ChainPrepared(Prepared):
             raise BackendUnavailable(f"backend {backend.name!r} lacks a primitive this chain needs: {e}") from None
 
     def run(self) -> None:
-        self.out = self.decompose(self.ops, **self.dev_inputs, **self.attrs)
+        self.out = self.decompose(self.ops, **self.inputs, **self.attrs)
 
 
 _loaded: dict[str, Backend] = {}

@@ -56,7 +56,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from harness.backends import Backend, BackendUnavailable
+from harness.backends import Backend, BackendUnavailable, Prepared
 from harness.dtypes import np_dtype
 from harness.ops import Ops
 
@@ -577,6 +577,17 @@ NEG_INF_BITS = 0xFF800000
 # ----------------------------------------------------------------------------------
 
 
+class _Minimal(Prepared):
+    """The timer's overhead probe: one workgroup filling four words."""
+
+    def __init__(self, backend):
+        super().__init__(backend, None, {}, {}, "float32")
+        self.buf = backend.empty((4,), "float32")
+
+    def run(self):
+        self.backend.fill_words(self.buf, 0x3F800000)
+
+
 class WgslBackend(Backend):
     name = "wgsl"
     device_kind = "gpu"
@@ -725,14 +736,24 @@ class WgslBackend(Backend):
         if name is None:
             raise TypeError(f"wgsl: cannot upload {a.dtype} (float32, float16, bfloat16, int32 or uint32)")
         out = self.empty(a.shape, name)
+        # queue writes happen before the next submission, so before any pending dispatch
+        # that could read this (new) buffer
+        self._write_bytes(out, a)
+        return out
+
+    def _write_bytes(self, buf: WgslArray, a: np.ndarray) -> None:
         raw = a.view(np.uint8).reshape(-1)
         if raw.size:
             data = np.zeros(_padded(raw.size), dtype=np.uint8)
             data[:raw.size] = raw
-            # queue writes happen before the next submission, so before any pending
-            # dispatch that could read this (new) buffer
-            self.device.queue.write_buffer(out.buffer, 0, data)
-        return out
+            self.device.queue.write_buffer(buf.buffer, 0, data)
+
+    def write(self, buf, a):
+        a = np.ascontiguousarray(a)
+        if a.shape != tuple(buf.shape) or a.dtype != _np(buf.dtype):
+            raise ValueError(f"wgsl: cannot write {a.dtype}{a.shape} into a buffer of {buf.dtype}{tuple(buf.shape)}")
+        self.flush()  # recorded work that reads the old values runs first
+        self._write_bytes(buf, a)
 
     def download(self, buf):
         if isinstance(buf, np.ndarray):
@@ -891,6 +912,13 @@ class WgslBackend(Backend):
             readback.unmap()
         begin, end = int(t[0]), int(t[1])
         return max(end - begin, 0) * self.timestamp_period_ns * 1e-9
+
+    @property
+    def device_timed(self) -> bool:
+        return self.has_timestamps
+
+    def minimal_prepared(self):
+        return _Minimal(self)
 
     def flush_cache(self):
         """Overwrite a scratch buffer larger than the device's caches (2x the CPU's last

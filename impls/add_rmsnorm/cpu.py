@@ -108,7 +108,7 @@ class AddRmsNormCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.x, self.r, self.gamma = (bits16(np.ascontiguousarray(inputs[k])) for k in ("x", "residual", "gamma"))
+        self.x, self.r, self.gamma = map(bits16, self.bind_inputs(inputs, ("x", "residual", "gamma"), np.ascontiguousarray))
         shape = inputs["x"].shape
         self.out = {"h": np.empty(shape, dtype=np_dtype(dtype)), "y": np.empty(shape, dtype=np_dtype(dtype))}
         self.h, self.y = bits16(self.out["h"]), bits16(self.out["y"])  # rounded bits are stored straight here

@@ -62,7 +62,7 @@ class AddRmsNormCuda(Prepared):
         if dtype not in SUFFIX:
             raise ValueError(f"add_rmsnorm/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
-        self.x, self.res, self.gamma = (backend.upload(inputs[k]) for k in ("x", "residual", "gamma"))
+        self.x, self.res, self.gamma = self.bind_inputs(inputs, ("x", "residual", "gamma"))
         M, H = self.x.shape
         if self.res.shape != (M, H) or self.gamma.shape != (H,):
             raise ValueError(f"add_rmsnorm/cuda: shapes x{self.x.shape} residual{self.res.shape} "

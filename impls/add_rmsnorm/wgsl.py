@@ -48,7 +48,7 @@ def kernel_source(mode: str, vpt: int) -> str:
 class AddRmsNormWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.r, self.gamma = (backend.upload(inputs[k]) for k in ("x", "residual", "gamma"))
+        self.x, self.r, self.gamma = self.bind_inputs(inputs, ("x", "residual", "gamma"))
         self.M, self.H = self.x.shape
         if self.r.shape != self.x.shape or self.gamma.shape != (self.H,):
             raise ValueError(f"add_rmsnorm: shapes x {self.x.shape}, residual {self.r.shape}, "

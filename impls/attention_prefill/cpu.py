@@ -96,7 +96,7 @@ class AttentionPrefillCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.q, self.k, self.v = (bits16(np.ascontiguousarray(inputs[n])) for n in ("q", "k", "v"))
+        self.q, self.k, self.v = map(bits16, self.bind_inputs(inputs, ("q", "k", "v"), np.ascontiguousarray))
         B, Hq, S, d = inputs["q"].shape
         self.out = {"o": np.empty((B, Hq, S, d), dtype=np_dtype(dtype))}
         self.o = bits16(self.out["o"]).reshape(B * Hq * S, d)  # the kernel stores rounded bits here

@@ -67,7 +67,7 @@ class AttentionPrefillCuda(Prepared):
         if dtype not in SUFFIX:
             raise ValueError(f"attention_prefill/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
-        self.q, self.k, self.v = (backend.upload(inputs[n]) for n in ("q", "k", "v"))
+        self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
         B, Hq, S, d = self.q.shape
         Hkv = self.k.shape[1]
         if (self.k.shape != (B, Hkv, S, d) or self.v.shape != self.k.shape or Hkv < 1 or Hq % Hkv

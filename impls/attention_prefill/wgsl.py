@@ -62,7 +62,7 @@ def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
 class AttentionPrefillWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.q, self.k, self.v = (backend.upload(inputs[n]) for n in ("q", "k", "v"))
+        self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
         B, Hq, S, d = self.q.shape
         Hkv = self.k.shape[1]
         if (self.k.shape != (B, Hkv, S, d) or self.v.shape != self.k.shape or Hq % Hkv

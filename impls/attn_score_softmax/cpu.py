@@ -86,7 +86,7 @@ class AttnScoreSoftmaxCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.q, self.k = (bits16(np.ascontiguousarray(inputs[n])) for n in ("q", "k"))
+        self.q, self.k = map(bits16, self.bind_inputs(inputs, ("q", "k"), np.ascontiguousarray))
         B, Hq, S, d = inputs["q"].shape
         self.out = {"p": np.empty((B, Hq, S, S), dtype=np_dtype(dtype))}
         self.p = bits16(self.out["p"]).reshape(B * Hq * S, S)  # the kernel stores rounded bits here

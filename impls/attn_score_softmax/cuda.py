@@ -65,7 +65,7 @@ class AttnScoreSoftmaxCuda(Prepared):
         if dtype not in SUFFIX:
             raise ValueError(f"attn_score_softmax/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
-        self.q, self.k = (backend.upload(inputs[n]) for n in ("q", "k"))
+        self.q, self.k = self.bind_inputs(inputs, ("q", "k"))
         B, Hq, S, d = self.q.shape
         Hkv = self.k.shape[1]
         if (self.k.shape != (B, Hkv, S, d) or Hkv < 1 or Hq % Hkv

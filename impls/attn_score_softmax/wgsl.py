@@ -64,7 +64,7 @@ def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
 class AttnScoreSoftmaxWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.q, self.k = backend.upload(inputs["q"]), backend.upload(inputs["k"])
+        self.q, self.k = self.bind_inputs(inputs, ("q", "k"))
         B, Hq, S, d = self.q.shape
         Hkv = self.k.shape[1]
         if self.k.shape != (B, Hkv, S, d) or Hq % Hkv or not 1 <= d <= HEAD_DIM_LIMIT:

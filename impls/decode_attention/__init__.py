@@ -75,6 +75,7 @@ SPEC = FusionSpec(
     dims=("B", "T", "n_heads", "n_kv_heads", "head_dim"),
     attrs={"scale": 0.0},
     inputs=("q", "k", "v", "lens"),
+    rotate=("q",),  # lens stay: they set how much of the cache each sample reads
     outputs=("o",),
     decompose=decompose,
     make_inputs_f64=make_inputs,

@@ -88,8 +88,8 @@ class DecodeAttentionCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.q, self.k, self.v = (bits16(np.ascontiguousarray(inputs[n])) for n in ("q", "k", "v"))
-        self.lens = np.ascontiguousarray(inputs["lens"], dtype=np.int32)
+        self.q, self.k, self.v = map(bits16, self.bind_inputs(inputs, ("q", "k", "v"), np.ascontiguousarray))
+        self.lens = self.bind_inputs(inputs, ("lens",), np.ascontiguousarray)[0]
         B, Hq, d = inputs["q"].shape
         self.out = {"o": np.empty((B, Hq, d), dtype=np_dtype(dtype))}
         self.o = bits16(self.out["o"]).reshape(B * Hq, d)  # the kernel stores rounded bits here

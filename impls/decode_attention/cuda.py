@@ -129,8 +129,8 @@ class DecodeAttentionCuda(Prepared):
         if dtype not in SUFFIX:
             raise ValueError(f"decode_attention/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
-        self.q, self.k, self.v = (backend.upload(inputs[n]) for n in ("q", "k", "v"))
-        self.lens = backend.upload(np.ascontiguousarray(inputs["lens"], dtype=np.int32))
+        self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
+        self.lens = self.bind_inputs(inputs, ("lens",))[0]
         B, Hq, d = self.q.shape
         Hkv, T = self.k.shape[1:3]
         if (self.k.shape != (B, Hkv, T, d) or self.v.shape != self.k.shape or self.lens.shape != (B,)

@@ -95,8 +95,8 @@ class DecodeAttentionWgsl(Prepared):
 
     def __init__(self, backend, spec, inputs, attrs, dtype, splits: int | None = None):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.q, self.k, self.v = (backend.upload(inputs[n]) for n in ("q", "k", "v"))
-        self.lens = backend.upload(np.asarray(inputs["lens"], dtype=np.int32))
+        self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
+        self.lens = self.bind_inputs(inputs, ("lens",))[0]
         B, Hq, d = self.q.shape
         Hkv, T = self.k.shape[1:3]
         if (self.k.shape != (B, Hkv, T, d) or self.v.shape != self.k.shape or self.lens.shape != (B,)

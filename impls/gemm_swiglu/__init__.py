@@ -68,6 +68,7 @@ SPEC = FusionSpec(
     dims=("M", "H", "I"),
     attrs={},
     inputs=("x", "w_gate", "w_up"),
+    rotate=("x",),
     outputs=("y",),
     decompose=decompose,
     make_inputs_f64=make_inputs,

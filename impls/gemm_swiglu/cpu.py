@@ -157,7 +157,7 @@ class GemmSwigluCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.x, self.wg, self.wu = (bits16(np.ascontiguousarray(inputs[k])) for k in ("x", "w_gate", "w_up"))
+        self.x, self.wg, self.wu = map(bits16, self.bind_inputs(inputs, ("x", "w_gate", "w_up"), np.ascontiguousarray))
         M, I = inputs["x"].shape[0], inputs["w_gate"].shape[0]
         self.out = {"y": np.empty((M, I), dtype=np_dtype(dtype))}
         self.y = bits16(self.out["y"])  # the kernel stores the rounded bits straight into y

@@ -73,7 +73,7 @@ class GemmSwigluCuda(Prepared):
         if dtype not in SUFFIX:
             raise ValueError(f"gemm_swiglu/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
-        self.x, self.wg, self.wu = (backend.upload(inputs[k]) for k in ("x", "w_gate", "w_up"))
+        self.x, self.wg, self.wu = self.bind_inputs(inputs, ("x", "w_gate", "w_up"))
         M, H = self.x.shape
         I = self.wg.shape[0]
         if self.wg.shape != (I, H) or self.wu.shape != (I, H):

@@ -61,7 +61,7 @@ def launch(M: int, H: int, I: int) -> tuple[str, tuple[int, int, int], bytes]:
 class GemmSwigluWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.wg, self.wu = (backend.upload(inputs[k]) for k in ("x", "w_gate", "w_up"))
+        self.x, self.wg, self.wu = self.bind_inputs(inputs, ("x", "w_gate", "w_up"))
         self.M, self.H = self.x.shape
         self.I = self.wg.shape[0]
         if self.wg.shape != (self.I, self.H) or self.wu.shape != (self.I, self.H):

@@ -61,6 +61,7 @@ SPEC = FusionSpec(
     dims=("M", "H", "N"),
     attrs={"eps": 1e-5},
     inputs=("x", "gamma", "w"),
+    rotate=("x",),
     outputs=("y",),
     decompose=decompose,
     make_inputs_f64=make_inputs,

@@ -130,7 +130,7 @@ class RmsNormGemmCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.x, self.gamma, self.w = (bits16(np.ascontiguousarray(inputs[k])) for k in ("x", "gamma", "w"))
+        self.x, self.gamma, self.w = map(bits16, self.bind_inputs(inputs, ("x", "gamma", "w"), np.ascontiguousarray))
         M, N = inputs["x"].shape[0], inputs["w"].shape[0]
         self.out = {"y": np.empty((M, N), dtype=np_dtype(dtype))}
         self.acc = self.out["y"] if dtype == "float32" else np.empty((M, N), dtype=np.float32)

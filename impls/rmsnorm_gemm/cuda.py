@@ -86,7 +86,7 @@ class RmsNormGemmCuda(Prepared):
         if dtype not in SUFFIX:
             raise ValueError(f"rmsnorm_gemm/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
-        self.x, self.gamma, self.w = (backend.upload(inputs[k]) for k in ("x", "gamma", "w"))
+        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
         M, H = self.x.shape
         N = self.w.shape[0]
         if self.gamma.shape != (H,) or self.w.shape != (N, H):

@@ -56,7 +56,7 @@ def kernel_source(mode: str) -> str:
 class RmsNormGemmWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.gamma, self.w = (backend.upload(inputs[k]) for k in ("x", "gamma", "w"))
+        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
         self.M, self.H = self.x.shape
         self.N = self.w.shape[0]
         if self.w.shape != (self.N, self.H) or self.gamma.shape != (self.H,):

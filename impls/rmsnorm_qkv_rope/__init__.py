@@ -98,6 +98,7 @@ SPEC = FusionSpec(
     dims=("M", "H", "n_heads", "n_kv_heads", "head_dim"),
     attrs={"eps": 1e-5, "theta": 10000.0},
     inputs=("x", "gamma", "w", "pos"),
+    rotate=("x", "pos"),
     outputs=("q", "k", "v"),
     decompose=decompose,
     make_inputs_f64=make_inputs,

@@ -188,8 +188,8 @@ class RmsNormQkvRopeCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.x, self.gamma, self.w = (bits16(np.ascontiguousarray(inputs[k])) for k in ("x", "gamma", "w"))
-        self.pos = np.ascontiguousarray(inputs["pos"], dtype=np.int32)
+        self.x, self.gamma, self.w = map(bits16, self.bind_inputs(inputs, ("x", "gamma", "w"), np.ascontiguousarray))
+        self.pos = self.bind_inputs(inputs, ("pos",), np.ascontiguousarray)[0]
         nh, nkv, d = (int(attrs[a]) for a in ("n_heads", "n_kv_heads", "head_dim"))
         self.nh, self.nkv = nh, nkv
         # θ^(-2i/d) exactly as harness.ops.rope_angles writes it (depends on θ and d only)

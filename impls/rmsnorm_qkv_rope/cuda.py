@@ -88,8 +88,8 @@ class RmsNormQkvRopeCuda(Prepared):
             raise ValueError(f"rmsnorm_qkv_rope/cuda: need an even head_dim and positive head counts, "
                              f"got n_heads={nh} n_kv_heads={nkv} head_dim={d}")
         mod = load_module()
-        self.x, self.gamma, self.w = (backend.upload(inputs[k]) for k in ("x", "gamma", "w"))
-        self.pos = backend.upload(np.ascontiguousarray(inputs["pos"], dtype=np.int32))
+        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
+        self.pos = self.bind_inputs(inputs, ("pos",))[0]
         M, H = self.x.shape
         N = (nh + 2 * nkv) * d
         if self.gamma.shape != (H,) or self.w.shape != (N, H) or self.pos.shape != (M,):

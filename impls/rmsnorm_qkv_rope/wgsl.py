@@ -62,8 +62,8 @@ def kernel_source(mode: str) -> str:
 class RmsNormQkvRopeWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.gamma, self.w = (backend.upload(inputs[k]) for k in ("x", "gamma", "w"))
-        self.pos = backend.upload(inputs["pos"].astype("int32", copy=False))
+        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
+        self.pos = self.bind_inputs(inputs, ("pos",))[0]
         nh, nkv, d = int(attrs["n_heads"]), int(attrs["n_kv_heads"]), int(attrs["head_dim"])
         self.M, self.H = self.x.shape
         self.N = (nh + 2 * nkv) * d

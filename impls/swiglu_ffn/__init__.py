@@ -61,6 +61,7 @@ SPEC = FusionSpec(
     dims=("M", "H", "I"),
     attrs={},
     inputs=("x", "w_gate", "w_up", "w_down"),
+    rotate=("x",),
     outputs=("y",),
     decompose=decompose,
     make_inputs_f64=make_inputs,

@@ -181,8 +181,7 @@ class SwigluFfnCpu(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
-        self.x, self.wg, self.wu, self.wd = (bits16(np.ascontiguousarray(inputs[k]))
-                                             for k in ("x", "w_gate", "w_up", "w_down"))
+        self.x, self.wg, self.wu, self.wd = map(bits16, self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"), np.ascontiguousarray))
         M, H = inputs["x"].shape
         I = inputs["w_gate"].shape[0]
         self.act = np.empty((M, I), dtype=np.float32)  # phase-1 -> phase-2 scratch (see the docstring)

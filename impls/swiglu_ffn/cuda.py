@@ -87,7 +87,7 @@ class SwigluFfnCuda(Prepared):
         if dtype not in SUFFIX:
             raise ValueError(f"swiglu_ffn/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
-        self.x, self.wg, self.wu, self.wd = (backend.upload(inputs[k]) for k in ("x", "w_gate", "w_up", "w_down"))
+        self.x, self.wg, self.wu, self.wd = self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
         M, H = self.x.shape
         I = self.wg.shape[0]
         if self.wg.shape != (I, H) or self.wu.shape != (I, H) or self.wd.shape != (H, I):

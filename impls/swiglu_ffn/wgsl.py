@@ -52,7 +52,7 @@ def down_source(mode: str) -> str:
 class SwigluFfnWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.wg, self.wu, self.wd = (backend.upload(inputs[k]) for k in ("x", "w_gate", "w_up", "w_down"))
+        self.x, self.wg, self.wu, self.wd = self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
         self.M, self.H = self.x.shape
         self.I = self.wg.shape[0]
         if (self.wg.shape != (self.I, self.H) or self.wu.shape != (self.I, self.H)

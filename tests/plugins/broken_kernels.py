@@ -20,7 +20,7 @@ from harness.registry import Implementation, register
 class _Base(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.inputs = inputs
+        self.bind_inputs(inputs, list(inputs), np.ascontiguousarray)  # exact() reads them as they are now
         M, N = inputs["x"].shape[0], inputs["w"].shape[0]
         self.out = {"y": np.empty((M, N), dtype=np_dtype(dtype))}
 

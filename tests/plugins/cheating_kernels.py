@@ -1,0 +1,63 @@
+"""Kernels that give the right answer but cheat the timer, each in one way the harness
+must catch (tests/test_honest_timing.py). They wrap the real fused rmsnorm_gemm kernels.
+
+Loaded only by importing this module in a test (never shipped).
+
+- cpu/caches_result: computes once, then copies the saved result on every call (fast
+  and right as long as the inputs never change).
+- wgsl/side_submission: submits the real dispatches in a submission of its own, outside
+  the timed compute pass, and leaves one tiny fill for the timer to see.
+- wgsl/edits_input: right outputs, then overwrites its input x on the device.
+- cuda/side_stream: launches the real kernels on a non-blocking stream, which neither the
+  current stream's events nor the legacy default stream wait for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.registry import Implementation, register
+from impls.rmsnorm_gemm.cpu import RmsNormGemmCpu
+from impls.rmsnorm_gemm.cuda import RmsNormGemmCuda
+from impls.rmsnorm_gemm.wgsl import RmsNormGemmWgsl
+
+
+class CachesResult(RmsNormGemmCpu):
+    def run(self):
+        if not hasattr(self, "saved"):
+            super().run()
+            self.saved = self.out["y"].copy()
+        np.copyto(self.out["y"], self.saved)
+
+
+class SideSubmission(RmsNormGemmWgsl):
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.decoy = backend.empty((4,), "float32")
+
+    def run(self):
+        super().run()
+        self.backend.flush()  # the real work, in a submission without timestamps
+        self.backend.fill_words(self.decoy, 0)  # all the timed pass holds
+
+
+class EditsInput(RmsNormGemmWgsl):
+    def run(self):
+        super().run()
+        self.backend.fill_words(self.x, 0)
+
+
+class SideStream(RmsNormGemmCuda):
+    def run(self):
+        import cupy as cp
+
+        if not hasattr(self, "side"):
+            self.side = cp.cuda.Stream(non_blocking=True)
+        with self.side:
+            super().run()
+
+
+for cls, backend, variant in [(CachesResult, "cpu", "caches_result"), (SideSubmission, "wgsl", "side_submission"),
+                              (EditsInput, "wgsl", "edits_input"), (SideStream, "cuda", "side_stream")]:
+    register(Implementation("rmsnorm_gemm", backend, variant, "fused", cls, ("float32",), origin=__name__,
+                            doc=cls.__doc__ or ""))

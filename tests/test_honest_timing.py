@@ -1,0 +1,190 @@
+"""Honest measurement: what cheaters and accidents do to a timing, caught.
+
+- A kernel that caches its result across calls: timed runs alternate two input sets
+  written into the kernel's own input buffers, and both are checked after the loop.
+- Work the device timer does not see (a side submission on WebGPU, a non-blocking
+  stream on CUDA): the host clock around every sample gives it away and the figure is
+  flagged invalid.
+- A kernel that overwrites its inputs on the device: the buffers are read back.
+- Every built-in implementation really reads the buffers the harness rotates.
+- The timer agrees with an independent one on a kernel of known cost (a large copy):
+  timeit on the CPU; torch's benchmark Timer on a GPU.
+
+The cheating kernels are in tests/plugins/cheating_kernels.py; each runs beside an honest
+kernel in the same job, which must come through untouched.
+"""
+
+from __future__ import annotations
+
+import timeit
+
+import numpy as np
+import pytest
+
+from harness.backends import Prepared, get_backend
+from harness.cases import Case, load_cases, select
+from harness.registry import discover
+from harness.runner import Job, Options, _Set, run_job
+from harness.timing import measure
+
+QUICK = Options(bench=True, budget_s=0.05, warmup_s=0.0, min_samples=6, settle_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def cheats(registry):
+    import tests.plugins.cheating_kernels  # noqa: F401  (declares the cheating implementations)
+    from harness.registry import _declared_impls
+
+    mine = {k: v for k, v in _declared_impls.items() if v.origin == "tests.plugins.cheating_kernels"}
+    yield {v.variant: v for v in mine.values()}
+    for k in mine:  # later registries must not see them
+        _declared_impls.pop(k, None)
+
+
+def _case(M, H, N) -> Case:
+    return Case("rmsnorm_gemm", "t.cheat", "test", {"M": M, "H": H, "N": N}, ("float32",), ("smoke",), "t.toml", 1)
+
+
+def _run(registry, impls, case, opts=QUICK) -> dict[str, dict]:
+    records = []
+    run_job(registry, Job(case, "float32", impls), opts, records.append)
+    return {r["variant"]: r for r in records}
+
+
+def _available(backend: str) -> None:
+    ok, why = get_backend(backend).probe()
+    if not ok:
+        pytest.skip(f"{backend} unavailable: {why}")
+
+
+def test_a_kernel_that_caches_its_result_fails(registry, cheats):
+    honest = registry.impls["rmsnorm_gemm/cpu/fused"]
+    recs = _run(registry, [cheats["caches_result"], honest], _case(3, 129, 67))
+    cheat = recs["caches_result"]
+    assert cheat["verdict"] == "fail" and "after the timing loop, on fresh inputs" in cheat["reason"], cheat["reason"]
+    assert "on the first inputs" not in cheat["reason"]  # right on the inputs it saw first
+    assert recs["fused"]["verdict"] == "pass", recs["fused"]["reason"]
+    # checking alone (no timing loop) cannot tell: it runs once
+    assert _run(registry, [cheats["caches_result"]], _case(3, 129, 67), Options())["caches_result"]["verdict"] == "pass"
+
+
+def test_work_outside_the_timed_pass_is_flagged_on_wgsl(registry, cheats):
+    _available("wgsl")
+    if not get_backend("wgsl").device_timed:
+        pytest.skip("this WebGPU adapter has no timestamp queries: its timer is the host clock")
+    honest = registry.impls["rmsnorm_gemm/wgsl/fused"]
+    # about 25 ms per call on lavapipe: far beyond the timer's own overhead (about 1 ms)
+    recs = _run(registry, [cheats["side_submission"], honest], _case(1, 4096, 1024))
+    cheat, fair = recs["side_submission"], recs["fused"]
+    assert cheat["verdict"] == "pass"  # the answer is right ...
+    assert cheat["invalid"] and "device timer did not see" in cheat["invalid_reason"]  # ... the time is not
+    assert cheat["unaccounted_s"] > 5 * cheat["median_s"]
+    assert not fair["invalid"], fair["invalid_reason"]
+    assert fair["unaccounted_s"] < 0.5 * fair["median_s"]
+
+
+def test_a_kernel_that_overwrites_its_input_on_the_device_fails(registry, cheats):
+    _available("wgsl")
+    recs = _run(registry, [cheats["edits_input"], registry.impls["rmsnorm_gemm/wgsl/fused"]], _case(2, 40, 24), Options())
+    assert "inputs modified by the kernel on its device: x" in recs["edits_input"]["reason"]
+    assert recs["fused"]["verdict"] == "pass"
+
+
+def test_work_on_a_side_stream_is_flagged_on_cuda(registry, cheats):
+    _available("cuda")
+    recs = _run(registry, [cheats["side_stream"], registry.impls["rmsnorm_gemm/cuda/fused"]], _case(8, 8192, 16384))
+    assert recs["side_stream"]["invalid"] and "device timer did not see" in recs["side_stream"]["invalid_reason"]
+    assert not recs["fused"]["invalid"], recs["fused"]["invalid_reason"]
+
+
+def _smoke_cases(registry):
+    cases = select(load_cases(registry), suite="smoke")
+    return {c.fusion: c for c in reversed(cases)}  # the first smoke case of each fusion
+
+
+def _rotatable(registry):
+    out = []
+    for impl in registry.select():
+        if impl.kind == "reference" or impl.variant == "compile":  # compile: the same binding as eager, minutes to build
+            continue
+        out.append(pytest.param(impl.key, id=impl.key))
+    return out
+
+
+@pytest.mark.parametrize("key", _rotatable(discover()))
+def test_every_implementation_reads_the_buffers_the_harness_rotates(registry, key):
+    impl = registry.impls[key]
+    ok, why = impl.available()
+    if not ok:
+        pytest.skip(why)
+    case = _smoke_cases(registry)[impl.fusion]
+    spec = registry.fusions[impl.fusion]
+    dims, attrs = spec.split(case.params)
+    first = _Set(spec, spec.make_inputs(dims, "float32", 1), attrs, "float32")
+    second = first.fresh(dims, 1, "normal")
+    pristine = first.again({k: v.copy() for k, v in first.inputs.items()})
+    prepared = impl.prepare(spec, dict(first.inputs), attrs, "float32")
+    assert set(spec.rotated_inputs()) <= set(prepared.inputs), "declares its input buffers (bind_inputs)"
+    prepared.run()
+    assert first.judge(prepared, spec.nmse_bound["float32"]).passed
+    for current in (second, pristine):
+        prepared.refresh(current.rotated)
+        seen = prepared.input_values()
+        for k, v in current.rotated.items():
+            assert np.array_equal(np.asarray(seen[k]).astype(v.dtype), v), k
+        prepared.poison()
+        prepared.run()
+        verdict = current.judge(prepared, spec.nmse_bound["float32"])
+        assert verdict.passed, verdict.reasons
+    changed = any(not np.array_equal(pristine.reference[k], second.reference[k]) for k in pristine.reference)
+    assert changed, "the fresh set gives other outputs"
+
+
+class _Copy(Prepared):
+    """A kernel of known cost: copy 64 MiB (twice the last-level cache of most CPUs)."""
+
+    def __init__(self, backend):
+        super().__init__(backend, None, {}, {}, "float32")
+        rng = np.random.default_rng(3)
+        self.src = rng.standard_normal(16 * 1024**2, dtype=np.float32)
+        self.dst = np.empty_like(self.src)
+
+    def run(self):
+        np.copyto(self.dst, self.src)
+
+
+def test_cpu_timer_agrees_with_timeit():
+    backend = get_backend("cpu")
+    copy = _Copy(backend)
+    before = timeit.repeat(copy.run, number=1, repeat=15)
+    ours = measure(backend, copy, budget_s=0.3, warmup_s=0.05, min_samples=15, cold=False)
+    after = timeit.repeat(copy.run, number=1, repeat=15)
+    theirs = float(np.median(before + after))
+    # within the two medians' noise (3 standard errors each), or 15 % on a noisy machine
+    q25, q75 = np.percentile(before + after, [25, 75])
+    their_noise = 1.2533 * (q75 - q25) / 1.349 / np.sqrt(30) / theirs
+    allowed = max(0.15, 3 * (ours.noise + their_noise))
+    assert abs(ours.median / theirs - 1) < allowed, (ours.median, theirs, allowed)
+
+
+def test_cuda_timer_agrees_with_torch_benchmark():
+    _available("cuda")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    import cupy as cp
+    from torch.utils import benchmark
+
+    backend = get_backend("cuda")
+    src = cp.random.standard_normal(256 * 1024**2 // 4, dtype=cp.float32)
+    dst = cp.empty_like(src)
+
+    class Copy(Prepared):
+        def run(self):
+            dst[...] = src
+
+    ours = measure(backend, Copy(backend, None, {}, {}, "float32"), budget_s=0.5, min_samples=20, cold=False)
+    t_src = torch.as_tensor(src, device="cuda")
+    t_dst = torch.empty_like(t_src)
+    theirs = benchmark.Timer("d.copy_(s)", globals={"d": t_dst, "s": t_src}).blocked_autorange(min_run_time=0.5)
+    assert abs(ours.median / theirs.median - 1) < max(0.1, 3 * ours.noise), (ours.median, theirs.median)
