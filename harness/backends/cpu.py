@@ -178,9 +178,14 @@ def host_peak(copy_bytes: int = 256 * 1024**2, n: int = 2048, seconds: float = 0
         import torch
 
         for suffix, dt in (("", torch.float32), ("_bfloat16", torch.bfloat16), ("_float16", torch.float16)):
-            xt = torch.from_numpy(x[: n // 2, : n // 2] if suffix else x).to(dt)  # 16-bit may be slow here
-            rate = 2 * xt.shape[0] ** 3 / _best_of(lambda: xt @ xt, seconds) / 1e9
             key = f"matmul_gflops{suffix}"
+            if suffix:  # a CPU without 16-bit matmul units runs these at ~1 GFLOP/s: a small probe tells
+                xs = torch.from_numpy(x[:256, :256]).to(dt)
+                if 2 * 256**3 / _best_of(lambda: xs @ xs, seconds / 4, at_least=2) / 1e9 < 0.25 * peak["matmul_gflops"]:
+                    peak[key] = peak["matmul_gflops"]  # slower than float32: its ceiling is float32's
+                    continue
+            xt = torch.from_numpy(x[: n // 2, : n // 2] if suffix else x).to(dt)
+            rate = 2 * xt.shape[0] ** 3 / _best_of(lambda: xt @ xt, seconds) / 1e9
             peak[key] = max(rate, peak.get(key, 0.0), peak["matmul_gflops"] if suffix else 0.0)
     except ImportError:
         pass

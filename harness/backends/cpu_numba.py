@@ -42,7 +42,7 @@ def f16_f32(typingctx, u):
     return types.float32(types.uint16), codegen
 
 
-@nb.njit(inline="always")
+@nb.njit
 def narrow16(v, kind):
     # float32 -> bfloat16 (kind 1) or float16 (kind 2) bit pattern, round to nearest even
     u = f32_bits(np.float32(v))
@@ -71,7 +71,7 @@ def narrow16(v, kind):
     return np.uint16(sign | r)
 
 
-@nb.njit(inline="always")
+@nb.njit
 def put(out, m, n, v, kind):
     # out[m, n] = v in the storage dtype (out: float32, or uint16 bit patterns)
     if kind == 0:
@@ -80,7 +80,7 @@ def put(out, m, n, v, kind):
         out[m, n] = narrow16(v, kind)
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def widen(src, dst, kind, pow2):
     # src: (H,) float32 or uint16 bit patterns; dst: (H,) float32 (as rmsnorm_gemm/cpu.py)
     if kind == 0:
@@ -108,7 +108,7 @@ def widen(src, dst, kind, pow2):
                     dst[h] = -v if (u & np.uint32(0x8000)) else v
 
 
-@nb.njit(inline="always")
+@nb.njit
 def make_pow2():
     pow2 = np.empty(32, dtype=np.float32)  # float16 exponent e -> 2**(e - 25)
     pow2[0] = np.float32(2.0**-24)
@@ -117,7 +117,7 @@ def make_pow2():
     return pow2
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def dots(x0, rows, a):
     # a[j] = x0 . rows[j]; four rows per pass share each x load
     J, H = rows.shape
@@ -140,7 +140,7 @@ def dots(x0, rows, a):
         j += 1
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def dots2(x0, x1, rows, a, b):
     # two x rows against the block: each W load feeds two sums (prefill)
     J, H = rows.shape
@@ -175,7 +175,7 @@ def dots2(x0, x1, rows, a, b):
         j += 1
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def dots_seq(x0, rows, a):
     # a[j] = x0 . rows[j], two rows per pass: the decode path. Two sequential streams per
     # thread measured 10-20% faster than one at a time (and than a block of four) for
@@ -197,7 +197,7 @@ def dots_seq(x0, rows, a):
         a[j] = s
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def dots_w16(x0, rows, a, kind):
     # dots_seq with rows as 16-bit patterns widened in registers (decode: each W element is
     # used once, so a float32 copy of the block would only cost bandwidth); x0 stays in L1.
@@ -228,7 +228,7 @@ def dots_w16(x0, rows, a, kind):
         a[j] = s
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def gate_up2(x0, wg, wu, n):
     # decode, float32 W: rows n and n+1 of W_gate and W_up in one pass, four sequential
     # streams sharing each x load. Streaming gate and up side by side, rather than a block
@@ -244,7 +244,7 @@ def gate_up2(x0, wg, wu, n):
     return a, b, c, d
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def gate_up1(x0, wg, wu, n):
     # the last row when the row count is odd (see gate_up2)
     a = b = np.float32(0.0)
@@ -255,7 +255,7 @@ def gate_up1(x0, wg, wu, n):
     return a, b
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def gate_up2_w16(x0, wg, wu, n, kind):
     # gate_up2 with W as 16-bit patterns widened in registers
     a = b = c = d = np.float32(0.0)
@@ -276,7 +276,7 @@ def gate_up2_w16(x0, wg, wu, n, kind):
     return a, b, c, d
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def gate_up1_w16(x0, wg, wu, n, kind):
     a = b = np.float32(0.0)
     if kind == 1:
@@ -292,14 +292,14 @@ def gate_up1_w16(x0, wg, wu, n, kind):
     return a, b
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def swiglu(g, u):
     # silu(g) * u in float64; exp's argument is clamped so it never overflows
     gd = np.float64(g)
     return gd / (1.0 + np.exp(min(-gd, 700.0))) * np.float64(u)
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def normalise(x_row, g, s, kind, pow2, out):
     widen(x_row, out, kind, pow2)
     for h in range(out.shape[0]):
@@ -311,7 +311,7 @@ def normalise(x_row, g, s, kind, pow2, out):
 # head: its g·R query rows (row j·R + r is head kh·g + j at position i0 + r) share every
 # key and value row loaded, g·R dot products per K row instead of one.
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def group_queries(q, b, kh, g, i0, R, scale, kind, pow2, qs):
     # q: (B, Hq, S, d) -> qs[j·R + r] = scale · q[b, kh·g + j, i0 + r] in float32
     d = qs.shape[1]
@@ -323,14 +323,14 @@ def group_queries(q, b, kh, g, i0, R, scale, kind, pow2, qs):
                 row[h] *= scale
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def widen_rows(src, j0, n, kind, pow2, dst):
     # dst[jj] = src[j0 + jj] as float32, jj < n (src: (S, d) stored, dst: (≥ n, d))
     for jj in range(n):
         widen(src[j0 + jj], dst[jj], kind, pow2)
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def causal_logits(qs, R, i0, kb, j0, n, sct):
     # sct[jj, row] = qs[row] · kb[jj] for key j0 + jj (keys along the first axis, so that
     # each K row feeds all the task's rows: head_dots); −inf where the key is in the row's
@@ -344,7 +344,7 @@ def causal_logits(qs, R, i0, kb, j0, n, sct):
                     sct[jj, row] = -np.inf
 
 
-@nb.njit(inline="always")
+@nb.njit
 def balanced_block(t, n):
     # task t of n causal row blocks -> block 0, n−1, 1, n−2, …: numba hands each thread a
     # contiguous run of tasks, and this order gives every run as many cheap early blocks
@@ -353,7 +353,7 @@ def balanced_block(t, n):
     return half if t % 2 == 0 else n - 1 - half
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def head_dots(qs, row, out):
     # out[j] = qs[j] · row for the g query heads of a group; four heads per pass, so each
     # element of the cache row feeds four sums (four vector accumulators over d)
@@ -377,7 +377,7 @@ def head_dots(qs, row, out):
         j += 1
 
 
-@nb.njit(inline="always", fastmath=True)
+@nb.njit(fastmath=True)
 def head_axpy(p, row, acc):
     # acc[j] += p[j] · row for the g heads of a group, four heads per pass over the row
     g, d = acc.shape

@@ -41,7 +41,7 @@ def _compile():
 
     from harness.backends.cpu_numba import make_pow2, narrow16, widen
 
-    @nb.njit(inline="always", fastmath=True)
+    @nb.njit(fastmath=True)
     def row(x, r, g, m, eps, kind, pow2, h, y, xb, rb):
         # one row: read x[m] and residual[m] once, write h[m] and y[m] once
         H = xb.shape[0]
@@ -66,7 +66,7 @@ def _compile():
                 h[m, i] = narrow16(xb[i], 2)
                 y[m, i] = narrow16(np.float64(xb[i]) * inv * np.float64(g[i]), 2)
 
-    @nb.njit(inline="always")
+    @nb.njit
     def gamma_f32(gamma, kind, pow2):
         g = np.empty(gamma.shape[0], dtype=np.float32)
         widen(gamma, g, kind, pow2)

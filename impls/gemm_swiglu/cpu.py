@@ -57,7 +57,7 @@ def _compile():
         widen,
     )
 
-    @nb.njit(inline="always", fastmath=True)
+    @nb.njit(fastmath=True)
     def block(x, tg, tu, n0, kind, pow2, y):
         # every row of x (widened in thread-local buffers) against one block of gate/up rows
         M, H = x.shape

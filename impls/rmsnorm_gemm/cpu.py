@@ -40,7 +40,7 @@ def _compile():
 
     from harness.backends.cpu_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, widen
 
-    @nb.njit(inline="always", fastmath=True)
+    @nb.njit(fastmath=True)
     def prologue(x, gamma, eps, kind):
         # (pow2 table for float16, gamma as float32, inverse RMS of every row): one pass over x
         M, H = x.shape
@@ -57,7 +57,7 @@ def _compile():
             inv_rms[m] = np.float32(1.0) / np.sqrt(ss / np.float32(H) + np.float32(eps))
         return pow2, g, inv_rms
 
-    @nb.njit(inline="always", fastmath=True)
+    @nb.njit(fastmath=True)
     def block(x, g, inv_rms, tile, n0, kind, pow2, y):
         # every row of x, normalised in thread-local buffers, against one block of W rows
         M, H = x.shape

@@ -48,7 +48,7 @@ def _compile():
 
     from harness.backends.cpu_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, put, widen
 
-    @nb.njit(inline="always", fastmath=True)
+    @nb.njit(fastmath=True)
     def prologue(x, gamma, eps, pos, inv_freq, kind):
         # (pow2 table, gamma as float32, inverse RMS of every row, cos and sin tables)
         M, H = x.shape
@@ -73,7 +73,7 @@ def _compile():
                 sn[m, i] = np.sin(a)
         return pow2, g, inv_rms, cs, sn
 
-    @nb.njit(inline="always", fastmath=True)
+    @nb.njit(fastmath=True)
     def pair_block(x, g, inv_rms, ta, tb, kind, pow2, acc_a, acc_b):
         # acc_a[m, j] = xn[m] . ta[j], acc_b[m, j] = xn[m] . tb[j] for every row m of x
         M, H = x.shape
@@ -91,7 +91,7 @@ def _compile():
             dots(x0, ta, acc_a[m])
             dots(x0, tb, acc_b[m])
 
-    @nb.njit(inline="always", fastmath=True)
+    @nb.njit(fastmath=True)
     def store_pairs(acc_a, acc_b, cs, sn, i0, J, rotate, out, col, half, kind):
         # rows i0 + j and i0 + j + d/2 of one head: rotated (q, k) or as they are (v)
         for m in range(acc_a.shape[0]):
@@ -107,7 +107,7 @@ def _compile():
                     put(out, m, col + i0 + j, a, kind)
                     put(out, m, col + half + i0 + j, b, kind)
 
-    @nb.njit(inline="always")
+    @nb.njit
     def head_out(t, n_heads, n_kv, d, q, k, v):
         # (output array, first column) of head t in the packed q | k | v order
         if t < n_heads:

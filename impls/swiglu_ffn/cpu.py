@@ -52,7 +52,7 @@ def _compile():
     from harness.backends.cpu_numba import (dots, dots2, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2,
                                             gate_up2_w16, make_pow2, put, swiglu, widen)
 
-    @nb.njit(inline="always", fastmath=True)
+    @nb.njit(fastmath=True)
     def block_up(x, tg, tu, n0, kind, pow2, act):
         # phase 1: every row of x (widened in thread-local buffers) against one block of
         # gate/up rows; silu(gate) * up goes to the float32 activation
@@ -81,7 +81,7 @@ def _compile():
             for j in range(J):
                 act[m, n0 + j] = swiglu(g0[j], u0[j])
 
-    @nb.njit(inline="always", fastmath=True)
+    @nb.njit(fastmath=True)
     def block_down(act, td, n0, kind, y):
         # phase 2: every activation row against one block of W_down rows
         M = act.shape[0]
