@@ -6,6 +6,8 @@
   stream on CUDA): the host clock around every sample gives it away and the figure is
   flagged invalid.
 - A kernel that overwrites its inputs on the device: the buffers are read back.
+- A figure beyond the machine's measured bandwidth or arithmetic peak is flagged invalid
+  in the results and the report, and no speedup is drawn from it.
 - Every built-in implementation really reads the buffers the harness rotates.
 - The timer agrees with an independent one on a kernel of known cost (a large copy):
   timeit on the CPU; torch's benchmark Timer on a GPU.
@@ -95,6 +97,35 @@ def test_work_on_a_side_stream_is_flagged_on_cuda(registry, cheats):
     recs = _run(registry, [cheats["side_stream"], registry.impls["rmsnorm_gemm/cuda/fused"]], _case(8, 8192, 16384))
     assert recs["side_stream"]["invalid"] and "device timer did not see" in recs["side_stream"]["invalid_reason"]
     assert not recs["fused"]["invalid"], recs["fused"]["invalid_reason"]
+
+
+def test_a_figure_beyond_the_measured_peak_is_invalid_in_results_and_report(registry, tmp_path, monkeypatch):
+    # a real kernel against a peak a thousand times below what it reaches: as a kernel
+    # that skipped work (or read a warm cache) would look against the true peak
+    from harness.report import build_rows, write_report
+    from harness.results import ResultsWriter, RunInfo, read_records
+
+    cpu = get_backend("cpu")
+    true_peak = dict(cpu.peak())
+    low = {k: v / 1000 for k, v in true_peak.items() if isinstance(v, float) and ("gbps" in k or "gflops" in k)}
+    monkeypatch.setattr(cpu, "_peak", {**true_peak, **low})
+    impls = [registry.impls["rmsnorm_gemm/cpu/unfused"], registry.impls["rmsnorm_gemm/cpu/fused"]]
+    recs = _run(registry, impls, _case(8, 512, 512))
+    for r in recs.values():
+        assert r["verdict"] == "pass" and r["invalid"], r  # right answer, impossible speed
+        assert "of the measured peak" in r["invalid_reason"] and r["frac_peak"] > 1.0
+    out = tmp_path / "run.jsonl"
+    info = RunInfo.collect()
+    with ResultsWriter(out) as w:
+        for r in recs.values():
+            w.write(info.stamp(r))
+    html = write_report([out], tmp_path / "report.html", include_committed=False).read_text()
+    assert html.count("INVALID") >= 2 and "timing invalid:" in html and "of the measured peak" in html
+    rows = {r["variant"]: r for r in build_rows(read_records([out]).records)}
+    assert rows["fused"]["speedup_chain"] is None  # no speedup is drawn from an invalid figure
+    # against the true peak the same kernels are valid
+    monkeypatch.setattr(cpu, "_peak", true_peak)
+    assert not any(r["invalid"] for r in _run(registry, impls, _case(8, 512, 512)).values())
 
 
 def _smoke_cases(registry):
