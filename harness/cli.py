@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--same-within", type=_fraction, default=0.05, metavar="FRACTION",
                    help="call a change SAME when 99%% sure it is smaller than this (default 0.05); "
                         "FASTER/SLOWER are decided by the noise alone")
+    p.add_argument("--drift", type=_fraction, default=None, metavar="FRACTION",
+                   help="the machine's spread between runs of one commit (e.g. 0.1), counted as noise; "
+                        "default: measured when a side holds repeated runs, else none")
     return ap
 
 
@@ -501,7 +504,7 @@ def cmd_compare(args) -> int:
     try:
         return compare_main(args.base, args.new, as_json=args.json, fail_on_slower=not args.no_fail_on_slower,
                             fail_on_accuracy=not args.no_fail_on_accuracy, same_within=args.same_within,
-                            console=_console())
+                            drift=args.drift, console=_console())
     except CompareError as e:
         raise UsageError(str(e)) from None
 

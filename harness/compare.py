@@ -32,8 +32,23 @@ Speed, from the two sample sets (`time.samples`), never from a fixed percentage:
 - Fewer than MIN_SAMPLES samples on a side, or cold against hot timing: UNSURE.
   Records without samples (check runs) get only the accuracy comparison.
 
-The bootstrap sees only the variation within each run; a machine that drifts between
-runs (thermal state, other load) is what the 1 % floor of the margin guards against.
+Between runs. The bootstrap sees only the variation within one run, and a machine that
+drifts between runs (memory clock, thermal state, a neighbour on a shared VM) moves every
+median by more than that: on the 2-core CI VM two `bench` runs of one commit differ by a
+median 11 % per record while each reports about 2 % noise. When a side holds two or more
+runs of a record (distinct run_id: several files, a folder, or one file that several runs
+appended to), the spread of their medians is measured: s, the standard deviation of the
+log run medians, pooled over every such record of both sides (the drift is the machine's,
+not the kernel's; DRIFT_MIN_DF degrees of freedom at least). `--drift F` states it instead
+(e.g. from an earlier repeated comparison on the same machine). With s known, each side's
+figure is the geometric mean of its run medians, and the intervals are Student's t on the
+log ratio with standard error sqrt(max(s, noise_B)² / k_B + max(s, noise_N)² / k_N) (k runs
+a side) and, for a measured s, one degree of freedom per run beyond the first of each side
+(the drift moves whole runs: records of one run are not independent draws of it; a given s
+is taken as known), widened to hold the bootstrap's: a drift of s is
+then noise, not change.
+Without it (one run a side and no --drift) the verdicts rest on the within-run noise
+alone, and the summary says so.
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ MIN_MARGIN = 0.01
 SAME_WITHIN = 0.05
 MIN_SAMPLES = 5
 DRIFT_FACTOR = 10.0
+DRIFT_MIN_DF = 3  # records' worth of repeated runs before the between-run spread is trusted
 ORDER = {"NEW FAILURE": 0, "ACCURACY DRIFT": 1, "FIXED": 2, "SLOWER": 3, "FASTER": 4, "SAME": 5, "UNSURE": 6}
 
 
@@ -70,11 +86,19 @@ class Speed:
     hi: float | None = None
     margin: float | None = None
     note: str = ""
+    base_s: float | None = None  # the figures the ratio is of: a run's median, or the geometric
+    new_s: float | None = None  # mean of the run medians when the between-run spread is counted
 
 
 def speed(base, new, *, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = SEED,
-          same_within: float = SAME_WITHIN) -> Speed:
-    """The speed verdict for two sample sets (seconds); see the module docstring."""
+          same_within: float = SAME_WITHIN, drift: float | None = None, drift_df: int | None = None) -> Speed:
+    """The speed verdict for two sample sets (seconds) or two lists of runs' sample sets
+    (a list of lists: repeated runs of one record); `drift`: the machine's between-run
+    spread s (None: unknown, within-run noise only), estimated with `drift_df` degrees of
+    freedom (None: known, e.g. given). See the module docstring."""
+    if _is_runs(base) or _is_runs(new):
+        return _speed_runs(_runs(base), _runs(new), level=level, resamples=resamples, seed=seed,
+                           same_within=same_within, drift=drift, drift_df=drift_df)
     b, n = _clean(base), _clean(new)
     if min(len(b), len(n)) < MIN_SAMPLES:
         ratio = float(np.median(n) / np.median(b)) if len(b) and len(n) else None
@@ -85,20 +109,107 @@ def speed(base, new, *, level: float = LEVEL, resamples: int = RESAMPLES, seed: 
     a, e = (1 - level) / 2, (1 - SAME_LEVEL) / 2
     lo, hi, lo_same, hi_same = (float(q) for q in np.quantile(mn / mb, [a, 1 - a, e, 1 - e]))
     m = max(MIN_MARGIN, math.hypot(summarize(b, "").noise, summarize(n, "").noise))
+    return Speed(_verdict(lo, hi, lo_same, hi_same, m, same_within), float(np.median(n) / np.median(b)), lo, hi, m,
+                 base_s=float(np.median(b)), new_s=float(np.median(n)))
+
+
+def _verdict(lo: float, hi: float, lo_same: float, hi_same: float, m: float, same_within: float) -> str:
     if lo > 1 + m:
-        v = "SLOWER"
-    elif hi < 1 - m:
-        v = "FASTER"
-    elif lo_same >= 1 - max(m, same_within) and hi_same <= 1 + max(m, same_within):
-        v = "SAME"
-    else:
-        v = "UNSURE"
-    return Speed(v, float(np.median(n) / np.median(b)), lo, hi, m)
+        return "SLOWER"
+    if hi < 1 - m:
+        return "FASTER"
+    if lo_same >= 1 - max(m, same_within) and hi_same <= 1 + max(m, same_within):
+        return "SAME"
+    return "UNSURE"
+
+
+def _is_runs(x) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(r, (list, tuple, np.ndarray)) for r in x)
+
+
+def _runs(x) -> list[np.ndarray]:
+    runs = [_clean(r) for r in (x if _is_runs(x) else [x])]
+    return [r for r in runs if len(r)]
+
+
+def _t(level: float, df: int) -> float:
+    """The two-sided `level` quantile of Student's t with df degrees of freedom (the normal's
+    from 200 on): its density integrated numerically, the upper limit found by bisection."""
+    from statistics import NormalDist
+
+    if df >= 200:
+        return NormalDist().inv_cdf(0.5 + level / 2)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def mass(x: float) -> float:  # P(0 < T < x), Simpson's rule on 2000 intervals
+        u = np.linspace(0.0, x, 2001)
+        f = c * (1 + u * u / df) ** (-(df + 1) / 2)
+        return float((x / 6000) * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
+
+    lo, hi = 0.0, 1.0
+    while mass(hi) < level / 2:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mass(mid) < level / 2 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _speed_runs(base: list[np.ndarray], new: list[np.ndarray], *, level, resamples, seed, same_within,
+                drift, drift_df) -> Speed:
+    """Repeated runs a side: the newest run of each gives the within-run bootstrap; with a
+    between-run spread `drift` known, the geometric means of the run medians and a
+    normal-theory interval on the log ratio that includes it (never narrower)."""
+    if not base or not new:
+        return Speed("UNSURE", note="no samples")
+    one = speed(base[-1], new[-1], level=level, resamples=resamples, seed=seed, same_within=same_within)
+    if drift is None or one.lo is None:
+        return one
+    nb_, nn_ = (summarize(base[-1], "").noise, summarize(new[-1], "").noise)
+    lb = np.mean([math.log(np.median(r)) for r in base])
+    ln = np.mean([math.log(np.median(r)) for r in new])
+    se = math.sqrt(max(drift, nb_) ** 2 / len(base) + max(drift, nn_) ** 2 / len(new))
+    ratio = math.exp(ln - lb)
+    df = 10**6 if drift_df is None else max(1, drift_df)
+    z, zs = _t(level, df), _t(SAME_LEVEL, df)
+    lo, hi = min(one.lo, ratio * math.exp(-z * se)), max(one.hi, ratio * math.exp(z * se))
+    lo_same, hi_same = ratio * math.exp(-zs * se), ratio * math.exp(zs * se)
+    v = _verdict(lo, hi, lo_same, hi_same, one.margin, same_within)
+    note = f"{len(base)} vs {len(new)} runs, between-run spread {drift:.1%}"
+    return Speed(v, ratio, lo, hi, one.margin, note, base_s=math.exp(lb), new_s=math.exp(ln))
+
+
+def between_run_spread(*sides: dict[tuple, list[dict]]) -> tuple[float | None, int]:
+    """The pooled standard deviation of log run medians over every record that has two or
+    more runs on one side, and its degrees of freedom; (None, df) below DRIFT_MIN_DF."""
+    ss, df = 0.0, 0
+    for side in sides:
+        for recs in side.values():
+            meds = [m for m in (_median(r) for r in recs) if m and m > 0]
+            if len(meds) >= 2:
+                logs = np.log(meds)
+                ss += float(np.sum((logs - logs.mean()) ** 2))
+                df += len(meds) - 1
+    return (math.sqrt(ss / df) if df >= DRIFT_MIN_DF else None), df
 
 
 def _clean(samples) -> np.ndarray:
     s = np.asarray(samples if samples is not None else [], dtype=np.float64)
     return s[np.isfinite(s) & (s > 0)]
+
+
+def runs_of(records: list[dict]) -> dict[tuple, list[dict]]:
+    """Per KEY, the newest record of each run (run_id), oldest run first; unavailable left out."""
+    per: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        if r.get("status") == "unavailable":
+            continue
+        k = tuple(r.get(f) for f in KEY)
+        run = str(r.get("run_id") or id(r))
+        have = per.setdefault(k, {}).get(run)
+        if have is None or str(r.get("timestamp", "")) >= str(have.get("timestamp", "")):
+            per[k][run] = r
+    return {k: sorted(v.values(), key=lambda r: str(r.get("timestamp", ""))) for k, v in per.items()}
 
 
 def latest(records: list[dict]) -> dict[tuple, dict]:
@@ -137,11 +248,25 @@ class Comparison:
     only_base: int
     only_new: int
     counts: dict = field(default_factory=dict)
+    drift: float | None = None  # the between-run spread the verdicts include (None: within-run noise only)
+    drift_source: str = ""  # "measured" (with drift_df), "given" or ""
+    drift_df: int = 0
+    runs: tuple = (1, 1)  # the most runs of one record on each side
 
 
-def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN) -> Comparison:
-    """Matched rows, sorted: accuracy changes, slower, faster, then the rest."""
+def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN,
+            drift: float | None = None) -> Comparison:
+    """Matched rows, sorted: accuracy changes, slower, faster, then the rest. `drift`: the
+    machine's between-run spread, if known (else measured from repeated runs, if any)."""
     lb, ln = latest(base), latest(new)
+    rb, rn = runs_of(base), runs_of(new)
+    measured, df = between_run_spread(rb, rn)
+    source = "given" if drift is not None else "measured" if measured is not None else ""
+    drift = drift if drift is not None else measured
+    # the spread moves whole runs, so its estimate has about one degree of freedom per run
+    # beyond the first of each side, however many records it was pooled over
+    runs_df = None if source != "measured" else \
+        max(1, sum(max((len(v) for v in side.values()), default=1) - 1 for side in (rb, rn)))
     if not lb or not ln:
         raise CompareError(f"{'BASE' if not lb else 'NEW'} has no usable records (only unavailable ones, or none)")
     common = lb.keys() & ln.keys()
@@ -158,7 +283,12 @@ def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN)
         sb, sn = (b.get("time") or {}).get("samples"), (n.get("time") or {}).get("samples")
         sp = None
         if sb and sn:
-            sp = speed(sb, sn, same_within=same_within)
+            mode_b, mode_n = b["time"].get("mode"), n["time"].get("mode")
+            runs_b = [x["time"]["samples"] for x in rb[k] if (x.get("time") or {}).get("samples")
+                      and x["time"].get("mode") == mode_b]
+            runs_n = [x["time"]["samples"] for x in rn[k] if (x.get("time") or {}).get("samples")
+                      and x["time"].get("mode") == mode_n]
+            sp = speed(runs_b or [sb], runs_n or [sn], same_within=same_within, drift=drift, drift_df=runs_df)
             mb, mn = b["time"].get("mode"), n["time"].get("mode")
             if mb and mn and mb != mn:
                 sp = Speed("UNSURE", sp.ratio, sp.lo, sp.hi, sp.margin, f"timing modes differ ({mb} vs {mn})")
@@ -167,7 +297,8 @@ def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN)
                      "accuracy": acc, "reason": n.get("reason", "") if acc == "NEW FAILURE" else "",
                      "base_verdict": b.get("verdict"), "new_verdict": n.get("verdict"),
                      "base_nmse": b.get("nmse"), "new_nmse": n.get("nmse"),
-                     "base_s": _median(b), "new_s": _median(n), "speed": asdict(sp) if sp else None,
+                     "base_s": sp.base_s if sp and sp.base_s else _median(b),
+                     "new_s": sp.new_s if sp and sp.new_s else _median(n), "speed": asdict(sp) if sp else None,
                      "base_commit": b.get("commit"), "new_commit": n.get("commit")})
     rows.sort(key=_sort_key)
     counts = {v: 0 for v in ORDER}
@@ -176,7 +307,9 @@ def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN)
             if v:
                 counts[v] += 1
     counts["untimed"] = sum(r["speed"] is None for r in rows)
-    return Comparison(rows, len(lb.keys() - common), len(ln.keys() - common), counts)
+    most = (max((len(rb[k]) for k in common), default=1), max((len(rn[k]) for k in common), default=1))
+    return Comparison(rows, len(lb.keys() - common), len(ln.keys() - common), counts, drift, source,
+                      runs_df or 0, most)
 
 
 def _sort_key(r: dict) -> tuple:
@@ -203,6 +336,17 @@ def summary_line(c: Comparison) -> str:
     return (f"{len(c.rows)} matched: {k['NEW FAILURE']} new failures, {k['FIXED']} fixed, "
             f"{k['ACCURACY DRIFT']} accuracy drift; {k['SLOWER']} slower, {k['FASTER']} faster, {k['SAME']} same, "
             f"{k['UNSURE']} unsure, {k['untimed']} untimed; {c.only_base} only in BASE, {c.only_new} only in NEW")
+
+
+def drift_line(c: Comparison) -> str:
+    """What the speed verdicts take into account, in one line."""
+    if c.drift_source == "measured":
+        return (f"between-run spread on this machine: {c.drift:.1%} (from repeated runs, up to {c.runs[0]} vs "
+                f"{c.runs[1]} a record: {c.drift_df} degrees of freedom); the verdicts include it")
+    if c.drift_source == "given":
+        return f"between-run spread given: {c.drift:.1%} (--drift); the verdicts include it"
+    return ("one run a side: the verdicts see only the noise within each run; on a machine that drifts between "
+            "runs, give each side two or more runs (append several bench runs to one file, or a folder) or --drift")
 
 
 def _ms(s) -> str:
@@ -247,13 +391,16 @@ def print_table(c: Comparison, console, title: str) -> None:
 
 
 def main(base: str, new: str, *, as_json: bool = False, fail_on_slower: bool = True,
-         fail_on_accuracy: bool = True, same_within: float = SAME_WITHIN, console=None) -> int:
+         fail_on_accuracy: bool = True, same_within: float = SAME_WITHIN, drift: float | None = None,
+         console=None) -> int:
     """Compare two results files/folders, print the outcome; 1 on a regression, else 0."""
-    c = compare(load(base), load(new), same_within)
+    c = compare(load(base), load(new), same_within, drift)
     failed = (fail_on_accuracy and c.counts["NEW FAILURE"] > 0) or (fail_on_slower and c.counts["SLOWER"] > 0)
     if as_json:
         print(json.dumps({"base": base, "new": new, "rule": {"level": LEVEL, "resamples": RESAMPLES,
-                          "same_level": SAME_LEVEL, "min_margin": MIN_MARGIN, "same_within": same_within, "min_samples": MIN_SAMPLES, "drift_factor": DRIFT_FACTOR},
+                          "same_level": SAME_LEVEL, "min_margin": MIN_MARGIN, "same_within": same_within, "min_samples": MIN_SAMPLES, "drift_factor": DRIFT_FACTOR,
+                                   "between_run_spread": c.drift, "spread_source": c.drift_source or None,
+                                   "spread_df": c.drift_df},
                           "counts": c.counts, "only_base": c.only_base, "only_new": c.only_new,
                           "failed": failed, "rows": c.rows}, indent=2, default=str))
     else:
@@ -263,7 +410,10 @@ def main(base: str, new: str, *, as_json: bool = False, fail_on_slower: bool = T
             console = Console()
         print_table(c, console, f"compare: {base} -> {new}")
     print(summary_line(c), file=sys.stderr if as_json else sys.stdout)
+    print(drift_line(c), file=sys.stderr if as_json else sys.stdout)
     if c.counts["UNSURE"] and not as_json:
-        print(f"UNSURE: the samples cannot tell a change of {same_within:.0%} (or the noise) from none; more samples "
-              "(bench --min-samples/--budget) narrow the interval")
+        more = ("more runs a side (the between-run spread dominates)" if c.drift is not None
+                else "more samples (bench --min-samples/--budget)")
+        print(f"UNSURE: the samples cannot tell a change of {same_within:.0%} (or the noise) from none; {more} "
+              "narrow the interval")
     return 1 if failed else 0

@@ -5,7 +5,8 @@
 - Work the device timer does not see (a side submission on WebGPU, a non-blocking
   stream on CUDA): the host clock around every sample gives it away and the figure is
   flagged invalid.
-- A kernel that overwrites its inputs on the device: the buffers are read back.
+- A kernel that overwrites its inputs, on the host or on the device: the arrays are
+  compared and the device buffers read back; the harness restores them for the next.
 - A figure beyond the machine's measured bandwidth or arithmetic peak is flagged invalid
   in the results and the report, and no speedup is drawn from it.
 - Every built-in implementation really reads the buffers the harness rotates.
@@ -90,6 +91,14 @@ def test_a_kernel_that_overwrites_its_input_on_the_device_fails(registry, cheats
     recs = _run(registry, [cheats["edits_input"], registry.impls["rmsnorm_gemm/wgsl/fused"]], _case(2, 40, 24), Options())
     assert "inputs modified by the kernel on its device: x" in recs["edits_input"]["reason"]
     assert recs["fused"]["verdict"] == "pass"
+
+
+def test_a_kernel_that_overwrites_its_host_input_fails_and_the_next_sees_clean_inputs(registry, cheats):
+    recs = _run(registry, [cheats["edits_host_input"], registry.impls["rmsnorm_gemm/cpu/fused"]], _case(2, 40, 24),
+                Options())
+    assert recs["edits_host_input"]["verdict"] == "fail"
+    assert "inputs modified by the kernel: x" in recs["edits_host_input"]["reason"]
+    assert recs["fused"]["verdict"] == "pass", recs["fused"]["reason"]  # the harness put x back
 
 
 def test_work_on_a_side_stream_is_flagged_on_cuda(registry, cheats):

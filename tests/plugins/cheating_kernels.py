@@ -8,6 +8,8 @@ Loaded only by importing this module in a test (never shipped).
 - wgsl/side_submission: submits the real dispatches in a submission of its own, outside
   the timed compute pass, and leaves one tiny fill for the timer to see.
 - wgsl/edits_input: right outputs, then overwrites its input x on the device.
+- cpu/edits_host_input: right outputs, then changes one element of the host array x it reads
+  in place (which is the harness's own input array).
 - cuda/side_stream: launches the real kernels on a non-blocking stream, which neither the
   current stream's events nor the legacy default stream wait for.
 """
@@ -47,6 +49,12 @@ class EditsInput(RmsNormGemmWgsl):
         self.backend.fill_words(self.x, 0)
 
 
+class EditsInputHost(RmsNormGemmCpu):
+    def run(self):
+        super().run()
+        self.inputs["x"][0, 0] += 1
+
+
 class SideStream(RmsNormGemmCuda):
     def run(self):
         import cupy as cp
@@ -58,6 +66,7 @@ class SideStream(RmsNormGemmCuda):
 
 
 for cls, backend, variant in [(CachesResult, "cpu", "caches_result"), (SideSubmission, "wgsl", "side_submission"),
-                              (EditsInput, "wgsl", "edits_input"), (SideStream, "cuda", "side_stream")]:
+                              (EditsInput, "wgsl", "edits_input"), (EditsInputHost, "cpu", "edits_host_input"),
+                              (SideStream, "cuda", "side_stream")]:
     register(Implementation("rmsnorm_gemm", backend, variant, "fused", cls, ("float32",), origin=__name__,
                             doc=cls.__doc__ or ""))
