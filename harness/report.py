@@ -85,6 +85,9 @@ def _details(r: dict) -> str:
              f"run {r.get('run_id')} at {r.get('timestamp')}"]
     if bfp:
         parts.append("backend " + ", ".join(f"{k}={v}" for k, v in bfp.items() if not isinstance(v, (dict, list))))
+    versions = r.get("versions")
+    if isinstance(versions, dict) and versions:
+        parts.append("versions " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     if r.get("n"):
         parts.append(f"{r['n']} samples, noise {100 * r.get('noise', 0):.2f}%, mode {r.get('time', {}).get('mode')}")
     parts.append(f"seed {r.get('seed')}, params {json.dumps(r.get('params'))}")

@@ -83,7 +83,9 @@ def test_report_in_a_browser(report):
         tables = driver.find_elements(By.CSS_SELECTOR, "table.results")
         assert len(tables) == 2  # add_rmsnorm, gemm_swiglu
         _check_sorts(driver, tables[0], "median ms")
-        assert "commit" in tables[0].find_element(By.CSS_SELECTOR, "tbody tr").get_attribute("title")
+        details = tables[0].find_element(By.CSS_SELECTOR, "tbody tr").get_attribute("title")
+        for what in ("machine", "commit", "versions", "numpy", "samples", "noise"):
+            assert what in details, (what, details)  # every number traceable
 
         cross = driver.find_elements(By.CSS_SELECTOR, "table.cross")
         assert len(cross) == 2
