@@ -188,14 +188,16 @@ class _Set:
         self.rotated = {k: inputs[k] for k in (names if names is not None else inputs)}
         if outputs_of is not None:
             self.reference, self.chain, self.magnitude = outputs_of.reference, outputs_of.chain, outputs_of.magnitude
+            self.judged = outputs_of.judged
             return
+        self.judged: dict = {}  # what judge() computes once per set (the chain's error)
         self.reference = spec.decompose(NumpyOps("float64"), **inputs, **attrs)
         self.chain = spec.decompose(NumpyOps(dtype), **inputs, **attrs)
         self.magnitude = spec.magnitude(inputs, attrs) if spec.magnitude else None
 
     def judge(self, prepared, bound):
         return judge(prepared.outputs(), self.reference, self.chain, self.dtype, bound, self.spec.k_vs_chain,
-                     self.magnitude)
+                     self.magnitude, cache=self.judged)
 
     def fresh(self, dims, seed: int, value_shape: str) -> "_Set":
         """A second set: the spec's rotated inputs drawn again (from another seed), the
