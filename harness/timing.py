@@ -15,7 +15,9 @@ Two guards against results that are too good to be true:
   kernel that caches its result across calls does its work anyway (and fails the check
   after the loop).
 - On a device-timed backend the host clock runs around every sample too. What it sees
-  beyond the launch (the host time inside run()) and the reported device time is the
+  beyond the launch (the host time inside run(), and the encoding of its dispatches
+  where the backend records them at submission, Backend.last_encode_s) and the reported
+  device time is the
   timer's own overhead, unless the kernel left work the device timer does not see (on
   another stream, in a side submission). `unaccounted` is the median of that remainder
   minus the backend's measured overhead (Backend.timer_overhead); the runner flags a
@@ -93,7 +95,7 @@ def measure(backend, prepared, *, budget_s: float = 1.0, warmup_s: float = 0.1, 
             backend.flush_cache()
         t0 = time.perf_counter()
         d = backend.time_run(launch)
-        spare.append(time.perf_counter() - t0 - launch.seconds - d)
+        spare.append(time.perf_counter() - t0 - launch.seconds - backend.last_encode_s - d)
         samples.append(d)
         if len(samples) >= min_samples:
             if time.perf_counter() >= t_end or summarize(samples, "").noise <= target_noise:

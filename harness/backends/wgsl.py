@@ -837,6 +837,7 @@ class WgslBackend(Backend):
         if not self._pending:
             return False
         dev = self.device
+        encoding = time.perf_counter()
         enc = dev.create_command_encoder()
         stamped = timestamps and self.has_timestamps
         if stamped:
@@ -854,7 +855,9 @@ class WgslBackend(Backend):
         if stamped:
             enc.resolve_query_set(qs, 0, 2, resolve, 0)
             enc.copy_buffer_to_buffer(resolve, 0, readback, 0, 16)
-        dev.queue.submit([enc.finish()])
+        commands = enc.finish()
+        self.last_encode_s = time.perf_counter() - encoding  # the launches' host cost (see measure())
+        dev.queue.submit([commands])
         return stamped
 
     def _timestamp_objects(self):
@@ -893,6 +896,7 @@ class WgslBackend(Backend):
         run in one compute pass bracketed by timestamps (host clock around the submit and
         the wait when the adapter has no timestamp queries). Work is complete on return."""
         self.synchronize()
+        self.last_encode_s = 0.0
         if not self.has_timestamps:
             t0 = time.perf_counter()
             prepared.run()
