@@ -45,9 +45,8 @@ figure is the geometric mean of its run medians, and the intervals are Student's
 log ratio with standard error sqrt(max(s, noise_B)² / k_B + max(s, noise_N)² / k_N) (k runs
 a side) and, for a measured s, one degree of freedom per run beyond the first of each side
 (the drift moves whole runs: records of one run are not independent draws of it; a given s
-is taken as known), widened to hold the bootstrap's: a drift of s is
-then noise, not change.
-Without it (one run a side and no --drift) the verdicts rest on the within-run noise
+is taken as known), widened to hold the bootstrap's: a drift of s is then noise, not
+change. Without it (one run a side and no --drift) the verdicts rest on the within-run noise
 alone, and the summary says so.
 """
 
@@ -159,7 +158,7 @@ def _speed_runs(base: list[np.ndarray], new: list[np.ndarray], *, level, resampl
                 drift, drift_df) -> Speed:
     """Repeated runs a side: the newest run of each gives the within-run bootstrap; with a
     between-run spread `drift` known, the geometric means of the run medians and a
-    normal-theory interval on the log ratio that includes it (never narrower)."""
+    Student's t interval on the log ratio that includes it (never narrower)."""
     if not base or not new:
         return Speed("UNSURE", note="no samples")
     one = speed(base[-1], new[-1], level=level, resamples=resamples, seed=seed, same_within=same_within)
@@ -289,9 +288,8 @@ def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN,
             runs_n = [x["time"]["samples"] for x in rn[k] if (x.get("time") or {}).get("samples")
                       and x["time"].get("mode") == mode_n]
             sp = speed(runs_b or [sb], runs_n or [sn], same_within=same_within, drift=drift, drift_df=runs_df)
-            mb, mn = b["time"].get("mode"), n["time"].get("mode")
-            if mb and mn and mb != mn:
-                sp = Speed("UNSURE", sp.ratio, sp.lo, sp.hi, sp.margin, f"timing modes differ ({mb} vs {mn})")
+            if mode_b and mode_n and mode_b != mode_n:
+                sp = Speed("UNSURE", sp.ratio, sp.lo, sp.hi, sp.margin, f"timing modes differ ({mode_b} vs {mode_n})")
         acc = accuracy(b, n)
         rows.append({**dict(zip(KEY, k)), "impl": n.get("impl") or f"{k[1]}/{k[2]}/{k[3]}",
                      "accuracy": acc, "reason": n.get("reason", "") if acc == "NEW FAILURE" else "",

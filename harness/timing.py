@@ -17,8 +17,7 @@ Two guards against results that are too good to be true:
 - On a device-timed backend the host clock runs around every sample too. What it sees
   beyond the launch (the host time inside run(), and the encoding of its dispatches
   where the backend records them at submission, Backend.last_encode_s) and the reported
-  device time is the
-  timer's own overhead, unless the kernel left work the device timer does not see (on
+  device time is the timer's own overhead, unless the kernel left work the device timer does not see (on
   another stream, in a side submission). `unaccounted` is the median of that remainder
   minus the backend's measured overhead (Backend.timer_overhead); the runner flags a
   result whose unaccounted time is large against its device time.

@@ -2,11 +2,11 @@
 
 q: (B, Hq, S, d), k, v: (B, Hkv, S, d) -> o: (B, Hq, S, d). A task owns R = max(ROWS,
 GROUP_ROWS / g) query positions of the g = Hq / Hkv heads that share one kv head
-(cpu_numba.group_queries), so every K and V row loaded serves g·R query rows. Keys go by in blocks of KEYS, only up
-to the task's last position (causal): the block's logits (g·ROWS, KEYS) go to a small
-thread-local buffer, each row's running max and sum are updated and its float32
-accumulator rescaled (online softmax), and the block's V rows are added in. The (S, S)
-matrix never exists; the largest buffer is g·R × KEYS floats.
+(cpu_numba.group_queries), so every K and V row loaded serves g·R query rows. Keys go by
+in blocks of KEYS, only up to the task's last position (causal): the block's logits
+(g·R, KEYS) go to a small thread-local buffer, each row's running max and sum are updated
+and its float32 accumulator rescaled (online softmax), and the block's V rows are added
+in. The (S, S) matrix never exists; the largest buffer is g·R × KEYS floats.
 
 float16 and bfloat16 arrive as raw 16-bit patterns; q rows and each K / V block are
 widened to float32 once per task; o is rounded once, straight into the storage dtype.
