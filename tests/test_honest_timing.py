@@ -28,7 +28,7 @@ from harness.backends import Prepared, get_backend
 from harness.cases import Case, load_cases, select
 from harness.registry import discover
 from harness.runner import Job, Options, _Set, run_job
-from harness.timing import measure
+from harness.timing import measure, summarize
 
 QUICK = Options(bench=True, budget_s=0.05, warmup_s=0.0, min_samples=6, settle_s=0.0)
 
@@ -196,15 +196,17 @@ class _Copy(Prepared):
 def test_cpu_timer_agrees_with_timeit():
     backend = get_backend("cpu")
     copy = _Copy(backend)
-    before = timeit.repeat(copy.run, number=1, repeat=15)
-    ours = measure(backend, copy, budget_s=0.3, warmup_s=0.05, min_samples=15, cold=False)
-    after = timeit.repeat(copy.run, number=1, repeat=15)
-    theirs = float(np.median(before + after))
+    # the two timers take turns, five samples each, six times: this VM's memory speed drifts
+    # by 20 % within seconds, which one block of each (before / ours / after) mistook for a
+    # disagreement between the timers
+    mine, timed = [], []
+    for _ in range(6):
+        timed += timeit.repeat(copy.run, number=1, repeat=5)
+        mine += measure(backend, copy, budget_s=0.0, warmup_s=0.01, min_samples=5, max_samples=5, cold=False).samples
+    ours, theirs = summarize(mine, "hot"), summarize(timed, "hot")
     # within the two medians' noise (3 standard errors each), or 15 % on a noisy machine
-    q25, q75 = np.percentile(before + after, [25, 75])
-    their_noise = 1.2533 * (q75 - q25) / 1.349 / np.sqrt(30) / theirs
-    allowed = max(0.15, 3 * (ours.noise + their_noise))
-    assert abs(ours.median / theirs - 1) < allowed, (ours.median, theirs, allowed)
+    allowed = max(0.15, 3 * (ours.noise + theirs.noise))
+    assert abs(ours.median / theirs.median - 1) < allowed, (ours.median, theirs.median, allowed)
 
 
 def test_cuda_timer_agrees_with_torch_benchmark():
