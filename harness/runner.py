@@ -297,7 +297,7 @@ def _timing_fields(t, cost, backend, dtype: str, kind: str) -> dict:
     why = []
     if kind != "reference" and fracs and max(fracs) > 1.0 + max(PEAK_MARGIN, 3 * t.noise):
         why.append(f"{100 * max(fracs):.0f}% of the measured peak")
-    overhead = backend.timer_overhead() if t.unaccounted is not None else None
+    overhead = t.overhead if t.unaccounted is not None else None
     if overhead is not None and t.unaccounted > max(UNSEEN_FRACTION * t.median, UNSEEN_OVERHEADS * overhead):
         why.append(f"the host clock saw {t.unaccounted * 1e3:.3g} ms per run beyond the launch, the "
                    f"{t.median * 1e3:.3g} ms of device time and the timer's {overhead * 1e3:.2g} ms overhead: "

@@ -17,10 +17,15 @@ Two guards against results that are too good to be true:
 - On a device-timed backend the host clock runs around every sample too. What it sees
   beyond the launch (the host time inside run(), and the encoding of its dispatches
   where the backend records them at submission, Backend.last_encode_s) and the reported
-  device time is the timer's own overhead, unless the kernel left work the device timer does not see (on
-  another stream, in a side submission). `unaccounted` is the median of that remainder
-  minus the backend's measured overhead (Backend.timer_overhead); the runner flags a
-  result whose unaccounted time is large against its device time.
+  device time is the timer's own overhead, unless the kernel left work the device timer
+  does not see (on another stream, in a side submission). That overhead is measured in
+  the same loop: before each sample (after the cache flush, so under the same cold
+  conditions) the backend's minimal run is timed the same way. `unaccounted` is the
+  median over samples of the kernel's remainder minus the probe's just before it, and
+  `overhead` the median of the probe's; the runner flags a result whose unaccounted
+  time is large against its device time. (An overhead measured once, apart from the
+  loop, drifted by 0.3-1 ms on lavapipe and missed what a cold cache adds to the host
+  path, which made honest multi-dispatch chains look like side submissions.)
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class Timing:
     # median host seconds per sample not covered by the launch, the device time and the
     # timer's overhead (device-timed backends only; None elsewhere)
     unaccounted: float | None = None
+    # median host seconds the timer's minimal probe cost beyond its own device time and
+    # launch, measured in the same loop (device-timed backends only)
+    overhead: float | None = None
 
     def as_dict(self, with_samples: bool = True) -> dict:
         d = asdict(self)
@@ -52,13 +60,14 @@ class Timing:
         return d
 
 
-def summarize(samples: list[float], mode: str, unaccounted: float | None = None) -> Timing:
+def summarize(samples: list[float], mode: str, unaccounted: float | None = None,
+              overhead: float | None = None) -> Timing:
     s = np.asarray(samples, dtype=np.float64)
     med = float(np.median(s))
     q25, q75 = np.percentile(s, [25, 75])
     noise = 1.2533 * (float(q75 - q25) / 1.349) / np.sqrt(len(s)) / med if med > 0 else float("inf")
     return Timing(med, float(np.percentile(s, 20)), float(np.percentile(s, 80)), float(s.min()), len(s),
-                  float(noise), mode, [float(x) for x in s], unaccounted)
+                  float(noise), mode, [float(x) for x in s], unaccounted, overhead)
 
 
 class _Launch:
@@ -74,30 +83,45 @@ class _Launch:
         self.seconds = time.perf_counter() - t0
 
 
+def _timed(backend, launch: _Launch) -> tuple[float, float]:
+    """(device seconds, host seconds beyond them and the launch) of one time_run."""
+    t0 = time.perf_counter()
+    d = backend.time_run(launch)
+    return d, time.perf_counter() - t0 - launch.seconds - backend.last_encode_s - d
+
+
 def measure(backend, prepared, *, budget_s: float = 1.0, warmup_s: float = 0.1, min_samples: int = 10,
             max_samples: int = 500, target_noise: float = 0.01, cold: bool = True, between=None) -> Timing:
     """Time `prepared.run()` on `backend`; see the module docstring."""
+    probe = _Launch(backend.minimal_prepared()) if backend.device_timed else None
     t_end = time.perf_counter() + warmup_s
     while True:  # warm-up: at least one run, then until warmup_s has passed
         backend.time_run(prepared)
+        if probe is not None:
+            backend.time_run(probe)
         if time.perf_counter() >= t_end:
             break
-    overhead = backend.timer_overhead() if backend.device_timed else None
     launch = _Launch(prepared)
     samples: list[float] = []
-    spare: list[float] = []
+    beyond: list[float] = []  # the kernel's host remainder minus the probe's, per sample
+    probed: list[float] = []
     t_end = time.perf_counter() + budget_s
     while len(samples) < max_samples:
         if between is not None:
             between(len(samples))
         if cold:
             backend.flush_cache()
-        t0 = time.perf_counter()
-        d = backend.time_run(launch)
-        spare.append(time.perf_counter() - t0 - launch.seconds - backend.last_encode_s - d)
+        if probe is not None:
+            probed.append(_timed(backend, probe)[1])
+        d, spare = _timed(backend, launch)
         samples.append(d)
+        if probe is not None:
+            beyond.append(spare - probed[-1])
         if len(samples) >= min_samples:
             if time.perf_counter() >= t_end or summarize(samples, "").noise <= target_noise:
                 break
-    unaccounted = float(np.median(spare)) - overhead if overhead is not None else None
-    return summarize(samples, "cold" if cold else "hot", unaccounted)
+    if probe is not None:
+        probe.prepared.close()
+    unaccounted = float(np.median(beyond)) if probe is not None else None
+    overhead = float(np.median(probed)) if probe is not None else None
+    return summarize(samples, "cold" if cold else "hot", unaccounted, overhead)

@@ -8,8 +8,8 @@ Every backend module defines a `Backend` subclass and exposes instances in `BACK
                            `download(buf) -> np.ndarray`, `poison(buf)`
 3. synchronise             `synchronize()`
 4. timer                   `time_run(prepared) -> seconds` (device time where it can), `flush_cache()`,
-                           `timer_overhead()` (host seconds a device-timed run costs beyond
-                           its device time; None for host-timed backends)
+                           `minimal_prepared()` (the smallest timed run: the host check's
+                           probe on device-timed backends)
 5. primitive ops           `ops(dtype) -> harness.ops.Ops` for the unfused chain
 6. peak probe              `measure_peak() -> {"copy_gbps": .., "matmul_gflops": ..}`
 
@@ -120,26 +120,6 @@ class Backend:
     # host clock around every sample against the device time it reports, so that work the
     # timer does not see (another stream, a side submission) cannot shorten a result.
     device_timed = False
-
-    def timer_overhead(self) -> float | None:
-        """Median host seconds that one time_run() of a minimal run costs beyond its
-        device time and its launch (synchronisation, submission, readback); measured once.
-        None where the timer is the host clock itself."""
-        if not self.device_timed:
-            return None
-        if getattr(self, "_timer_overhead", None) is None:
-            self._timer_overhead = self._measure_timer_overhead()
-        return self._timer_overhead
-
-    def _measure_timer_overhead(self, runs: int = 15) -> float:
-        minimal = self.minimal_prepared()
-        self.time_run(minimal)  # compile
-        spare = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            d = self.time_run(minimal)
-            spare.append(time.perf_counter() - t0 - self.last_encode_s - d)
-        return float(np.median(spare))
 
     def minimal_prepared(self) -> "Prepared":
         """A Prepared whose run() launches the smallest work this backend can time."""
