@@ -135,28 +135,7 @@ __device__ __forceinline__ void fb_pair_tiled(const AS& as, const PR& pr, int M,
             }
             __syncthreads();
 
-            // Blocked summation: each K step summed separately, then added.
-            float part[4][4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) part[i][j] = 0.f;
-#pragma unroll
-            for (int k = 0; k < FB_TK; ++k) {
-                // rows are 68 floats and ty*4, tx*4 are multiples of 4: aligned 16-byte loads
-                const fb_f4 ta = *reinterpret_cast<const fb_f4*>(&As[k][ty * 4]);
-                const fb_f4 tb = *reinterpret_cast<const fb_f4*>(&Ws[k][tx * 4]);
-                const float a[4] = {ta.x, ta.y, ta.z, ta.w};
-                const float b[4] = {tb.x, tb.y, tb.z, tb.w};
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) part[i][j] += a[i] * b[j];
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] += part[i][j];
+            fb_tile_step<FB_TK>(As, Ws, ty, tx, acc);
         }
 
 #pragma unroll

@@ -127,3 +127,33 @@ __device__ __forceinline__ float fb_inv_rms(float sumsq, int H, float eps) {
     // IEEE sqrt and division (no rsqrtf approximation), as the float32 chain does.
     return 1.0f / sqrtf(sumsq / (float)H + eps);
 }
+
+// ---- tiled GEMM: one K step of a thread's 4 x 4 register tile --------------------------------
+// As[k][ty*4 + i] and Bs[k][tx*4 + j] (k < TK) are the shared-memory tiles, transposed, with
+// rows of LDA and LDB floats (multiples of 4, so both reads are aligned 16-byte loads).
+// acc[i][j] += sum over k of As[k][ty*4+i] * Bs[k][tx*4+j], the step summed on its own
+// first: blocked summation keeps float32 error growth at about K/TK + TK additions, not K.
+template <int TK, int LDA, int LDB>
+__device__ __forceinline__ void fb_tile_step(const float (&As)[TK][LDA], const float (&Bs)[TK][LDB],
+                                             int ty, int tx, float (&acc)[4][4]) {
+    float part[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) part[i][j] = 0.f;
+#pragma unroll
+    for (int k = 0; k < TK; ++k) {
+        const fb_f4 ta = *reinterpret_cast<const fb_f4*>(&As[k][ty * 4]);
+        const fb_f4 tb = *reinterpret_cast<const fb_f4*>(&Bs[k][tx * 4]);
+        const float a[4] = {ta.x, ta.y, ta.z, ta.w};
+        const float b[4] = {tb.x, tb.y, tb.z, tb.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) part[i][j] += a[i] * b[j];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += part[i][j];
+}
