@@ -11,8 +11,8 @@ include directory is passed anyway when cuda.pathfinder finds it.
 
 Code shared by several kernels lives once in `harness/kernels/*.cuh`; a `.cu` file names a
 fragment with a line `//@fusebench-splice NAME.cuh`, and `cuda_source()` replaces that line
-with the fragment's text. What nvcc, NVRTC and CuPy compile is that spliced text, still
-free of #include.
+with the fragment's text (harness.splice). What nvcc, NVRTC and CuPy compile is that
+spliced text, still free of #include.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.splice import spliced_source
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARCH = "90"
@@ -43,21 +45,10 @@ class CompileResult:
         return ptx_entries(self.ptx)
 
 
-KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
-_SPLICE = re.compile(r"^//@fusebench-splice ([\w.\-]+)[ \t]*$", re.M)
-
-
 def cuda_source(path: str | Path) -> str:
     """The text of a .cu file with its `//@fusebench-splice NAME` lines replaced by the
     shared fragments from harness/kernels/ (the text every compiler and CuPy receives)."""
-
-    def fragment(m: re.Match) -> str:
-        frag = KERNELS_DIR / m.group(1)
-        if not frag.is_file():
-            raise FileNotFoundError(f"{path}: spliced fragment {m.group(1)!r} not found in {KERNELS_DIR}")
-        return frag.read_text().rstrip("\n")
-
-    return _SPLICE.sub(fragment, Path(path).read_text())
+    return spliced_source(path)
 
 
 def cuda_sources(root: Path | None = None) -> list[Path]:

@@ -59,6 +59,7 @@ import numpy as np
 from harness.backends import Backend, BackendUnavailable, Prepared
 from harness.dtypes import np_dtype
 from harness.ops import Ops
+from harness.splice import splice
 
 WG = 256  # invocations per workgroup of the primitive kernels
 MAX_GROUPS = 65535  # per grid dimension (WebGPU's default limit)
@@ -417,16 +418,13 @@ GEMV_MAX_M = 4
 # Matmuls, batched over grid z: a: (batch, M, K), b: (batch, N, K) ("nt", a @ bᵀ: linear
 # and the attention logits) or (batch, K, N) ("nn", a @ b), y: (batch, M, N).
 # Many rows: a 64 x 64 output tile per workgroup, K in steps of 16 through workgroup
-# memory, 4 x 4 outputs per invocation in vec4 registers (arrays indexed in loops cost
-# lavapipe 2.5x), sums in three levels as in the fused kernels; the b tile loaded as
-# @@LOAD_B@@ says.
+# memory, 4 x 4 outputs per invocation, sums in three levels: the shared tile of the fused
+# kernels (harness/kernels/fb_tile.wgsl); the b tile loaded as @@LOAD_B@@ says.
 _BMM = """
 struct Params { M: u32, K: u32, N: u32, _p: u32 }
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
-var<workgroup> As: array<f32, 1024>;
-var<workgroup> Bs: array<f32, 1024>;
+//@fusebench-splice fb_tile.wgsl
+var<workgroup> tl_a: array<f32, 1024>;
+var<workgroup> tl_b: array<f32, 1024>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let M = P.M;
@@ -439,8 +437,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let n0 = wid.x * TN;
   let tx = t % 16u;
   let ty = t / 16u;
-  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
-  var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
+  var acc: Tile;  // zero
   for (var k0 = 0u; k0 < K; k0 += TK) {
     for (var i = 0u; i < 4u; i++) {
       let e = t + i * 256u;
@@ -449,28 +446,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let gk = k0 + kk;
       var a = 0.0;
       if (m0 + rr < M && gk < K) { a = ld_a(ao + (m0 + rr) * K + gk); }
-      As[kk * TM + rr] = a;
+      tl_a[kk * TM + rr] = a;
       @@LOAD_B@@
     }
     workgroupBarrier();
-    var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
-    for (var kk = 0u; kk < TK; kk++) {
-      let ab = kk * TM + ty * 4u;
-      let bb = kk * TN + tx * 4u;
-      let b = vec4<f32>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
-      d0 += As[ab] * b;
-      d1 += As[ab + 1u] * b;
-      d2 += As[ab + 2u] * b;
-      d3 += As[ab + 3u] * b;
-    }
-    e0 += d0; e1 += d1; e2 += d2; e3 += d3;
-    if ((k0 / TK) % 16u == 15u) {
-      c0 += e0; c1 += e1; c2 += e2; c3 += e3;
-      e0 = vec4<f32>(0.0); e1 = vec4<f32>(0.0); e2 = vec4<f32>(0.0); e3 = vec4<f32>(0.0);
-    }
+    tile_step(&acc, ty, tx, 0u, k0 / TK);
     workgroupBarrier();
   }
-  let cs = array<vec4<f32>, 4>(c0 + e0, c1 + e1, c2 + e2, c3 + e3);
+  let cs = tile_sums(acc);
   for (var i = 0u; i < 4u; i++) {
     let gm = m0 + ty * 4u + i;
     for (var j = 0u; j < 4u; j++) {
@@ -484,13 +467,13 @@ _BMM_LOAD_B = {
     # b (N, K): element (k, n) at n * K + k, loaded as the a tile is
     "nt": """var bv = 0.0;
       if (n0 + rr < N && gk < K) { bv = ld_b(bo + (n0 + rr) * K + gk); }
-      Bs[kk * TN + rr] = bv;""",
+      tl_b[kk * TN + rr] = bv;""",
     # b (K, N): element (k, n) at k * N + n, loaded along n
     "nn": """let bn = e % TN;
       let bk = e / TN;
       var bv = 0.0;
       if (n0 + bn < N && k0 + bk < K) { bv = ld_b(bo + (k0 + bk) * N + n0 + bn); }
-      Bs[bk * TN + bn] = bv;""",
+      tl_b[bk * TN + bn] = bv;""",
 }
 
 # Few rows (M <= GEMV_MAX_M, decode): one workgroup per (GEMV_R output columns, row m,
@@ -1133,7 +1116,7 @@ class WgslOps(Ops):
                                      .replace("@@COL_STRIDE@@", "K" if kind == "nt" else "1u"))
             groups = (-(-N // GEMV_R), M, batch)
         else:
-            src = _BMM.replace("@@LOAD_B@@", _BMM_LOAD_B[kind])
+            src = splice(_BMM.replace("@@LOAD_B@@", _BMM_LOAD_B[kind]), "harness/backends/wgsl.py")
             groups = (-(-N // 64), -(-M // 64), batch)
         self.b.dispatch(self._src(src, bufs), [a, b, y], ["in", "in", "out"], groups, params)
         return y

@@ -24,6 +24,7 @@ from pathlib import Path
 from harness.backends import Prepared
 from harness.backends.wgsl import grid_1d, pack_params, wgsl_buffers
 from harness.registry import Implementation, register
+from harness.splice import spliced_source
 
 WG = 256  # must match add_rmsnorm.wgsl
 MAX_VPT = 64
@@ -36,7 +37,7 @@ def kernel_source(mode: str, vpt: int) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and VPT."""
     global _text
     if _text is None:
-        _text = SOURCE.read_text()
+        _text = spliced_source(SOURCE)
     decl = wgsl_buffers([("x", mode, "in"), ("residual", mode, "in"), ("gamma", mode, "in"),
                          ("h", mode, "out"), ("y", mode, "out")], "Params")
     enable = ""

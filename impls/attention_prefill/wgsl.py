@@ -27,6 +27,7 @@ from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
 from harness.backends.wgsl import pack_params, wgsl_buffers
 from harness.registry import Implementation, register
+from harness.splice import spliced_source
 
 WQ = 64  # query rows per workgroup, one per invocation
 WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
@@ -46,7 +47,7 @@ def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
     global _text
     if _text is None:
-        _text = SOURCE.read_text()
+        _text = spliced_source(SOURCE)
     decl = wgsl_buffers([("q", mode, "in"), ("k", mode, "in"), ("v", mode, "in"), ("o", mode, "out")], "Params")
     enable = ""
     if decl.startswith("enable f16;"):

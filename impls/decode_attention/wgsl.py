@@ -40,6 +40,7 @@ from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
 from harness.backends.wgsl import grid_1d, pack_params, wgsl_buffers
 from harness.registry import Implementation, register
+from harness.splice import spliced_source
 
 WD = 64  # invocations per workgroup
 MAX_GW = 8  # q heads per workgroup at most
@@ -76,7 +77,7 @@ def kernel_source(mode: str, d4: int, bk: int, gw: int, wd: int = WD) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
     global _text
     if _text is None:
-        _text = SOURCE.read_text()
+        _text = spliced_source(SOURCE)
     decl = wgsl_buffers([("q", mode, "in"), ("k", mode, "in"), ("v", mode, "in"), ("lens", "i32", "in"),
                          ("o", mode, "out"), ("pml", "f32", "out"), ("pacc", "f32", "out")], "Params")
     enable = ""

@@ -64,12 +64,9 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 // read ceil(M / TM) times, x ceil(I / TN) times. Sums run in three levels (TK terms per
 // tile, 16 tiles, the rest) as in rmsnorm_gemm.
 // ---------------------------------------------------------------------------------
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
+//@fusebench-splice fb_tile.wgsl
 var<workgroup> tl_a: array<f32, 1024>;  // TK * TM, [k][m]
-var<workgroup> tl_g: array<f32, 1024>;  // TK * TN, [k][n]
-var<workgroup> tl_u: array<f32, 1024>;  // TK * TN, [k][n]
+var<workgroup> tl_b: array<f32, 2048>;  // two TK * TN tiles, [k][n]: Wg at 0, Wu at TK * TN
 
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
@@ -82,10 +79,8 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
   let ty = t / 16u;
   let lk = t % TK;
   let lr = t / TK;
-  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
-  var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
-  var v0 = vec4<f32>(0.0); var v1 = vec4<f32>(0.0); var v2 = vec4<f32>(0.0); var v3 = vec4<f32>(0.0);
-  var f0 = vec4<f32>(0.0); var f1 = vec4<f32>(0.0); var f2 = vec4<f32>(0.0); var f3 = vec4<f32>(0.0);
+  var gate: Tile;  // zero
+  var up: Tile;
   for (var k0 = 0u; k0 < H; k0 += TK) {
     let gk = k0 + lk;
     for (var i = 0u; i < 4u; i++) {
@@ -96,33 +91,15 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
       var g = 0.0;
       var u = 0.0;
       if (n0 + r < I && gk < H) { g = ld_wg((n0 + r) * H + gk); u = ld_wu((n0 + r) * H + gk); }
-      tl_g[lk * TN + r] = g;
-      tl_u[lk * TN + r] = u;
+      tl_b[lk * TN + r] = g;
+      tl_b[TK * TN + lk * TN + r] = u;
     }
     workgroupBarrier();
-    var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
-    var q0 = vec4<f32>(0.0); var q1 = vec4<f32>(0.0); var q2 = vec4<f32>(0.0); var q3 = vec4<f32>(0.0);
-    for (var kk = 0u; kk < TK; kk++) {
-      let ab = kk * TM + ty * 4u;
-      let bb = kk * TN + tx * 4u;
-      let g = vec4<f32>(tl_g[bb], tl_g[bb + 1u], tl_g[bb + 2u], tl_g[bb + 3u]);
-      let u = vec4<f32>(tl_u[bb], tl_u[bb + 1u], tl_u[bb + 2u], tl_u[bb + 3u]);
-      let a0 = tl_a[ab]; let a1 = tl_a[ab + 1u]; let a2 = tl_a[ab + 2u]; let a3 = tl_a[ab + 3u];
-      d0 += a0 * g; d1 += a1 * g; d2 += a2 * g; d3 += a3 * g;
-      q0 += a0 * u; q1 += a1 * u; q2 += a2 * u; q3 += a3 * u;
-    }
-    e0 += d0; e1 += d1; e2 += d2; e3 += d3;
-    f0 += q0; f1 += q1; f2 += q2; f3 += q3;
-    if ((k0 / TK) % 16u == 15u) {
-      c0 += e0; c1 += e1; c2 += e2; c3 += e3;
-      v0 += f0; v1 += f1; v2 += f2; v3 += f3;
-      e0 = vec4<f32>(0.0); e1 = vec4<f32>(0.0); e2 = vec4<f32>(0.0); e3 = vec4<f32>(0.0);
-      f0 = vec4<f32>(0.0); f1 = vec4<f32>(0.0); f2 = vec4<f32>(0.0); f3 = vec4<f32>(0.0);
-    }
+    tile_step2(&gate, &up, ty, tx, k0 / TK);
     workgroupBarrier();
   }
-  let gs = array<vec4<f32>, 4>(c0 + e0, c1 + e1, c2 + e2, c3 + e3);
-  let us = array<vec4<f32>, 4>(v0 + f0, v1 + f1, v2 + f2, v3 + f3);
+  let gs = tile_sums(gate);
+  let us = tile_sums(up);
   for (var i = 0u; i < 4u; i++) {
     let gm = m0 + ty * 4u + i;
     for (var j = 0u; j < 4u; j++) {

@@ -27,9 +27,10 @@ from pathlib import Path
 from harness.backends import Prepared
 from harness.backends.wgsl import pack_params, wgsl_buffers
 from harness.registry import Implementation, register
+from harness.splice import spliced_source
 
 GEMV_MAX_M = 4  # up to this many rows, the weights are streamed once per row by `gemv`
-GV_R, TM, TN = 8, 64, 64  # must match the constants in gemm_swiglu.wgsl
+GV_R, TM, TN = 8, 64, 64  # GV_R as in gemm_swiglu.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
 SOURCE = Path(__file__).with_name("gemm_swiglu.wgsl")
 ROLES = ["in", "in", "in", "out"]
 
@@ -41,7 +42,7 @@ def kernel_source(mode: str, out_mode: str | None = None) -> str:
     (default: the same); @@GV_WG@@ is left for backend.gemv_source()."""
     global _text
     if _text is None:
-        _text = SOURCE.read_text()
+        _text = spliced_source(SOURCE)
     decl = wgsl_buffers([("x", mode, "in"), ("wg", mode, "in"), ("wu", mode, "in"),
                          ("y", out_mode or mode, "out")], "Params")
     enable = ""

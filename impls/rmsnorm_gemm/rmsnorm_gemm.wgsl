@@ -70,9 +70,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 // Sums run in three levels (TK terms per tile, 16 tiles, the rest), which keeps the
 // rounding error near that of a blocked BLAS sum instead of growing with sqrt(H).
 // ---------------------------------------------------------------------------------
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
+//@fusebench-splice fb_tile.wgsl
 var<workgroup> tl_a: array<f32, 1024>;  // TK * TM, [k][m]
 var<workgroup> tl_b: array<f32, 1024>;  // TK * TN, [k][n]
 var<workgroup> tl_ss: array<f32, 1024>;  // TM * TK partial sums of squares, [m][k]
@@ -88,8 +86,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
   let ty = t / 16u;
   let lk = t % TK;   // the column this invocation loads in every tile ...
   let lr = t / TK;   // ... of rows lr, lr + 16, lr + 32, lr + 48
-  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
-  var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
+  var acc: Tile;  // zero
   var sc = vec4<f32>(0.0);
   var se = vec4<f32>(0.0);
   for (var k0 = 0u; k0 < H; k0 += TK) {
@@ -109,20 +106,8 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     }
     se += sq;
     workgroupBarrier();
-    var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
-    for (var kk = 0u; kk < TK; kk++) {
-      let ab = kk * TM + ty * 4u;
-      let bb = kk * TN + tx * 4u;
-      let b = vec4<f32>(tl_b[bb], tl_b[bb + 1u], tl_b[bb + 2u], tl_b[bb + 3u]);
-      d0 += tl_a[ab] * b;
-      d1 += tl_a[ab + 1u] * b;
-      d2 += tl_a[ab + 2u] * b;
-      d3 += tl_a[ab + 3u] * b;
-    }
-    e0 += d0; e1 += d1; e2 += d2; e3 += d3;
+    tile_step(&acc, ty, tx, 0u, k0 / TK);
     if ((k0 / TK) % 16u == 15u) {
-      c0 += e0; c1 += e1; c2 += e2; c3 += e3;
-      e0 = vec4<f32>(0.0); e1 = vec4<f32>(0.0); e2 = vec4<f32>(0.0); e3 = vec4<f32>(0.0);
       sc += se;
       se = vec4<f32>(0.0);
     }
@@ -131,7 +116,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
   sc += se;
   for (var i = 0u; i < 4u; i++) { tl_ss[(lr + i * 16u) * TK + lk] = sc[i]; }
   workgroupBarrier();
-  let cs = array<vec4<f32>, 4>(c0 + e0, c1 + e1, c2 + e2, c3 + e3);
+  let cs = tile_sums(acc);
   for (var i = 0u; i < 4u; i++) {
     let rl = ty * 4u + i;
     let gm = m0 + rl;

@@ -32,9 +32,10 @@ from pathlib import Path
 from harness.backends import Prepared
 from harness.backends.wgsl import pack_params, wgsl_buffers
 from harness.registry import Implementation, register
+from harness.splice import spliced_source
 
 GEMV_MAX_M = 4  # up to this many rows, W is streamed once per row by `gemv`
-GV_R, TM, TN = 16, 64, 64  # must match the constants in rmsnorm_gemm.wgsl
+GV_R, TM, TN = 16, 64, 64  # GV_R as in rmsnorm_gemm.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
 SOURCE = Path(__file__).with_name("rmsnorm_gemm.wgsl")
 
 _text: str | None = None
@@ -44,7 +45,7 @@ def kernel_source(mode: str) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16")."""
     global _text
     if _text is None:
-        _text = SOURCE.read_text()
+        _text = spliced_source(SOURCE)
     decl = wgsl_buffers([("x", mode, "in"), ("gamma", mode, "in"), ("w", mode, "in"), ("y", mode, "out")],
                         "Params")
     enable = ""

@@ -122,9 +122,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 // in three levels. Each invocation's 4 adjacent virtual columns are 2 whole pairs, which
 // it scales, rotates and stores.
 // ---------------------------------------------------------------------------------
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
+//@fusebench-splice fb_tile.wgsl
 var<workgroup> tl_a: array<f32, 1024>;  // TK * TM, [k][m]
 var<workgroup> tl_b: array<f32, 1024>;  // TK * TN, [k][n]
 var<workgroup> tl_ss: array<f32, 1024>;  // TM * TK partial sums of squares, [m][k]
@@ -142,8 +140,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
   let lr = t / TK;
   var wrow: array<u32, 4>;  // the W rows (real columns) this invocation loads
   for (var i = 0u; i < 4u; i++) { wrow[i] = real_col(min(n0 + lr + i * 16u, N - 1u)) * H; }
-  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
-  var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
+  var acc: Tile;  // zero
   var sc = vec4<f32>(0.0);
   var se = vec4<f32>(0.0);
   for (var k0 = 0u; k0 < H; k0 += TK) {
@@ -163,20 +160,8 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     }
     se += sq;
     workgroupBarrier();
-    var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
-    for (var kk = 0u; kk < TK; kk++) {
-      let ab = kk * TM + ty * 4u;
-      let bb = kk * TN + tx * 4u;
-      let b = vec4<f32>(tl_b[bb], tl_b[bb + 1u], tl_b[bb + 2u], tl_b[bb + 3u]);
-      d0 += tl_a[ab] * b;
-      d1 += tl_a[ab + 1u] * b;
-      d2 += tl_a[ab + 2u] * b;
-      d3 += tl_a[ab + 3u] * b;
-    }
-    e0 += d0; e1 += d1; e2 += d2; e3 += d3;
+    tile_step(&acc, ty, tx, 0u, k0 / TK);
     if ((k0 / TK) % 16u == 15u) {
-      c0 += e0; c1 += e1; c2 += e2; c3 += e3;
-      e0 = vec4<f32>(0.0); e1 = vec4<f32>(0.0); e2 = vec4<f32>(0.0); e3 = vec4<f32>(0.0);
       sc += se;
       se = vec4<f32>(0.0);
     }
@@ -185,7 +170,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
   sc += se;
   for (var i = 0u; i < 4u; i++) { tl_ss[(lr + i * 16u) * TK + lk] = sc[i]; }
   workgroupBarrier();
-  let cs = array<vec4<f32>, 4>(c0 + e0, c1 + e1, c2 + e2, c3 + e3);
+  let cs = tile_sums(acc);
   let p0 = (n0 + tx * 4u) / 2u;  // first of this invocation's two pairs
   for (var i = 0u; i < 4u; i++) {
     let rl = ty * 4u + i;

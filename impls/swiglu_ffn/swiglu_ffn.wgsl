@@ -46,9 +46,7 @@ fn down_gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 // tiled: many rows (prefill). 64 x 64 output tiles, I in steps of 16 through workgroup
 // memory, 4 x 4 outputs per invocation in vec4 registers, sums in three levels.
 // ---------------------------------------------------------------------------------
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
+//@fusebench-splice fb_tile.wgsl
 var<workgroup> tl_a: array<f32, 1024>;
 var<workgroup> tl_b: array<f32, 1024>;
 
@@ -63,8 +61,7 @@ fn down_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
   let ty = t / 16u;
   let lk = t % TK;
   let lr = t / TK;
-  var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0); var c2 = vec4<f32>(0.0); var c3 = vec4<f32>(0.0);
-  var e0 = vec4<f32>(0.0); var e1 = vec4<f32>(0.0); var e2 = vec4<f32>(0.0); var e3 = vec4<f32>(0.0);
+  var acc: Tile;  // zero
   for (var k0 = 0u; k0 < K; k0 += TK) {
     let gk = k0 + lk;
     for (var i = 0u; i < 4u; i++) {
@@ -77,24 +74,10 @@ fn down_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
       tl_b[lk * TN + r] = b;
     }
     workgroupBarrier();
-    var d0 = vec4<f32>(0.0); var d1 = vec4<f32>(0.0); var d2 = vec4<f32>(0.0); var d3 = vec4<f32>(0.0);
-    for (var kk = 0u; kk < TK; kk++) {
-      let ab = kk * TM + ty * 4u;
-      let bb = kk * TN + tx * 4u;
-      let b = vec4<f32>(tl_b[bb], tl_b[bb + 1u], tl_b[bb + 2u], tl_b[bb + 3u]);
-      d0 += tl_a[ab] * b;
-      d1 += tl_a[ab + 1u] * b;
-      d2 += tl_a[ab + 2u] * b;
-      d3 += tl_a[ab + 3u] * b;
-    }
-    e0 += d0; e1 += d1; e2 += d2; e3 += d3;
-    if ((k0 / TK) % 16u == 15u) {
-      c0 += e0; c1 += e1; c2 += e2; c3 += e3;
-      e0 = vec4<f32>(0.0); e1 = vec4<f32>(0.0); e2 = vec4<f32>(0.0); e3 = vec4<f32>(0.0);
-    }
+    tile_step(&acc, ty, tx, 0u, k0 / TK);
     workgroupBarrier();
   }
-  let cs = array<vec4<f32>, 4>(c0 + e0, c1 + e1, c2 + e2, c3 + e3);
+  let cs = tile_sums(acc);
   for (var i = 0u; i < 4u; i++) {
     let gm = m0 + ty * 4u + i;
     for (var j = 0u; j < 4u; j++) {

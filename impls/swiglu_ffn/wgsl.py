@@ -28,9 +28,10 @@ from pathlib import Path
 from harness.backends import Prepared
 from harness.backends.wgsl import pack_params, wgsl_buffers
 from harness.registry import Implementation, register
+from harness.splice import spliced_source
 from impls.gemm_swiglu import wgsl as gs
 
-GV_R, TM, TN = 16, 64, 64  # must match swiglu_ffn.wgsl
+GV_R, TM, TN = 16, 64, 64  # GV_R as in swiglu_ffn.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
 SOURCE = Path(__file__).with_name("swiglu_ffn.wgsl")
 DOWN_ROLES = ["in", "in", "out"]
 
@@ -41,7 +42,7 @@ def down_source(mode: str) -> str:
     """The down-projection shader: f32 activation, weights and output in `mode`."""
     global _text
     if _text is None:
-        _text = SOURCE.read_text()
+        _text = spliced_source(SOURCE)
     decl = wgsl_buffers([("act", "f32", "in"), ("wd", mode, "in"), ("y", mode, "out")], "Params")
     enable = ""
     if decl.startswith("enable f16;"):
