@@ -146,7 +146,7 @@ FIELD_KINDS = {
                            "case_file", "traceback")},
     "verdict": "text?", "reason": "text?", "invalid_reason": "text?",
     "schema": "int", "seed": "int", "dirty": "bool", "invalid": "bool", "shape_ok": "bool",
-    **{k: "count" for k in ("bytes", "flops", "n", "nonfinite_mismatch")},
+    **{k: "count" for k in ("bytes", "flops", "n", "nonfinite_mismatch", "segments")},
     **{k: "time" for k in ("median_s", "p20_s", "p80_s", "min_s", "gbps", "gflops")},
     "noise": "number",
     **{k: "number?" for k in ("nmse", "max_abs", "max_rel", "max_ulp", "chain_nmse", "nmse_bound",

@@ -2,9 +2,14 @@
 
 For each (case, dtype): make fresh inputs once, compute the float64 reference and the
 same-dtype NumPy chain (the accuracy yardstick), then for each selected implementation:
-prepare (upload, compile; untimed), poison outputs, run, judge; when benchmarking, time
-with `harness.timing.measure`, then poison, run and judge again (a kernel that is only
-right on its first call fails). Each finished record goes to `on_record` at once.
+prepare (upload, compile; untimed), poison outputs, run, judge. When benchmarking, the
+implementations that passed through are timed with `harness.timing.Sampler` in
+`Options.rounds` interleaved rounds (each takes a share of the budget in turn, so that a
+drift of the machine's speed falls on all of them alike), as many at once as the
+backend's memory holds; then each is poisoned, run and judged again on both input sets
+(a kernel that is only right on its first call fails). A record goes to `on_record` as
+soon as it is final: at once for a check that fails or a run without timing, after the
+rounds for a timed one.
 
 An implementation that raises is recorded as an error with its reason and the loop goes
 on; one whose backend is unavailable on this machine is recorded once as unavailable.
@@ -42,6 +47,10 @@ class Options:
     # used just before keep spinning for a while and steal the cores (measured here: a
     # numba kernel at 13-21 ms right after NumPy/torch work, 4.2 ms after a 0.3 s pause).
     settle_s: float = 0.3
+    # Implementations of a job on one backend are timed in this many interleaved rounds
+    # (each a share of the budget), so that the machine's drift between them does not
+    # decide their ratio; 1 times each in one block, one after the other.
+    rounds: int = 3
 
 
 @dataclass
@@ -87,8 +96,6 @@ def impl_fields(impl: Implementation) -> dict:
 
 def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], None],
             on_impl: Callable[[Implementation], None] = lambda i: None) -> None:
-    from harness.timing import measure
-
     case, dtype = job.case, job.dtype
     spec = reg.fusions[case.fusion]
     dims, attrs = spec.split(case.params)
@@ -101,80 +108,186 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
                        "status": "skipped", "reason": too_big})
         return
     inputs = spec.make_inputs(dims, dtype, seed, opts.value_shape)
-    pristine = {k: v.copy() for k, v in inputs.items()}
-    first = _Set(spec, inputs, attrs, dtype)
-    again = first.again(pristine)
-    second = None  # the fresh input set timed runs alternate with (drawn for the first timing)
-    cost = spec.cost(dims, dtype)
-    bound = spec.nmse_bound[dtype]
+    ctx = _JobContext(spec, dims, attrs, dtype, seed, inputs, opts)
+    held: list[_Trial] = []  # checked, awaiting their timing (interleaved rounds)
     for impl in job.impls:
         on_impl(impl)
-        rec = {**impl_fields(impl), "case": case.id, "model": case.model, "params": case.params, "dtype": dtype,
-               "seed": seed, "bytes": cost.bytes, "flops": cost.flops, "nmse_bound": bound, "case_file": f"{case.file}:{case.line}"}
-        prepared = None
-        rotated = False
+        trial = _Trial(ctx, impl, case)
+        if not trial.check():
+            on_record(trial.finish())
+            continue
+        if opts.rounds <= 1 or not ctx.fits(len(held) + 1, trial.backend):
+            _time_together(held, ctx, on_record, on_impl)  # what is held first, then this one alone
+            held = []
+            _time_together([trial], ctx, on_record, on_impl)
+        else:
+            held.append(trial)
+    _time_together(held, ctx, on_record, on_impl)
+
+
+def _time_together(trials: list["_Trial"], ctx: "_JobContext", on_record, on_impl) -> None:
+    """Time the trials in `ctx.opts.rounds` interleaved rounds (one segment when there is
+    only one), then check each again and record it."""
+    if not trials:
+        return
+    rounds = ctx.opts.rounds if len(trials) > 1 else 1
+    for r in range(rounds):
+        for trial in trials:
+            if trial.failed:
+                continue
+            on_impl(trial.impl)
+            trial.sample(r, rounds)
+    for trial in trials:
+        on_record(trial.finish())
+
+
+class _JobContext:
+    """What every implementation of one job shares: the inputs, their pristine copies,
+    the first input set (reference and chain) and the fresh set timed runs alternate with."""
+
+    def __init__(self, spec, dims, attrs, dtype, seed, inputs, opts):
+        self.spec, self.dims, self.attrs, self.dtype, self.seed, self.opts = spec, dims, attrs, dtype, seed, opts
+        self.inputs = inputs
+        self.pristine = {k: v.copy() for k, v in inputs.items()}
+        self.first = _Set(spec, inputs, attrs, dtype)
+        self.again = self.first.again(self.pristine)
+        self.second = None  # drawn for the first timing
+        self.cost = spec.cost(dims, dtype)
+        self.bound = spec.nmse_bound[dtype]
+
+    def fresh(self) -> "_Set":
+        if self.second is None:
+            self.second = self.first.fresh(self.dims, self.seed, self.opts.value_shape)
+        return self.second
+
+    def fits(self, n: int, backend) -> bool:
+        """Whether n implementations' buffers fit in `backend`'s memory at once."""
+        return not memory_shortfall(self.cost.bytes * DEVICE_COPIES * n, backend.memory_available(), "memory")
+
+
+class _Trial:
+    """One implementation on one job: prepare and check, sample (in one or more
+    segments), check again after the timing loop, and the record."""
+
+    def __init__(self, ctx: _JobContext, impl: Implementation, case: Case):
+        self.ctx, self.impl = ctx, impl
+        self.rec = {**impl_fields(impl), "case": case.id, "model": case.model, "params": case.params,
+                    "dtype": ctx.dtype, "seed": ctx.seed, "bytes": ctx.cost.bytes, "flops": ctx.cost.flops,
+                    "nmse_bound": ctx.bound, "case_file": f"{case.file}:{case.line}"}
+        self.prepared = None
+        self.backend = None
+        self.sampler = None
+        self.sets = None
+        self.rotated = False
+        self.verdict = None
+        self.reasons: list[str] = []
+        self.failed = False
+        self.seconds = 0.0
+
+    def _guard(self, step) -> bool:
+        """Run step(); on an exception, record why and mark the trial failed."""
         started = time.perf_counter()
         try:
-            backend = get_backend(impl.backend)
-            too_big = memory_shortfall(cost.bytes * DEVICE_COPIES, backend.memory_available(), "device memory")
-            if too_big:
-                raise TooLarge(too_big)
-            prepared = impl.prepare(spec, inputs, attrs, dtype)
-            prepared.poison()
-            prepared.run()
-            verdict = first.judge(prepared, bound)
-            reasons = list(verdict.reasons)
-            changed = [k for k in inputs if not _same(inputs[k], pristine[k])]
-            if changed:
-                reasons.append(f"inputs modified by the kernel: {', '.join(changed)}")
-                for k in changed:
-                    inputs[k][...] = pristine[k]
-            reasons += _device_inputs_changed(prepared, pristine, changed)
-            if opts.bench:
-                if second is None:
-                    second = first.fresh(dims, seed, opts.value_shape)
-                sets = (second, again)
-                between, why = _rotation(prepared, sets)
-                if why:
-                    reasons.append(why)
-                rotated = between is not None
-                time.sleep(opts.settle_s)
-                t = measure(backend, prepared, budget_s=opts.budget_s, warmup_s=opts.warmup_s,
-                            min_samples=opts.min_samples, target_noise=opts.target_noise, cold=opts.cold,
-                            between=between)
-                # Both input sets checked again, the fresh one first (a kernel that kept the
-                # result of its first call fails it), then the first set, left in place.
-                for label, current in (("fresh inputs", sets[0]), ("the first inputs", sets[1])):
-                    if not rotated and current is sets[0]:
-                        continue
-                    if rotated:
-                        prepared.refresh(current.rotated)
-                    prepared.poison()
-                    prepared.run()
-                    after = current.judge(prepared, bound)
-                    if not after.passed:
-                        reasons.append(f"after the timing loop, on {label}: " + "; ".join(after.reasons))
-                reasons += [f"after the timing loop: {r}" for r in _device_inputs_changed(prepared, pristine, [])]
-                rec.update(_timing_fields(t, cost, backend, dtype, impl.kind))
-            rec.update(status="ok" if not reasons else "fail", verdict="pass" if not reasons else "fail",
-                       reason="; ".join(reasons), **verdict.worst.as_dict(),
-                       chain_nmse=max(verdict.chain_nmse.values(), default=None),
-                       outputs={k: m.as_dict() for k, m in verdict.metrics.items()})
+            step()
+            return True
         except TooLarge as e:  # refused before anything was allocated on the device
-            rec.update(status="skipped", reason=str(e))
+            self.rec.update(status="skipped", reason=str(e))
         except BackendUnavailable as e:  # e.g. a chain primitive this backend does not have
-            rec.update(status="unavailable", reason=str(e))
+            self.rec.update(status="unavailable", reason=str(e))
         except Exception as e:  # one broken kernel must not take the run down
             tb = traceback.format_exc(limit=6)
-            rec.update(status="error", verdict="fail", reason=f"{type(e).__name__}: {e}", traceback=tb)
+            self.rec.update(status="error", verdict="fail", reason=f"{type(e).__name__}: {e}", traceback=tb)
         finally:
-            if prepared is not None:
-                prepared.close()
-            if rotated:  # a CPU kernel reads the job's own arrays: the next one must see the first set
-                for k in second.rotated:
-                    inputs[k][...] = pristine[k]
-        rec["duration_s"] = time.perf_counter() - started  # wall time of the check (and timing)
-        on_record(rec)
+            self.seconds += time.perf_counter() - started
+        self.failed = True
+        return False
+
+    def check(self) -> bool:
+        """Prepare, run once on poisoned outputs, judge. True when it is to be timed."""
+        return self._guard(self._check) and self.ctx.opts.bench
+
+    def _check(self):
+        ctx = self.ctx
+        self.backend = get_backend(self.impl.backend)
+        too_big = memory_shortfall(ctx.cost.bytes * DEVICE_COPIES, self.backend.memory_available(), "device memory")
+        if too_big:
+            raise TooLarge(too_big)
+        self.prepared = self.impl.prepare(ctx.spec, ctx.inputs, ctx.attrs, ctx.dtype)
+        self.prepared.poison()
+        self.prepared.run()
+        self.verdict = ctx.first.judge(self.prepared, ctx.bound)
+        self.reasons = list(self.verdict.reasons)
+        changed = [k for k in ctx.inputs if not _same(ctx.inputs[k], ctx.pristine[k])]
+        if changed:
+            self.reasons.append(f"inputs modified by the kernel: {', '.join(changed)}")
+            for k in changed:
+                ctx.inputs[k][...] = ctx.pristine[k]
+        self.reasons += _device_inputs_changed(self.prepared, ctx.pristine, changed)
+
+    def sample(self, r: int, rounds: int) -> None:
+        """Segment r of `rounds`: each takes an equal share of the budget and samples."""
+        self._guard(lambda: self._sample(r, rounds))
+
+    def _sample(self, r: int, rounds: int):
+        from harness.timing import Sampler
+
+        ctx, opts = self.ctx, self.ctx.opts
+        if self.sampler is None:
+            self.sets = (ctx.fresh(), ctx.again)
+            between, why = _rotation(self.prepared, self.sets)
+            if why:
+                self.reasons.append(why)
+            self.rotated = between is not None
+            self.sampler = Sampler(self.backend, self.prepared, cold=opts.cold, between=between)
+        time.sleep(opts.settle_s)
+        self.sampler.take(budget_s=opts.budget_s / rounds, warmup_s=opts.warmup_s if r == 0 else 0.0,
+                          min_samples=-(-opts.min_samples // rounds), max_samples=MAX_SAMPLES,
+                          target_noise=opts.target_noise)
+
+    def finish(self) -> dict:
+        """Check both input sets again after timing, close, and return the record."""
+        if not self.failed and self.sampler is not None:
+            self._guard(self._after_timing)
+        if not self.failed:
+            reasons = self.reasons
+            self.rec.update(status="ok" if not reasons else "fail", verdict="pass" if not reasons else "fail",
+                            reason="; ".join(reasons), **self.verdict.worst.as_dict(),
+                            chain_nmse=max(self.verdict.chain_nmse.values(), default=None),
+                            outputs={k: m.as_dict() for k, m in self.verdict.metrics.items()})
+        self._close()
+        self.rec["duration_s"] = self.seconds  # wall time of the check (and timing)
+        return self.rec
+
+    def _after_timing(self):
+        # Both input sets checked again, the fresh one first (a kernel that kept the result
+        # of its first call fails it), then the first set, left in place.
+        ctx, sets, prepared = self.ctx, self.sets, self.prepared
+        for label, current in (("fresh inputs", sets[0]), ("the first inputs", sets[1])):
+            if not self.rotated and current is sets[0]:
+                continue
+            if self.rotated:
+                prepared.refresh(current.rotated)
+            prepared.poison()
+            prepared.run()
+            after = current.judge(prepared, ctx.bound)
+            if not after.passed:
+                self.reasons.append(f"after the timing loop, on {label}: " + "; ".join(after.reasons))
+        self.reasons += [f"after the timing loop: {r}" for r in _device_inputs_changed(prepared, ctx.pristine, [])]
+        t = self.sampler.timing()
+        self.rec.update(_timing_fields(t, ctx.cost, self.backend, ctx.dtype, self.impl.kind))
+        self.rec["segments"] = self.sampler.segments
+
+    def _close(self):
+        if self.sampler is not None:
+            self.sampler.close()
+        if self.prepared is not None:
+            self.prepared.close()
+        if self.rotated:  # a CPU kernel reads the job's own arrays: the next one must see the first set
+            for k in self.ctx.second.rotated:
+                self.ctx.inputs[k][...] = self.ctx.pristine[k]
+
+
+MAX_SAMPLES = 500
 
 
 class _Set:

@@ -90,38 +90,70 @@ def _timed(backend, launch: _Launch) -> tuple[float, float]:
     return d, time.perf_counter() - t0 - launch.seconds - backend.last_encode_s - d
 
 
+class Sampler:
+    """The samples of one implementation, taken in one or more segments (`take`): the
+    runner's interleaved rounds time several implementations of a job in turns, so that
+    a drift of the machine's speed between them (10-25 % over seconds on the 2-core VM)
+    falls on all of them alike instead of on whichever ran last. Inputs rotate by sample
+    number across segments; `timing()` summarises every sample taken."""
+
+    def __init__(self, backend, prepared, *, cold: bool = True, between=None):
+        self.backend, self.cold, self.between = backend, cold, between
+        self.launch = _Launch(prepared)
+        self.probe = _Launch(backend.minimal_prepared()) if backend.device_timed else None
+        self.samples: list[float] = []
+        self.beyond: list[float] = []  # the kernel's host remainder minus the probe's, per sample
+        self.probed: list[float] = []
+        self.segments = 0
+
+    def take(self, *, budget_s: float, warmup_s: float, min_samples: int, max_samples: int,
+             target_noise: float) -> None:
+        """Warm up (at least one run), then add samples until this segment has
+        `min_samples` and either `budget_s` has passed or the noise of all samples so far
+        is at most `target_noise`; never beyond `max_samples` in all."""
+        backend, probe = self.backend, self.probe
+        t_end = time.perf_counter() + warmup_s
+        while True:
+            backend.time_run(self.launch.prepared)
+            if probe is not None:
+                backend.time_run(probe)
+            if time.perf_counter() >= t_end:
+                break
+        first = len(self.samples)
+        t_end = time.perf_counter() + budget_s
+        while len(self.samples) < max_samples:
+            if self.between is not None:
+                self.between(len(self.samples))
+            if self.cold:
+                backend.flush_cache()
+            if probe is not None:
+                self.probed.append(_timed(backend, probe)[1])
+            d, spare = _timed(backend, self.launch)
+            self.samples.append(d)
+            if probe is not None:
+                self.beyond.append(spare - self.probed[-1])
+            if len(self.samples) - first >= min_samples:
+                if time.perf_counter() >= t_end or summarize(self.samples, "").noise <= target_noise:
+                    break
+        self.segments += 1
+
+    def timing(self) -> Timing:
+        unaccounted = float(np.median(self.beyond)) if self.beyond else None
+        overhead = float(np.median(self.probed)) if self.probed else None
+        return summarize(self.samples, "cold" if self.cold else "hot", unaccounted, overhead)
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.prepared.close()
+
+
 def measure(backend, prepared, *, budget_s: float = 1.0, warmup_s: float = 0.1, min_samples: int = 10,
             max_samples: int = 500, target_noise: float = 0.01, cold: bool = True, between=None) -> Timing:
-    """Time `prepared.run()` on `backend`; see the module docstring."""
-    probe = _Launch(backend.minimal_prepared()) if backend.device_timed else None
-    t_end = time.perf_counter() + warmup_s
-    while True:  # warm-up: at least one run, then until warmup_s has passed
-        backend.time_run(prepared)
-        if probe is not None:
-            backend.time_run(probe)
-        if time.perf_counter() >= t_end:
-            break
-    launch = _Launch(prepared)
-    samples: list[float] = []
-    beyond: list[float] = []  # the kernel's host remainder minus the probe's, per sample
-    probed: list[float] = []
-    t_end = time.perf_counter() + budget_s
-    while len(samples) < max_samples:
-        if between is not None:
-            between(len(samples))
-        if cold:
-            backend.flush_cache()
-        if probe is not None:
-            probed.append(_timed(backend, probe)[1])
-        d, spare = _timed(backend, launch)
-        samples.append(d)
-        if probe is not None:
-            beyond.append(spare - probed[-1])
-        if len(samples) >= min_samples:
-            if time.perf_counter() >= t_end or summarize(samples, "").noise <= target_noise:
-                break
-    if probe is not None:
-        probe.prepared.close()
-    unaccounted = float(np.median(beyond)) if probe is not None else None
-    overhead = float(np.median(probed)) if probe is not None else None
-    return summarize(samples, "cold" if cold else "hot", unaccounted, overhead)
+    """Time `prepared.run()` on `backend` in one segment; see the module docstring."""
+    sampler = Sampler(backend, prepared, cold=cold, between=between)
+    try:
+        sampler.take(budget_s=budget_s, warmup_s=warmup_s, min_samples=min_samples, max_samples=max_samples,
+                     target_noise=target_noise)
+    finally:
+        sampler.close()
+    return sampler.timing()
