@@ -72,10 +72,10 @@ def _add_timing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=_positive, default=0.5, help="seconds of samples per measurement (default 0.5)")
     p.add_argument("--min-samples", type=_int_at_least_one, default=10, help="at least this many samples (default 10)")
     p.add_argument("--hot", action="store_true", help="keep caches warm between samples (default: flush them)")
-    p.add_argument("--rounds", type=_int_at_least_one, default=3,
-                   help="time a job's implementations on one backend in this many interleaved rounds, each a "
-                        "share of the budget, so that the machine's drift falls on all alike (default 3; 1: "
-                        "one after the other)")
+    p.add_argument("--rounds", type=_int_at_least_one, default=4,
+                   help="time a job's implementations on one backend in this many interleaved rounds (A B B A "
+                        "...), each a share of the budget, so that the machine's drift falls on all alike "
+                        "(default 4; 1: one after the other)")
     p.add_argument("--out", "-o", help="results file (JSON lines); default reports/runs/<time>-<machine>.jsonl")
     p.add_argument("--resume", nargs="?", const="latest", metavar="FILE",
                    help="continue an interrupted run: append to FILE (default: -o, else this machine's newest "

@@ -4,7 +4,8 @@ For each (case, dtype): make fresh inputs once, compute the float64 reference an
 same-dtype NumPy chain (the accuracy yardstick), then for each selected implementation:
 prepare (upload, compile; untimed), poison outputs, run, judge. When benchmarking, the
 implementations that passed through are timed with `harness.timing.Sampler` in
-`Options.rounds` interleaved rounds (each takes a share of the budget in turn, so that a
+`Options.rounds` interleaved rounds (each takes a share of the budget in turn, every
+other round in reverse order, so that a
 drift of the machine's speed falls on all of them alike), as many at once as the
 backend's memory holds; then each is poisoned, run and judged again on both input sets
 (a kernel that is only right on its first call fails). A record goes to `on_record` as
@@ -43,14 +44,15 @@ class Options:
     cold: bool = True
     dtypes: tuple[str, ...] | None = None
     value_shape: str = "normal"  # harness.spec.VALUE_SHAPES
-    # Idle pause before each measurement: BLAS and OpenMP worker threads of the library
-    # used just before keep spinning for a while and steal the cores (measured here: a
-    # numba kernel at 13-21 ms right after NumPy/torch work, 4.2 ms after a 0.3 s pause).
-    settle_s: float = 0.3
+    # Before each timed segment, wait (at most this long) until the process's other
+    # threads are idle (harness.timing.settle): BLAS and OpenMP worker threads of the
+    # library used just before keep spinning for a while and steal the cores.
+    settle_s: float = 0.5
     # Implementations of a job on one backend are timed in this many interleaved rounds
-    # (each a share of the budget), so that the machine's drift between them does not
-    # decide their ratio; 1 times each in one block, one after the other.
-    rounds: int = 3
+    # (each a share of the budget; every other round in reverse order, A B B A A B B A),
+    # so that a drift of the machine's speed falls on all of them alike (with an even
+    # number, a steady drift exactly so); 1 times each in one block, one after the other.
+    rounds: int = 4
 
 
 @dataclass
@@ -132,7 +134,7 @@ def _time_together(trials: list["_Trial"], ctx: "_JobContext", on_record, on_imp
         return
     rounds = ctx.opts.rounds if len(trials) > 1 else 1
     for r in range(rounds):
-        for trial in trials:
+        for trial in (trials if r % 2 == 0 else trials[::-1]):
             if trial.failed:
                 continue
             on_impl(trial.impl)
@@ -229,7 +231,7 @@ class _Trial:
         self._guard(lambda: self._sample(r, rounds))
 
     def _sample(self, r: int, rounds: int):
-        from harness.timing import Sampler
+        from harness.timing import Sampler, settle
 
         ctx, opts = self.ctx, self.ctx.opts
         if self.sampler is None:
@@ -239,7 +241,7 @@ class _Trial:
                 self.reasons.append(why)
             self.rotated = between is not None
             self.sampler = Sampler(self.backend, self.prepared, cold=opts.cold, between=between)
-        time.sleep(opts.settle_s)
+        settle(opts.settle_s)
         self.sampler.take(budget_s=opts.budget_s / rounds, warmup_s=opts.warmup_s if r == 0 else 0.0,
                           min_samples=-(-opts.min_samples // rounds), max_samples=MAX_SAMPLES,
                           target_noise=opts.target_noise)

@@ -30,6 +30,7 @@ Two guards against results that are too good to be true:
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import asdict, dataclass
 
@@ -88,6 +89,29 @@ def _timed(backend, launch: _Launch) -> tuple[float, float]:
     t0 = time.perf_counter()
     d = backend.time_run(launch)
     return d, time.perf_counter() - t0 - launch.seconds - backend.last_encode_s - d
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process, all threads (getrusage: microseconds, not clock ticks)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def settle(max_s: float, step_s: float = 0.02, busy: float = 0.1) -> float:
+    """Wait until this process's other threads are idle, at most `max_s`; returns the wait.
+
+    BLAS and OpenMP worker threads spin for a while after their library's last call and
+    steal the cores from the next kernel (measured here: a numba GEMV at 7.1 ms right after
+    NumPy's, 4.5 ms once OpenBLAS's threads had stopped). Idle means the process used at
+    most `busy` of one core during a `step_s` sleep: about 0.14 s after OpenBLAS, 0.04 s
+    after numba on this VM, instead of a fixed pause."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_s:
+        c0, w0 = _cpu_seconds(), time.perf_counter()
+        time.sleep(step_s)
+        if _cpu_seconds() - c0 <= busy * (time.perf_counter() - w0):
+            break
+    return time.perf_counter() - start
 
 
 class Sampler:
