@@ -89,7 +89,9 @@ def _details(r: dict) -> str:
     if isinstance(versions, dict) and versions:
         parts.append("versions " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     if r.get("n"):
-        parts.append(f"{r['n']} samples, noise {100 * r.get('noise', 0):.2f}%, mode {r.get('time', {}).get('mode')}")
+        seg = r.get("segments")
+        rounds = f", in {seg} interleaved rounds" if isinstance(seg, int) and seg > 1 else ""
+        parts.append(f"{r['n']} samples{rounds}, noise {100 * r.get('noise', 0):.2f}%, mode {r.get('time', {}).get('mode')}")
     parts.append(f"seed {r.get('seed')}, params {json.dumps(r.get('params'))}")
     if r.get("reason"):
         parts.append(f"reason: {r['reason']}")

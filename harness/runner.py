@@ -227,7 +227,9 @@ class _Trial:
         self.reasons += _device_inputs_changed(self.prepared, ctx.pristine, changed)
 
     def sample(self, r: int, rounds: int) -> None:
-        """Segment r of `rounds`: each takes an equal share of the budget and samples."""
+        """Segment r of `rounds`: each takes an equal share of the budget and of the
+        minimum sample count (10 in 4 rounds: 3, 3, 2, 2), so slow kernels, whose count
+        is their minimum, cost no more samples than in one block."""
         self._guard(lambda: self._sample(r, rounds))
 
     def _sample(self, r: int, rounds: int):
@@ -242,8 +244,14 @@ class _Trial:
             self.rotated = between is not None
             self.sampler = Sampler(self.backend, self.prepared, cold=opts.cold, between=between)
         settle(opts.settle_s)
-        self.sampler.take(budget_s=opts.budget_s / rounds, warmup_s=opts.warmup_s if r == 0 else 0.0,
-                          min_samples=-(-opts.min_samples // rounds), max_samples=MAX_SAMPLES,
+        share = opts.budget_s / rounds
+        # Later rounds warm up with one run only where a run is cheap against their share
+        # of the budget (a 5 s kernel would otherwise pay a run per round).
+        done = self.sampler.samples
+        warmup = opts.warmup_s if r == 0 else (0.0 if float(np.median(done)) < 0.1 * share else None)
+        self.sampler.take(budget_s=share, warmup_s=warmup,
+                          min_samples=opts.min_samples // rounds + (r < opts.min_samples % rounds),
+                          max_samples=MAX_SAMPLES,
                           target_noise=opts.target_noise)
 
     def finish(self) -> dict:

@@ -130,14 +130,14 @@ class Sampler:
         self.probed: list[float] = []
         self.segments = 0
 
-    def take(self, *, budget_s: float, warmup_s: float, min_samples: int, max_samples: int,
+    def take(self, *, budget_s: float, warmup_s: float | None, min_samples: int, max_samples: int,
              target_noise: float) -> None:
-        """Warm up (at least one run), then add samples until this segment has
-        `min_samples` and either `budget_s` has passed or the noise of all samples so far
-        is at most `target_noise`; never beyond `max_samples` in all."""
+        """Warm up (at least one run; none when `warmup_s` is None), then add samples
+        until this segment has `min_samples` and either `budget_s` has passed or the noise
+        of all samples so far is at most `target_noise`; never beyond `max_samples` in all."""
         backend, probe = self.backend, self.probe
-        t_end = time.perf_counter() + warmup_s
-        while True:
+        t_end = time.perf_counter() + (warmup_s or 0.0)
+        while warmup_s is not None:
             backend.time_run(self.launch.prepared)
             if probe is not None:
                 backend.time_run(probe)

@@ -86,6 +86,8 @@ def test_report_in_a_browser(report):
         details = tables[0].find_element(By.CSS_SELECTOR, "tbody tr").get_attribute("title")
         for what in ("machine", "commit", "versions", "numpy", "samples", "noise"):
             assert what in details, (what, details)  # every number traceable
+        titles = [row.get_attribute("title") for row in tables[0].find_elements(By.CSS_SELECTOR, "tbody tr")]
+        assert any("in 4 interleaved rounds" in t for t in titles), titles  # cpu fused and chain, in turns
 
         cross = driver.find_elements(By.CSS_SELECTOR, "table.cross")
         assert len(cross) == 2
