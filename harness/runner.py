@@ -5,12 +5,11 @@ same-dtype NumPy chain (the accuracy yardstick), then for each selected implemen
 prepare (upload, compile; untimed), poison outputs, run, judge. When benchmarking, the
 implementations that passed through are timed with `harness.timing.Sampler` in
 `Options.rounds` interleaved rounds (each takes a share of the budget in turn, every
-other round in reverse order, so that a
-drift of the machine's speed falls on all of them alike), as many at once as the
-backend's memory holds; then each is poisoned, run and judged again on both input sets
-(a kernel that is only right on its first call fails). A record goes to `on_record` as
-soon as it is final: at once for a check that fails or a run without timing, after the
-rounds for a timed one.
+other round in reverse order, so that a drift of the machine's speed falls on all of
+them alike), as many at once as the backend's memory holds; then each is poisoned, run
+and judged again on both input sets (a kernel that is only right on its first call
+fails). A record goes to `on_record` as soon as it is final: at once for a check that
+fails or a run without timing, after the rounds for a timed one.
 
 An implementation that raises is recorded as an error with its reason and the loop goes
 on; one whose backend is unavailable on this machine is recorded once as unavailable.
@@ -233,7 +232,7 @@ class _Trial:
         self._guard(lambda: self._sample(r, rounds))
 
     def _sample(self, r: int, rounds: int):
-        from harness.timing import Sampler, settle
+        from harness.timing import MAX_SAMPLES, Sampler, settle
 
         ctx, opts = self.ctx, self.ctx.opts
         if self.sampler is None:
@@ -251,8 +250,7 @@ class _Trial:
         warmup = opts.warmup_s if r == 0 else (0.0 if float(np.median(done)) < 0.1 * share else None)
         self.sampler.take(budget_s=share, warmup_s=warmup,
                           min_samples=opts.min_samples // rounds + (r < opts.min_samples % rounds),
-                          max_samples=MAX_SAMPLES,
-                          target_noise=opts.target_noise)
+                          max_samples=MAX_SAMPLES, target_noise=opts.target_noise)
 
     def finish(self) -> dict:
         """Check both input sets again after timing, close, and return the record."""
@@ -297,8 +295,6 @@ class _Trial:
                 self.ctx.inputs[k][...] = self.ctx.pristine[k]
 
 
-MAX_SAMPLES = 500
-
 
 class _Set:
     """One input set of a job with what judging a kernel on it needs: the float64
@@ -335,7 +331,7 @@ class _Set:
 
 
 def _rotation(prepared, sets):
-    """(between, problem): the callback measure() runs before each sample, writing set
+    """(between, problem): the callback the timing loop runs before each sample, writing set
     i % 2 into the kernel's input buffers; None and the reason where the implementation
     does not declare them (its figures then cannot rule out a cached result)."""
     missing = [k for k in sets[0].rotated if k not in prepared.inputs]
@@ -420,7 +416,7 @@ def _timing_fields(t, cost, backend, dtype: str, kind: str) -> dict:
     why = []
     if kind != "reference" and fracs and max(fracs) > 1.0 + max(PEAK_MARGIN, 3 * t.noise):
         why.append(f"{100 * max(fracs):.0f}% of the measured peak")
-    overhead = t.overhead if t.unaccounted is not None else None
+    overhead = t.overhead  # None together with t.unaccounted: a host-timed backend
     if overhead is not None and t.unaccounted > max(UNSEEN_FRACTION * t.median, UNSEEN_OVERHEADS * overhead):
         why.append(f"the host clock saw {t.unaccounted * 1e3:.3g} ms per run beyond the launch, the "
                    f"{t.median * 1e3:.3g} ms of device time and the timer's {overhead * 1e3:.2g} ms overhead: "

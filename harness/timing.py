@@ -114,6 +114,10 @@ def settle(max_s: float, step_s: float = 0.02, busy: float = 0.1) -> float:
     return time.perf_counter() - start
 
 
+# Never more samples than this per implementation, whatever the budget.
+MAX_SAMPLES = 500
+
+
 class Sampler:
     """The samples of one implementation, taken in one or more segments (`take`): the
     runner's interleaved rounds time several implementations of a job in turns, so that
@@ -172,7 +176,7 @@ class Sampler:
 
 
 def measure(backend, prepared, *, budget_s: float = 1.0, warmup_s: float = 0.1, min_samples: int = 10,
-            max_samples: int = 500, target_noise: float = 0.01, cold: bool = True, between=None) -> Timing:
+            max_samples: int = MAX_SAMPLES, target_noise: float = 0.01, cold: bool = True, between=None) -> Timing:
     """Time `prepared.run()` on `backend` in one segment; see the module docstring."""
     sampler = Sampler(backend, prepared, cold=cold, between=between)
     try:

@@ -116,7 +116,7 @@ class Backend:
     def flush_cache(self) -> None:
         pass
 
-    # Device-timed backends (events, timestamp queries) set this: measure() then checks the
+    # Device-timed backends (events, timestamp queries) set this: the timing loop then checks the
     # host clock around every sample against the device time it reports, so that work the
     # timer does not see (another stream, a side submission) cannot shorten a result.
     device_timed = False

@@ -47,6 +47,7 @@ complaining on stderr.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import struct
@@ -475,6 +476,13 @@ _BMM_LOAD_B = {
       if (n0 + bn < N && k0 + bk < K) { bv = ld_b(bo + (k0 + bk) * N + n0 + bn); }
       tl_b[bk * TN + bn] = bv;""",
 }
+
+@functools.cache
+def _bmm_source(kind: str) -> str:
+    """The tiled matmul for b's layout `kind`, with the shared tile spliced in (read once,
+    not on every dispatch of the chain)."""
+    return splice(_BMM.replace("@@LOAD_B@@", _BMM_LOAD_B[kind]), "harness/backends/wgsl.py")
+
 
 # Few rows (M <= GEMV_MAX_M, decode): one workgroup per (GEMV_R output columns, row m,
 # batch); each invocation strides over K and @@MV_B@@ adds its share of the R columns
@@ -1116,7 +1124,7 @@ class WgslOps(Ops):
                                      .replace("@@COL_STRIDE@@", "K" if kind == "nt" else "1u"))
             groups = (-(-N // GEMV_R), M, batch)
         else:
-            src = splice(_BMM.replace("@@LOAD_B@@", _BMM_LOAD_B[kind]), "harness/backends/wgsl.py")
+            src = _bmm_source(kind)
             groups = (-(-N // 64), -(-M // 64), batch)
         self.b.dispatch(self._src(src, bufs), [a, b, y], ["in", "in", "out"], groups, params)
         return y
