@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_isolation(p)
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
+    p.add_argument("--out", "-o", metavar="FILE",
+                   help="also append the records (verdicts and errors, no timings) to this results file")
 
     p = sub.add_parser("bench", help="time implementations into a results file")
     _add_filters(p)
@@ -126,8 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="results files -> one self-contained HTML report")
     p.add_argument("results", nargs="*", help="results files or folders (JSON lines)")
-    p.add_argument("-o", "--output", default="reports/report.html", help="HTML file to write")
+    p.add_argument("-o", "--output", default=None, help="HTML file to write (default reports/report.html)")
     p.add_argument("--no-committed", action="store_true", help="leave out the committed runs in reports/data/")
+    p.add_argument("--text", action="store_true",
+                   help="print the per-fusion tables (medians, speedups, %% of peak, accuracy) instead of writing "
+                        "HTML (both with -o)")
 
     p = sub.add_parser("run", help="check + bench + report on the quick suite: the main job")
     _add_filters(p)
@@ -431,7 +436,7 @@ def _write_junit(args, records: list[dict], stream=None) -> None:
 
 
 def cmd_check(args) -> int:
-    records, _ = _execute(args, bench=False)
+    records, _ = _execute(args, bench=False, write=bool(args.out))
     if args.json:
         slim = [{k: v for k, v in r.items() if k not in ("fingerprint", "versions", "traceback")} for r in records]
         print(json.dumps({"passed": not _failures(records), "records": slim}, indent=2, default=str))
@@ -480,9 +485,20 @@ def cmd_report(args) -> int:
     for r in args.results:
         if not Path(r).exists():
             raise UsageError(f"results file {r!r} does not exist")
-    if Path(args.output).is_dir():
+    if args.output and Path(args.output).is_dir():
         raise UsageError(f"-o {args.output!r} is a directory; give the HTML file to write")
-    out = write_report(args.results, Path(args.output), include_committed=not args.no_committed)
+    if args.text:
+        from harness.report import COMMITTED_DATA
+        from harness.textreport import print_tables
+
+        paths = list(args.results)
+        if not args.no_committed and COMMITTED_DATA.is_dir():
+            paths.append(COMMITTED_DATA)
+        for problem in print_tables(paths, _console()):
+            print(f"warning: {problem}", file=sys.stderr)
+        if not args.output:
+            return 0
+    out = write_report(args.results, Path(args.output or "reports/report.html"), include_committed=not args.no_committed)
     print(f"report: {out}")
     return 0
 

@@ -36,7 +36,12 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit() -> tuple[str, bool]:
-    """(commit hash or "unknown", dirty) of the checkout the harness runs from."""
+    """(commit hash or "unknown", dirty) of the checkout the harness runs from.
+
+    FUSEBENCH_COMMIT (and FUSEBENCH_DIRTY=1) name them where the code runs from a copy
+    without its git history, as on a lent GPU machine (.ci/device)."""
+    if os.environ.get("FUSEBENCH_COMMIT"):
+        return os.environ["FUSEBENCH_COMMIT"], os.environ.get("FUSEBENCH_DIRTY", "0") == "1"
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=10).stdout.strip()

@@ -621,7 +621,7 @@ def accepted_variation(draw) -> list[dict]:
 def test_report_and_compare_take_whatever_the_reader_keeps(tmp_path, monkeypatch, base, new):
     from rich.console import Console
 
-    from harness import compare, report
+    from harness import compare, report, textreport
 
     paths = []
     for name, recs in (("base", base), ("new", new)):
@@ -631,6 +631,7 @@ def test_report_and_compare_take_whatever_the_reader_keeps(tmp_path, monkeypatch
         assert not loaded.problems and len(loaded.records) == len(recs)
     monkeypatch.setattr(report, "_plots", lambda rows, fusions: {"speedup": {}, "error": {}, "roofline": []})
     report.write_report(paths, tmp_path / "report.html", include_committed=False)
+    textreport.print_tables(paths, Console(file=io.StringIO(), width=200))
     try:
         c = compare.compare(compare.load(str(paths[0])), compare.load(str(paths[1])))
     except compare.CompareError:
@@ -663,6 +664,11 @@ def test_report_and_compare_cli_on_a_corrupt_file(tmp_path, capsys):
     page = html.unescape((tmp_path / "r.html").read_text())
     assert f"{path}:3: field 'median_s' must be a finite number >= 0, got 'fast'" in page
     assert f"{path}:4: not a JSON record" in page
+    code, out, err = run_cli(["report", path, "--text", "--no-committed"], capsys)
+    assert code == 0 and "Traceback" not in err and "report: " not in out  # tables only, no HTML
+    assert f"{path}:3: field 'median_s'" in err and f"{path}:4: not a JSON record" in err
+    fused = next(line for line in out.splitlines() if "cpu/fused" in line)
+    assert "1000.0 µs" not in fused and "1.000 ms" in fused and "2.00" in fused  # 2 ms chain / 1 ms fused
     code, out, err = run_cli(["compare", path, path], capsys)
     assert code == 0 and "Traceback" not in err
     assert f"{path}:3: field 'median_s'" in err and f"{path}:4: not a JSON record" in err

@@ -1,0 +1,67 @@
+"""Results files -> the report's per-fusion tables as text (`fusebench report --text`).
+
+The rows are the HTML report's (harness.report.build_rows): for each machine and fusion one
+table, a line per case, dtype and implementation with its median, its speedup over the
+unfused chain and over the torch peers (medians of the same machine and commit), the
+fraction of the measured peak it reached, and its accuracy against the float64 reference.
+"""
+
+from __future__ import annotations
+
+from harness.report import build_rows
+from harness.results import merge, read_records
+
+COLUMNS = ("case", "dtype", "implementation", "commit", "median", "×chain", "×eager", "×compile", "GB/s", "% peak",
+           "NMSE", "max ULP", "verdict")
+
+
+def _x(v) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def _g(v) -> str:
+    return "" if not isinstance(v, (int, float)) or isinstance(v, bool) else f"{v:.3g}"
+
+
+def _median(r: dict) -> str:
+    s = r.get("median_s")
+    if not isinstance(s, (int, float)):
+        return ""
+    return f"{s * 1e6:.1f} µs" if s < 1e-3 else f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _verdict(r: dict) -> str:
+    v = r.get("verdict") or r.get("status", "")
+    if r.get("invalid"):
+        v += " (timing invalid)"
+    if v != "pass" and r.get("reason"):
+        v += f": {r['reason'][:80]}"
+    return v
+
+
+def table_rows(rows: list[dict]) -> dict[tuple[str, str], list[tuple[str, ...]]]:
+    """(machine, fusion) -> the text cells of each of its rows, in the report's order."""
+    out: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    for r in rows:
+        peak = r.get("frac_peak")
+        cells = (r["case"], r["dtype"], f"{r['backend']}/{r['variant']}", r["commit_short"], _median(r),
+                 _x(r["speedup_chain"]), _x(r["speedup_eager"]), _x(r["speedup_compile"]), _g(r.get("gbps")),
+                 "" if peak is None else f"{100 * peak:.0f}%", _g(r.get("nmse")), _g(r.get("max_ulp")), _verdict(r))
+        out.setdefault((r["machine"], r["fusion"]), []).append(cells)
+    return out
+
+
+def print_tables(paths, console) -> list[str]:
+    """Print one table per machine and fusion; returns the problems met reading the files."""
+    from rich.table import Table
+
+    loaded = read_records(paths)
+    rows = build_rows(merge([r for r in loaded.records if r.get("status") != "unavailable"]))
+    for (machine, fusion), lines in table_rows(rows).items():
+        t = Table(title=f"{fusion} on {machine}")
+        for c in COLUMNS:
+            t.add_column(c, justify="right" if c.startswith("×") or c in ("median", "GB/s", "% peak") else "left")
+        for cells in lines:
+            t.add_row(*cells)
+        console.print(t)
+    return loaded.problems
