@@ -944,14 +944,78 @@ def test_emulated_gemm_swiglu_indexing(M, H, I, dtype, cap):
 
 
 # ---- swiglu_ffn -----------------------------------------------------------------------------
-def emulate_swiglu_ffn(inputs, dtype, cap=None, aligned=True):
+def emulate_onchip(d, x, wg, wu, wd, act, y, H, I, G):
+    """swiglu_ffn_onchip, one thread at a time between barriers. `act` records the entries
+    phase 1 computes (each exactly once over all blocks: in the kernel they live only in
+    shared memory); every block must add to every row of the accumulator exactly once, and
+    the last block alone writes y."""
+    THREADS, UNIT, MAX_UNITS, ROWS = (d[k] for k in ("FB_ONCHIP_THREADS", "FB_ONCHIP_UNIT", "FB_ONCHIP_MAX_UNITS",
+                                                     "FB_ONCHIP_ROWS"))
+    WARPS, VEC = THREADS // 32, x.vec
+    LPR = 16 if VEC == 8 else 32
+    RPW = 32 // LPR
+    assert H <= d["FB_ONCHIP_MAX_H"] and H % VEC == 0 and I % VEC == 0
+    acc = np.zeros(H)
+    adds = np.zeros((G, H), dtype=np.int64)
+    U = -(-I // UNIT)
+    for b in range(G):
+        u0, u1 = b * U // G, (b + 1) * U // G
+        i0 = u0 * UNIT
+        n = min(u1 * UNIT, I) - i0
+        assert 1 <= n <= UNIT * MAX_UNITS and n % VEC == 0, (b, n)
+        xs = np.full(d["FB_ONCHIP_MAX_H"], np.nan)
+        for tid in range(THREADS):
+            for h in range(tid, H, THREADS):
+                xs[h] = x.load(h)
+        act_s = np.full(UNIT * MAX_UNITS, np.nan)
+        for warp in range(WARPS):
+            for j in range(warp, n, WARPS):
+                g = u = 0.0
+                for lane in range(32):
+                    for jv in range(lane, H // VEC, 32):
+                        xv = xs[jv * VEC:(jv + 1) * VEC]
+                        assert not np.isnan(xv).any(), "read of unwritten shared memory"
+                        g += wg.vload((i0 + j) * H + jv * VEC) @ xv
+                        u += wu.vload((i0 + j) * H + jv * VEC) @ xv
+                act_s[j] = g / (1.0 + np.exp(-g)) * u
+                act.store(i0 + j, act_s[j])
+        for warp in range(WARPS):
+            hb = warp * RPW * ROWS
+            while hb < H:
+                for r in range(ROWS):
+                    part = {}
+                    for lane in range(32):
+                        sub, grp = lane % LPR, lane // LPR
+                        h = hb + r * RPW + grp
+                        if sub < n // VEC and h < H:
+                            a = act_s[sub * VEC:(sub + 1) * VEC]
+                            assert not np.isnan(a).any(), "read of unwritten shared memory"
+                            part[grp] = part.get(grp, 0.0) + wd.vload(h * I + i0 + sub * VEC) @ a
+                    for grp in range(RPW):
+                        h = hb + r * RPW + grp
+                        if h < H:
+                            acc[h] += part.get(grp, 0.0)
+                            adds[b, h] += 1
+                hb += WARPS * RPW * ROWS
+    assert (adds == 1).all(), "an accumulator row added 0 or 2+ times by one block"
+    for tid in range(THREADS):  # the last block's rounding pass
+        for h in range(tid, H, THREADS):
+            y.store(h, acc[h])
+
+
+def emulate_swiglu_ffn(inputs, dtype, cap=None, aligned=True, sms=132):
     mod = _impl_module("swiglu_ffn")
     d = _defines(NEW_CU["swiglu_ffn"])
     M, H = inputs["x"].shape
     I = inputs["w_gate"].shape[0]
-    (vec_up, vec_down), plan = mod.launch_plan(M, H, I, dtype, aligned)
+    (vec_up, vec_down), plan = mod.launch_plan(M, H, I, dtype, aligned, sms)
     x, wg, wu, wd = (Mem(inputs[k], dtype) for k in ("x", "w_gate", "w_up", "w_down"))
     act, y = Out(M * I), Out(M * H)
+    if len(plan) == 1:
+        (name, grid, block), = plan
+        assert "_onchip_" in name and block == (d["FB_ONCHIP_THREADS"],)
+        emulate_onchip(d, x, wg, wu, wd, act, y, H, I, grid[0])
+        return act, y, (vec_up, vec_down), plan
     (up, g_up, _), (down, g_down, _) = plan
     pr_up = SwigluPairs(wg, wu, act, H, I)
     if "_gemv_" in up:
@@ -978,6 +1042,49 @@ FFN_EMU_CASES = [
     (70, 33, 16, "bfloat16", 1),            # odd H, vec down only, M loop
     (65, 36, 20, "float32", None),          # vec f32 up and down
 ]
+
+
+ONCHIP_EMU_CASES = [
+    # (H, I, dtype, multiprocessors): decode, M = 1, both halves vectorised
+    (16, 48, "bfloat16", 2),                # 3 units over 2 blocks (1 and 2 units)
+    (24, 40, "float16", 1),                 # one block, the last unit half full
+    (8, 1040, "float32", 1),                # 65 units: 9 blocks of 7-8 units (up to 128 entries)
+    (40, 136, "bfloat16", 4),               # 5 of 16 warps have W_down rows; the last unit half full
+    (20, 12, "float32", 7),                 # fewer units (1) than multiprocessors
+]
+
+
+@pytest.mark.parametrize("H,I,dtype,sms", ONCHIP_EMU_CASES)
+def test_emulated_onchip_decode_indexing(H, I, dtype, sms):
+    from impls.gemm_swiglu import SPEC as GS
+    from impls.swiglu_ffn import SPEC
+
+    mod = _impl_module("swiglu_ffn")
+    inputs = SPEC.make_inputs({"M": 1, "H": H, "I": I}, dtype, seed=H + I + sms)
+    act, y, vecs, plan = emulate_swiglu_ffn(inputs, dtype, sms=sms)
+    assert len(plan) == 1 and plan[0][1] == (mod.onchip_grid(I, sms),)
+    _check_written_once(act=act, y=y)
+    _close(act.v, _ref("gemm_swiglu", {k: inputs[k] for k in GS.inputs}, {})["y"])
+    _close(y.v, _ref("swiglu_ffn", inputs, {})["y"])
+
+
+def test_onchip_plan_only_where_it_applies():
+    mod = _impl_module("swiglu_ffn")
+    d = _defines(NEW_CU["swiglu_ffn"])
+    assert (mod.ONCHIP_THREADS, mod.ONCHIP_UNIT, mod.ONCHIP_MAX_UNITS, mod.ONCHIP_MAX_H) == tuple(
+        d[k] for k in ("FB_ONCHIP_THREADS", "FB_ONCHIP_UNIT", "FB_ONCHIP_MAX_UNITS", "FB_ONCHIP_MAX_H"))
+    assert 4 * (d["FB_ONCHIP_MAX_H"] + d["FB_ONCHIP_UNIT"] * d["FB_ONCHIP_MAX_UNITS"]) + 4 <= 48 * 1024
+    one = lambda *a, **k: [name for name, _, _ in mod.launch_plan(*a, **k)[1]]
+    assert one(1, 4096, 14336, "bfloat16") == ["swiglu_ffn_onchip_bf16"]       # Llama-3-8B decode
+    assert one(8, 4096, 14336, "bfloat16")[0] == "swiglu_ffn_gemv_up_bf16"     # M = 8: two kernels
+    assert one(1, 4096 + 4, 14336, "bfloat16")[0] == "swiglu_ffn_gemv_up_bf16"  # H % 8 != 0
+    assert one(1, 4096, 14336, "float16", aligned=False)[0] == "swiglu_ffn_gemv_up_f16"
+    assert one(1, 8192 + 8, 64, "float32")[0] == "swiglu_ffn_gemv_up_f32"      # x beyond shared memory
+    for I in (1, 16, 17, 4864, 14336, 28672, 10**6):
+        for sms in (1, 7, 132):
+            G, units = mod.onchip_grid(I, sms), -(-I // mod.ONCHIP_UNIT)
+            assert 1 <= G <= units and -(-units // G) <= mod.ONCHIP_MAX_UNITS
+            assert G >= min(units, sms)
 
 
 @pytest.mark.parametrize("M,H,I,dtype,cap", FFN_EMU_CASES)
@@ -1097,11 +1204,14 @@ def test_new_unaligned_pointers_use_scalar_loads():
 
 
 def test_emulated_gemv_down_uses_whole_chain():
-    """The decode path of swiglu_ffn launches exactly two kernels and no third (no host work)."""
+    """Decode of swiglu_ffn: one launch at M = 1 (the onchip kernel, 896 units of 16 over 132
+    blocks), two at M = 8 and no third (no host work between them)."""
     m = _impl_module("swiglu_ffn")
     _, plan = m.launch_plan(1, 4096, 14336, "bfloat16")
+    assert [p[0] for p in plan] == ["swiglu_ffn_onchip_bf16"] and plan[0][1] == (132,)
+    _, plan = m.launch_plan(8, 4096, 14336, "bfloat16")
     assert [p[0] for p in plan] == ["swiglu_ffn_gemv_up_bf16", "swiglu_ffn_gemv_down_bf16"]
-    assert plan[0][1] == (14336 // 8, 1) and plan[1][1] == (4096 // 2 // 8, 1)
+    assert plan[0][1] == (14336 // 8, 8) and plan[1][1] == (4096 // 2 // 8, 8)
 
 
 # ---- GPU tests for the new fusions (skipped without a usable device) -------------------------
@@ -1118,6 +1228,7 @@ NEW_GPU_CASES = {
     "gemm_swiglu": [{"M": 1, "H": 1024, "I": 2816}, {"M": 3, "H": 130, "I": 129}, {"M": 8, "H": 4099, "I": 31},
                     {"M": 9, "H": 33, "I": 127}, {"M": 130, "H": 257, "I": 131}],
     "swiglu_ffn": [{"M": 1, "H": 896, "I": 4864}, {"M": 2, "H": 7, "I": 33}, {"M": 1, "H": 129, "I": 4099},
+                   {"M": 1, "H": 4096, "I": 14336}, {"M": 1, "H": 24, "I": 40},
                    {"M": 9, "H": 129, "I": 130}, {"M": 130, "H": 256, "I": 300}],
 }
 NEW_GPU_PARAMS = [(f, p) for f, ps in NEW_GPU_CASES.items() for p in ps]
@@ -1157,6 +1268,33 @@ def test_gpu_new_fused_matches_reference(fusion, params, dtype):
     for value_shape in ("normal", "outliers", "large"):
         v = _judge_impl(f"{fusion}/cuda/fused", fusion, params, dtype, value_shape, seed=sum(params.values()))
         assert v.passed, (value_shape, v.reasons)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_gpu_onchip_decode_leaves_its_state_zeroed_and_repeats(dtype):
+    """The onchip kernel's accumulator and ticket are zero after every run, so a second and
+    third run give y again (to float32 rounding: the blocks' partials meet in any order)."""
+    _gpu_or_skip()
+    import importlib
+
+    if not _REGISTRY:
+        from harness.registry import discover
+
+        _REGISTRY.append(discover(entry_points=False))
+    spec = importlib.import_module("impls.swiglu_ffn").SPEC
+    inputs = spec.make_inputs({"M": 1, "H": 896, "I": 4864}, dtype, 7, "normal")
+    p = _REGISTRY[0].impls["swiglu_ffn/cuda/fused"].prepare(spec, inputs, {}, dtype)
+    assert len(p.launches) == 1 and p.launches[0][2] == (512,)  # the onchip kernel
+    outs = []
+    for _ in range(3):
+        p.poison()
+        p.run()
+        outs.append(p.outputs()["y"].astype(np.float64))
+        assert not p.acc.get().any() and int(p.ticket.get()[0]) == 0
+    scale = np.abs(outs[0]).max()
+    ulp = {"float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}[dtype]
+    for o in outs[1:]:
+        assert np.abs(o - outs[0]).max() <= 4 * ulp * scale
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])

@@ -9,13 +9,42 @@
 #define FB_GEMV_PAIRS_PER_BLOCK 8                        // one pair per warp
 #define FB_GEMV_CHUNK 4096                               // floats of the input row in shared memory
 
+// One warp's share of two dot products over L shared-memory floats xs[0..L) against W rows
+// w0 and w1 (L % VEC == 0, both rows 16-byte aligned): lane takes vectors lane, lane + 32, ...
+// and adds its partial sums to acc0 and acc1 (the caller sums over the warp).
+template <class D>
+__device__ __forceinline__ void fb_pair_dot_vec(const float* xs, const typename D::T* w0, const typename D::T* w1,
+                                                int L, int lane, float& acc0, float& acc1) {
+    enum { VEC = D::VEC };
+    const fb_f4* xs4 = reinterpret_cast<const fb_f4*>(xs);
+    const int nv = L / VEC;
+#pragma unroll 2
+    for (int j = lane; j < nv; j += 32) {
+        float xv[VEC];
+#pragma unroll
+        for (int q = 0; q < VEC / 4; ++q) {
+            const fb_f4 t = xs4[j * (VEC / 4) + q];
+            xv[4 * q] = t.x; xv[4 * q + 1] = t.y; xv[4 * q + 2] = t.z; xv[4 * q + 3] = t.w;
+        }
+        const fb_vec16 v0 = reinterpret_cast<const fb_vec16*>(w0)[j];
+        const fb_vec16 v1 = reinterpret_cast<const fb_vec16*>(w1)[j];
+        float f0[VEC], f1[VEC];
+        D::unpack(v0, f0);
+        D::unpack(v1, f1);
+        float a0 = 0.f, a1 = 0.f;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) { a0 += f0[e] * xv[e]; a1 += f1[e] * xv[e]; }
+        acc0 += a0;
+        acc1 += a1;
+    }
+}
+
 template <class D, class XS, class PR>
 __device__ __forceinline__ void fb_pair_gemv(const XS& xsrc, const PR& pr, int M, int K, int npairs, int vec) {
     typedef typename D::T T;
     enum { VEC = D::VEC };
     __shared__ alignas(16) float xs[FB_GEMV_CHUNK];
     __shared__ float red[FB_GEMV_WARPS];
-    const fb_f4* xs4 = reinterpret_cast<const fb_f4*>(xs);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int p = blockIdx.x * FB_GEMV_PAIRS_PER_BLOCK + warp;   // this warp's pair
     const bool active = p < npairs;                               // warp-uniform
@@ -34,26 +63,7 @@ __device__ __forceinline__ void fb_pair_gemv(const XS& xsrc, const PR& pr, int M
             if (vec) {
                 // K % VEC == 0 and CHUNK % VEC == 0, so L % VEC == 0 and every row + c0 +
                 // j*VEC is 16-byte aligned.
-                const int nv = L / VEC;
-#pragma unroll 2
-                for (int j = lane; j < nv; j += 32) {
-                    float xv[VEC];
-#pragma unroll
-                    for (int q = 0; q < VEC / 4; ++q) {
-                        const fb_f4 t = xs4[j * (VEC / 4) + q];
-                        xv[4 * q] = t.x; xv[4 * q + 1] = t.y; xv[4 * q + 2] = t.z; xv[4 * q + 3] = t.w;
-                    }
-                    const fb_vec16 v0 = reinterpret_cast<const fb_vec16*>(w0 + c0)[j];
-                    const fb_vec16 v1 = reinterpret_cast<const fb_vec16*>(w1 + c0)[j];
-                    float f0[VEC], f1[VEC];
-                    D::unpack(v0, f0);
-                    D::unpack(v1, f1);
-                    float a0 = 0.f, a1 = 0.f;
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) { a0 += f0[e] * xv[e]; a1 += f1[e] * xv[e]; }
-                    acc0 += a0;
-                    acc1 += a1;
-                }
+                fb_pair_dot_vec<D>(xs, w0 + c0, w1 + c0, L, lane, acc0, acc1);
             } else {
                 for (int j = lane; j < L; j += 32) {
                     const float xv = xs[j];

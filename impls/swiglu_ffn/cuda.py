@@ -3,14 +3,21 @@
 x: (M, H), w_gate, w_up: (I, H), w_down: (H, I) ->
 y = (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T, (M, H) in the storage dtype.
 
-Two kernels launched back to back on the current stream, no host synchronisation between
-them. The (M, I) activation goes through a float32 device scratch allocated in prepare()
-(never rounded to the storage dtype, so y is rounded once): at decode that is M·I·4 bytes
-(57 KiB for I = 14336), written by the first kernel and read back by the second from L2.
-This is not the single persistent kernel with a grid-wide dependency that would keep the
-activation on chip; the weights are still each read exactly once.
+Decode with M = 1 (H and I multiples of the 16-byte vector, aligned rows, H <= ONCHIP_MAX_H):
+one kernel, `swiglu_ffn_onchip_<dt>`, in which the activation never leaves shared memory.
+Its G blocks (at least one per multiprocessor, at most 128 activations each) each compute a
+slice of silu(gate) * up into shared memory, multiply it into their columns of W_down, and
+add the H partial sums with atomicAdd to a float32 accumulator; the last block to finish
+rounds y once and zeroes the accumulator and its ticket for the next call (both allocated
+zeroed in prepare()). The order in which the blocks' float32 partials meet varies, so y
+may differ between runs by float32 rounding.
 
-Decode (M <= GEMV_MAX_M): `swiglu_ffn_gemv_up_<dt>` (gemm_swiglu's GEMV: one (gate, up) row
+Otherwise two kernels launched back to back on the current stream, no host synchronisation
+between them. The (M, I) activation goes through a float32 device scratch allocated in
+prepare() (never rounded to the storage dtype, so y is rounded once), written by the first
+kernel and read back by the second from L2. The weights are each read exactly once.
+
+Decode (M <= GEMV_MAX_M, not on chip): `swiglu_ffn_gemv_up_<dt>` (gemm_swiglu's GEMV: one (gate, up) row
 pair per warp, grid (ceil(I/8), M), 256 threads) into the scratch, then
 `swiglu_ffn_gemv_down_<dt>` (one pair of consecutive W_down rows per warp, grid
 (ceil(ceil(H/2)/8), M), 256 threads, the float32 activation row in shared memory).
@@ -34,12 +41,14 @@ SOURCE_PATH = Path(__file__).with_name("swiglu_ffn.cu")
 SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 VEC = {"float32": 4, "float16": 8, "bfloat16": 8}
 KERNELS = tuple(f"swiglu_ffn_{k}_{s}" for s in SUFFIX.values()
-                for k in ("gemv_up", "gemv_down", "tiled_up", "tiled_down"))
+                for k in ("gemv_up", "gemv_down", "tiled_up", "tiled_down", "onchip"))
 
 GEMV_THREADS, GEMV_PAIRS_PER_BLOCK = 256, 8
 TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32
 GEMV_MAX_M = 8
 MAX_GRID_Y = 65535
+ONCHIP_THREADS, ONCHIP_UNIT, ONCHIP_MAX_UNITS, ONCHIP_MAX_H = 512, 16, 8, 8192
+H200_SMS = 132  # the grid's lower bound where no device is asked (tests, emulation)
 
 _modules: dict[int, object] = {}
 
@@ -57,13 +66,24 @@ def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True) -> tuple[tuple[int, int], list]:
-    """((vec_up, vec_down), [(kernel, grid, block), (kernel, grid, block)]); no CuPy needed.
+def onchip_grid(I: int, sms: int) -> int:
+    """Blocks of the onchip kernel: one per multiprocessor at least, so that the weight
+    streams fill the chip, and enough that none holds over ONCHIP_MAX_UNITS units."""
+    units = _cdiv(I, ONCHIP_UNIT)
+    return min(units, max(sms, _cdiv(units, ONCHIP_MAX_UNITS)))
+
+
+def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True,
+                sms: int = H200_SMS) -> tuple[tuple[int, int], list]:
+    """((vec_up, vec_down), [(kernel, grid, block), ...]); no CuPy needed. One launch (the
+    onchip kernel) at M = 1 where both halves vectorise and H <= ONCHIP_MAX_H, else two.
     vec_up: H % VEC == 0 (x, W_gate, W_up rows); vec_down: I % VEC == 0 (scratch, W_down rows)."""
     sfx = SUFFIX[dtype]
     vec_up = int(aligned and H % VEC[dtype] == 0)
     vec_down = int(aligned and I % VEC[dtype] == 0)
     pairs_down = _cdiv(H, 2)
+    if M == 1 and vec_up and vec_down and H <= ONCHIP_MAX_H:
+        return (vec_up, vec_down), [(f"swiglu_ffn_onchip_{sfx}", (onchip_grid(I, sms),), (ONCHIP_THREADS,))]
     if M <= GEMV_MAX_M:
         gy = min(M, MAX_GRID_Y)
         return (vec_up, vec_down), [
@@ -96,12 +116,18 @@ class SwigluFfnCuda(Prepared):
         if max(M * H, I * H, M * I) >= 2**31:
             raise ValueError("swiglu_ffn/cuda: sizes must be below 2**31 elements")
         self.out = {"y": cp.empty((M, H), dtype=storage_dtype(dtype))}
-        self.act = cp.empty((M, I), dtype=cp.float32)  # the activation scratch (device only)
-        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu, self.wd, self.act))
-        (vec_up, vec_down), plan = launch_plan(M, H, I, dtype, aligned)
+        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu, self.wd))
+        sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+        (vec_up, vec_down), plan = launch_plan(M, H, I, dtype, aligned, sms)
         i32 = np.int32
-        args = [(self.x, self.wg, self.wu, self.act, i32(M), i32(H), i32(I), i32(vec_up)),
-                (self.act, self.wd, self.out["y"], i32(M), i32(I), i32(H), i32(vec_down))]
+        if len(plan) == 1:  # onchip: the accumulator and the ticket start zeroed, and each run leaves them so
+            self.acc = cp.zeros(H, dtype=cp.float32)
+            self.ticket = cp.zeros(1, dtype=cp.uint32)
+            args = [(self.x, self.wg, self.wu, self.wd, self.out["y"], self.acc, self.ticket, i32(H), i32(I))]
+        else:
+            self.act = cp.empty((M, I), dtype=cp.float32)  # the activation scratch (device only, 16-byte aligned)
+            args = [(self.x, self.wg, self.wu, self.act, i32(M), i32(H), i32(I), i32(vec_up)),
+                    (self.act, self.wd, self.out["y"], i32(M), i32(I), i32(H), i32(vec_down))]
         self.launches = [(mod.get_function(name), grid, block, a) for (name, grid, block), a in zip(plan, args)]
         self.vec = (bool(vec_up), bool(vec_down))
         self.empty = M == 0 or H == 0 or I == 0
