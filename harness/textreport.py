@@ -57,6 +57,8 @@ def print_tables(paths, console) -> list[str]:
 
     loaded = read_records(paths)
     rows = build_rows(merge([r for r in loaded.records if r.get("status") != "unavailable"]))
+    if not rows:
+        console.print("no checked or timed records in the results given")
     for (machine, fusion), lines in table_rows(rows).items():
         t = Table(title=f"{fusion} on {machine}")
         for c in COLUMNS:
