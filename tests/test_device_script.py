@@ -34,3 +34,5 @@ def test_dry_run_of_the_device_script_writes_records_and_tables(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert "add_rmsnorm on" in summary and "cpu/fused" in summary
     assert "bench.jsonl: {'ok':" in log
+    fused = [line for line in log.splitlines() if line.startswith("  add_rmsnorm smoke.awkward ")]
+    assert len(fused) == 3 and all(line.endswith("| pass") for line in fused), fused  # f32, f16, bf16
