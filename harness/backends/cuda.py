@@ -40,6 +40,15 @@ _CUBLAS_COMPUTE_32F = 68
 _CUBLAS_GEMM_DEFAULT = -1
 
 
+def sm_count(default: int = 132) -> int:
+    """Multiprocessors of the current device, which launch plans size their grids by;
+    `default` (an H200's 132) where the device does not say."""
+    import cupy as cp
+
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+    return int(props.get("multiProcessorCount", 0)) or default
+
+
 def storage_dtype(dtype: str):
     """The CuPy dtype that holds `dtype` on the device (bfloat16 -> uint16 bit patterns)."""
     import cupy as cp
@@ -319,7 +328,7 @@ class CudaBackend(Backend):
 
         out = {}
         nbytes = 1 << 30  # 1 GiB, far beyond any L2
-        a = cp.ones(nbytes // 4, dtype=cp.float32)
+        a = cp.random.random(nbytes // 4, dtype=cp.float32)  # random, never a constant
         b = cp.empty_like(a)
         ms = best_ms(lambda: b.data.copy_from_device_async(a.data, nbytes))
         out["copy_gbps"] = 2 * nbytes / (ms / 1e3) / 1e9

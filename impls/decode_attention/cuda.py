@@ -112,19 +112,12 @@ def launch_plan(B: int, T: int, Hq: int, Hkv: int, d: int, dtype: str, aligned: 
     return vec, nsplit, G, plan
 
 
-def _sm_count() -> int:
-    import cupy as cp
-
-    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
-    return int(props.get("multiProcessorCount", DEFAULT_SM_COUNT)) or DEFAULT_SM_COUNT
-
-
 class DecodeAttentionCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        from harness.backends.cuda import storage_dtype
+        from harness.backends.cuda import sm_count, storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"decode_attention/cuda: unsupported dtype {dtype!r}")
@@ -145,7 +138,7 @@ class DecodeAttentionCuda(Prepared):
         self.out = {"o": cp.empty((B, Hq, d), dtype=storage_dtype(dtype))}
         aligned = all(a.data.ptr % 16 == 0 for a in (self.q, self.k, self.v))
         split_kernel = mod.get_function(f"decode_attention_split_g{head_group(Hq // Hkv)}_{SUFFIX[dtype]}")
-        vec, nsplit, G, plan = launch_plan(B, T, Hq, Hkv, d, dtype, aligned, _sm_count(),
+        vec, nsplit, G, plan = launch_plan(B, T, Hq, Hkv, d, dtype, aligned, sm_count(DEFAULT_SM_COUNT),
                                            resident_blocks(int(getattr(split_kernel, "num_regs", 0))))
         parts = B * Hq * nsplit if nsplit > 1 else 1     # split partials (a dummy when nsplit = 1)
         self.pm = cp.empty(parts, dtype=cp.float32)

@@ -102,7 +102,7 @@ class SwigluFfnCuda(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        from harness.backends.cuda import storage_dtype
+        from harness.backends.cuda import sm_count, storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"swiglu_ffn/cuda: unsupported dtype {dtype!r}")
@@ -117,8 +117,7 @@ class SwigluFfnCuda(Prepared):
             raise ValueError("swiglu_ffn/cuda: sizes must be below 2**31 elements")
         self.out = {"y": cp.empty((M, H), dtype=storage_dtype(dtype))}
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu, self.wd))
-        sms = cp.cuda.Device().attributes["MultiProcessorCount"]
-        (vec_up, vec_down), plan = launch_plan(M, H, I, dtype, aligned, sms)
+        (vec_up, vec_down), plan = launch_plan(M, H, I, dtype, aligned, sm_count(H200_SMS))
         i32 = np.int32
         if len(plan) == 1:  # onchip: the accumulator and the ticket start zeroed, and each run leaves them so
             self.acc = cp.zeros(H, dtype=cp.float32)
