@@ -488,13 +488,10 @@ def cmd_report(args) -> int:
     if args.output and Path(args.output).is_dir():
         raise UsageError(f"-o {args.output!r} is a directory; give the HTML file to write")
     if args.text:
-        from harness.report import COMMITTED_DATA
+        from harness.report import with_committed
         from harness.textreport import print_tables
 
-        paths = list(args.results)
-        if not args.no_committed and COMMITTED_DATA.is_dir():
-            paths.append(COMMITTED_DATA)
-        for problem in print_tables(paths, _console()):
+        for problem in print_tables(with_committed(args.results, not args.no_committed), _console()):
             print(f"warning: {problem}", file=sys.stderr)
         if not args.output:
             return 0

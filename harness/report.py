@@ -157,10 +157,17 @@ def _machines(records: list[dict]) -> list[dict]:
     return [{"name": k, "fingerprint": json.dumps(v, indent=1, default=str)} for k, v in sorted(seen.items(), key=lambda kv: str(kv[0]))]
 
 
-def write_report(paths, output: Path, include_committed: bool = True) -> Path:
+def with_committed(paths, include_committed: bool = True) -> list:
+    """The results paths given, plus reports/data/ (runs committed from real hardware) when
+    asked and it holds any."""
     paths = list(paths)
     if include_committed and COMMITTED_DATA.is_dir() and any(COMMITTED_DATA.rglob("*.jsonl")):
         paths.append(COMMITTED_DATA)
+    return paths
+
+
+def write_report(paths, output: Path, include_committed: bool = True) -> Path:
+    paths = with_committed(paths, include_committed)
     loaded = read_records(paths)
     records = merge(loaded.records)
     rows = build_rows(records)

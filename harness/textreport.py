@@ -8,7 +8,7 @@ fraction of the measured peak it reached, and its accuracy against the float64 r
 
 from __future__ import annotations
 
-from harness.report import build_rows
+from harness.report import _num, build_rows
 from harness.results import merge, read_records
 
 COLUMNS = ("case", "dtype", "implementation", "commit", "median", "×chain", "×eager", "×compile", "GB/s", "% peak",
@@ -20,12 +20,12 @@ def _x(v) -> str:
 
 
 def _g(v) -> str:
-    return "" if not isinstance(v, (int, float)) or isinstance(v, bool) else f"{v:.3g}"
+    return f"{v:.3g}" if _num(v) else ""
 
 
 def _median(r: dict) -> str:
     s = r.get("median_s")
-    if not isinstance(s, (int, float)):
+    if not _num(s):
         return ""
     return f"{s * 1e6:.1f} µs" if s < 1e-3 else f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s"
 

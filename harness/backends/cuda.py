@@ -40,13 +40,16 @@ _CUBLAS_COMPUTE_32F = 68
 _CUBLAS_GEMM_DEFAULT = -1
 
 
-def sm_count(default: int = 132) -> int:
+DEFAULT_SM_COUNT = 132  # an H200: launch plans' default where no device is asked (tests, emulation)
+
+
+def sm_count() -> int:
     """Multiprocessors of the current device, which launch plans size their grids by;
-    `default` (an H200's 132) where the device does not say."""
+    DEFAULT_SM_COUNT where the device does not say."""
     import cupy as cp
 
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
-    return int(props.get("multiProcessorCount", 0)) or default
+    return int(props.get("multiProcessorCount", 0)) or DEFAULT_SM_COUNT
 
 
 def storage_dtype(dtype: str):

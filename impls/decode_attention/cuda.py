@@ -32,6 +32,7 @@ import numpy as np
 
 from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
+from harness.backends.cuda import DEFAULT_SM_COUNT
 from harness.cuda_compile import cuda_source
 from harness.registry import Implementation, register
 
@@ -53,7 +54,6 @@ MAX_GRID = 65535         # FB_DA_MAX_GRID: blocks loop over rows beyond it
 WAVES = 4                # blocks wanted: this many waves of resident blocks (a short tail)
 SPLIT_MIN_KEYS = 128     # no split shorter than this many rows of T
 MAX_SPLITS = 128
-DEFAULT_SM_COUNT = 132   # an H200; launch_plan's default when no device is asked
 DEFAULT_BLOCKS_PER_SM = 3   # resident blocks of the g4 kernel (about 166 registers a thread)
 REGISTERS_PER_SM, WARPS_PER_SM = 65536, 64
 
@@ -138,7 +138,7 @@ class DecodeAttentionCuda(Prepared):
         self.out = {"o": cp.empty((B, Hq, d), dtype=storage_dtype(dtype))}
         aligned = all(a.data.ptr % 16 == 0 for a in (self.q, self.k, self.v))
         split_kernel = mod.get_function(f"decode_attention_split_g{head_group(Hq // Hkv)}_{SUFFIX[dtype]}")
-        vec, nsplit, G, plan = launch_plan(B, T, Hq, Hkv, d, dtype, aligned, sm_count(DEFAULT_SM_COUNT),
+        vec, nsplit, G, plan = launch_plan(B, T, Hq, Hkv, d, dtype, aligned, sm_count(),
                                            resident_blocks(int(getattr(split_kernel, "num_regs", 0))))
         parts = B * Hq * nsplit if nsplit > 1 else 1     # split partials (a dummy when nsplit = 1)
         self.pm = cp.empty(parts, dtype=cp.float32)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
+from harness.backends.cuda import DEFAULT_SM_COUNT
 from harness.cuda_compile import cuda_source
 from harness.registry import Implementation, register
 
@@ -48,7 +49,6 @@ TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32
 GEMV_MAX_M = 8
 MAX_GRID_Y = 65535
 ONCHIP_THREADS, ONCHIP_UNIT, ONCHIP_MAX_UNITS, ONCHIP_MAX_H = 512, 16, 8, 8192
-H200_SMS = 132  # the grid's lower bound where no device is asked (tests, emulation)
 
 _modules: dict[int, object] = {}
 
@@ -74,7 +74,7 @@ def onchip_grid(I: int, sms: int) -> int:
 
 
 def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True,
-                sms: int = H200_SMS) -> tuple[tuple[int, int], list]:
+                sms: int = DEFAULT_SM_COUNT) -> tuple[tuple[int, int], list]:
     """((vec_up, vec_down), [(kernel, grid, block), ...]); no CuPy needed. One launch (the
     onchip kernel) at M = 1 where both halves vectorise and H <= ONCHIP_MAX_H, else two.
     vec_up: H % VEC == 0 (x, W_gate, W_up rows); vec_down: I % VEC == 0 (scratch, W_down rows)."""
@@ -117,7 +117,7 @@ class SwigluFfnCuda(Prepared):
             raise ValueError("swiglu_ffn/cuda: sizes must be below 2**31 elements")
         self.out = {"y": cp.empty((M, H), dtype=storage_dtype(dtype))}
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu, self.wd))
-        (vec_up, vec_down), plan = launch_plan(M, H, I, dtype, aligned, sm_count(H200_SMS))
+        (vec_up, vec_down), plan = launch_plan(M, H, I, dtype, aligned, sm_count())
         i32 = np.int32
         if len(plan) == 1:  # onchip: the accumulator and the ticket start zeroed, and each run leaves them so
             self.acc = cp.zeros(H, dtype=cp.float32)
