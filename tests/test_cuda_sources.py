@@ -141,6 +141,30 @@ def test_backend_module_does_not_import_cupy():
             "assert 'cupy' not in sys.modules, 'cupy imported at module import'; "
             "assert m.BACKENDS['cuda'].name == 'cuda'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    # nor does any fused kernel's module (they are imported by the registry on every machine)
+    code = ("import importlib, pathlib, sys; "
+            "[importlib.import_module(f'impls.{p.parent.name}.cuda') for p in pathlib.Path('impls').glob('*/cuda.py')]; "
+            "assert 'cupy' not in sys.modules, 'cupy imported by an impls/*/cuda.py at import'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_kernel_module_compiles_spliced_source_once_per_device(monkeypatch):
+    cp = pytest.importorskip("cupy")
+    from harness.backends.cuda import KernelModule
+
+    src = REPO / "impls" / "swiglu_ffn" / "swiglu_ffn.cu"
+    assert "//@fusebench-splice" in src.read_text()
+    device, compiled = [0], []
+    monkeypatch.setattr(cp.cuda.runtime, "getDevice", lambda: device[0])
+    monkeypatch.setattr(cp, "RawModule", lambda code, options: compiled.append(code) or object())
+    load = KernelModule(src)
+    first = load()
+    assert load() is first and len(compiled) == 1
+    device[0] = 1
+    second = load()
+    assert second is not first and load() is second and len(compiled) == 2
+    assert compiled[0] == cc.cuda_source(src)
+    assert not re.search(r"^//@fusebench-splice", compiled[0], re.M)
 
 
 # ---- launch geometry matches the #defines ------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.backends import Backend, BackendUnavailable, Prepared
+from harness.cuda_compile import cuda_source
 from harness.ops import Ops
 
 # storage dtype -> (kernel suffix, CuPy dtype name, cudaDataType for cuBLAS)
@@ -34,6 +35,8 @@ STORAGE = {
     "float16": ("f16", "float16", _CUDA_R_16F),
     "bfloat16": ("bf16", "uint16", _CUDA_R_16BF),
 }
+SUFFIX = {dtype: v[0] for dtype, v in STORAGE.items()}  # the dtype part of a kernel's name
+VEC = {"float32": 4, "float16": 8, "bfloat16": 8}      # elements in one 16-byte load
 BF16_NAN_BITS = 0x7FC0
 _CUBLAS_OP_N, _CUBLAS_OP_T = 0, 1
 _CUBLAS_COMPUTE_32F = 68
@@ -50,6 +53,28 @@ def sm_count() -> int:
 
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
     return int(props.get("multiProcessorCount", 0)) or DEFAULT_SM_COUNT
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for a >= 0, b > 0: blocks needed to cover a items, b per block."""
+    return -(-a // b)
+
+
+class KernelModule:
+    """A fused kernel's .cu file (shared fragments spliced in), compiled by CuPy into one
+    RawModule per device on first use; calling it returns the current device's module."""
+
+    def __init__(self, path):
+        self.path = path
+        self._by_device: dict[int, object] = {}
+
+    def __call__(self):
+        import cupy as cp
+
+        dev = cp.cuda.runtime.getDevice()
+        if dev not in self._by_device:
+            self._by_device[dev] = cp.RawModule(code=cuda_source(self.path), options=("-std=c++17",))
+        return self._by_device[dev]
 
 
 def storage_dtype(dtype: str):

@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.cuda_compile import cuda_source
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, storage_dtype
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("add_rmsnorm.cu")
-SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-VEC = {"float32": 4, "float16": 8, "bfloat16": 8}  # elements per 16-byte load
 KERNELS = tuple(f"add_rmsnorm_{s}" for s in SUFFIX.values())
 
 # Launch geometry; must match the #defines in add_rmsnorm.cu.
@@ -33,16 +31,7 @@ THREADS = 256
 CACHE_MAX = 12288        # FB_ADD_CACHE_MAX: floats of h in dynamic shared memory (48 KiB)
 MAX_GRID = 65535
 
-_modules: dict[int, object] = {}
-
-
-def load_module():
-    import cupy as cp
-
-    dev = cp.cuda.runtime.getDevice()
-    if dev not in _modules:
-        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
-    return _modules[dev]
+load_module = KernelModule(SOURCE_PATH)
 
 
 def launch_plan(M: int, H: int, dtype: str, aligned: bool = True):
@@ -56,8 +45,6 @@ class AddRmsNormCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
-
-        from harness.backends.cuda import storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"add_rmsnorm/cuda: unsupported dtype {dtype!r}")

@@ -22,11 +22,10 @@ import numpy as np
 
 from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.cuda_compile import cuda_source
+from harness.backends.cuda import SUFFIX, KernelModule, cdiv, storage_dtype
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("attention_prefill.cu")
-SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 HEAD_DIMS = (64, 128, 256)   # the kernels' DMAX variants; the last is HEAD_DIM_LIMIT
 KERNELS = tuple(f"attention_prefill_d{m}_{s}" for s in SUFFIX.values() for m in HEAD_DIMS)
 
@@ -35,34 +34,19 @@ THREADS = 256            # FB_ATT_THREADS: 16 x 16, each 4 rows
 TILE = 64                # FB_ATT_BM: query rows per block and keys per tile
 MAX_GRID_Y = 65535       # FB_ATT_MAX_GRID_Y: blocks loop over heads beyond it
 
-_modules: dict[int, object] = {}
-
-
-def load_module():
-    import cupy as cp
-
-    dev = cp.cuda.runtime.getDevice()
-    if dev not in _modules:
-        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
-    return _modules[dev]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+load_module = KernelModule(SOURCE_PATH)
 
 
 def launch_plan(B: int, Hq: int, S: int, d: int, dtype: str) -> list:
     """[(kernel, grid, block)]; no CuPy needed."""
     dmax = next(m for m in HEAD_DIMS if d <= m)
-    return [(f"attention_prefill_d{dmax}_{SUFFIX[dtype]}", (_cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)), (THREADS,))]
+    return [(f"attention_prefill_d{dmax}_{SUFFIX[dtype]}", (cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)), (THREADS,))]
 
 
 class AttentionPrefillCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
-
-        from harness.backends.cuda import storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"attention_prefill/cuda: unsupported dtype {dtype!r}")

@@ -22,11 +22,10 @@ import numpy as np
 
 from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.cuda_compile import cuda_source
+from harness.backends.cuda import SUFFIX, KernelModule, cdiv, storage_dtype
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("attn_score_softmax.cu")
-SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 KERNELS = tuple(f"attn_score_softmax_{s}" for s in SUFFIX.values())
 
 # Launch geometry; must match the #defines in attn_score_softmax.cu.
@@ -34,33 +33,18 @@ THREADS = 256            # FB_ATT_THREADS: 16 x 16, each 4 rows x 4 keys
 TILE = 64                # FB_ATT_BM: query rows per block and keys per tile
 MAX_GRID_Y = 65535       # FB_ATT_MAX_GRID_Y: blocks loop over heads beyond it
 
-_modules: dict[int, object] = {}
-
-
-def load_module():
-    import cupy as cp
-
-    dev = cp.cuda.runtime.getDevice()
-    if dev not in _modules:
-        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
-    return _modules[dev]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+load_module = KernelModule(SOURCE_PATH)
 
 
 def launch_plan(B: int, Hq: int, S: int, dtype: str) -> list:
     """[(kernel, grid, block)]; no CuPy needed."""
-    return [(f"attn_score_softmax_{SUFFIX[dtype]}", (_cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)), (THREADS,))]
+    return [(f"attn_score_softmax_{SUFFIX[dtype]}", (cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)), (THREADS,))]
 
 
 class AttnScoreSoftmaxCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
-
-        from harness.backends.cuda import storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"attn_score_softmax/cuda: unsupported dtype {dtype!r}")

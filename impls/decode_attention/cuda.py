@@ -32,13 +32,10 @@ import numpy as np
 
 from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.backends.cuda import DEFAULT_SM_COUNT
-from harness.cuda_compile import cuda_source
+from harness.backends.cuda import DEFAULT_SM_COUNT, SUFFIX, VEC, KernelModule, cdiv, sm_count, storage_dtype
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("decode_attention.cu")
-SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-VEC = {"float32": 4, "float16": 8, "bfloat16": 8}   # elements per 16-byte load
 GROUPS = (1, 2, 4, 8)                               # q heads per block: the kernel variants
 KERNELS = tuple([f"decode_attention_split_g{G}_{s}" for s in SUFFIX.values() for G in GROUPS]
                 + [f"decode_attention_combine_{s}" for s in SUFFIX.values()])
@@ -57,20 +54,7 @@ MAX_SPLITS = 128
 DEFAULT_BLOCKS_PER_SM = 3   # resident blocks of the g4 kernel (about 166 registers a thread)
 REGISTERS_PER_SM, WARPS_PER_SM = 65536, 64
 
-_modules: dict[int, object] = {}
-
-
-def load_module():
-    import cupy as cp
-
-    dev = cp.cuda.runtime.getDevice()
-    if dev not in _modules:
-        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
-    return _modules[dev]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+load_module = KernelModule(SOURCE_PATH)
 
 
 def head_group(g: int) -> int:
@@ -83,15 +67,15 @@ def resident_blocks(num_regs: int) -> int:
     handed out 256 at a time per warp); DEFAULT_BLOCKS_PER_SM when num_regs is unknown (0)."""
     if num_regs <= 0:
         return DEFAULT_BLOCKS_PER_SM
-    per_warp = _cdiv(num_regs * 32, 256) * 256
+    per_warp = cdiv(num_regs * 32, 256) * 256
     return max(1, min(REGISTERS_PER_SM // per_warp, WARPS_PER_SM) // (THREADS // 32))
 
 
 def choose_splits(rows: int, T: int, sm_count: int, blocks_per_sm: int = DEFAULT_BLOCKS_PER_SM) -> int:
     """How many blocks share one row's keys: enough for WAVES waves of resident blocks, no
     split under SPLIT_MIN_KEYS keys, at most MAX_SPLITS, at least 1."""
-    want = _cdiv(WAVES * blocks_per_sm * sm_count, max(rows, 1))
-    return max(1, min(want, _cdiv(T, SPLIT_MIN_KEYS), MAX_SPLITS))
+    want = cdiv(WAVES * blocks_per_sm * sm_count, max(rows, 1))
+    return max(1, min(want, cdiv(T, SPLIT_MIN_KEYS), MAX_SPLITS))
 
 
 def launch_plan(B: int, T: int, Hq: int, Hkv: int, d: int, dtype: str, aligned: bool = True,
@@ -103,7 +87,7 @@ def launch_plan(B: int, T: int, Hq: int, Hkv: int, d: int, dtype: str, aligned: 
     vec = int(aligned and d % VEC[dtype] == 0)
     g = Hq // Hkv
     G = head_group(g)
-    rows = B * Hkv * _cdiv(g, G)
+    rows = B * Hkv * cdiv(g, G)
     if nsplit is None:
         nsplit = choose_splits(rows, T, sm_count, blocks_per_sm)
     plan = [(f"decode_attention_split_g{G}_{sfx}", (nsplit, min(rows, MAX_GRID)), (THREADS,))]
@@ -116,8 +100,6 @@ class DecodeAttentionCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
-
-        from harness.backends.cuda import sm_count, storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"decode_attention/cuda: unsupported dtype {dtype!r}")

@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.cuda_compile import cuda_source
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("gemm_swiglu.cu")
-SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-VEC = {"float32": 4, "float16": 8, "bfloat16": 8}
 KERNELS = tuple(f"gemm_swiglu_{k}_{s}" for s in SUFFIX.values() for k in ("gemv", "tiled"))
 
 GEMV_THREADS, GEMV_PAIRS_PER_BLOCK = 256, 8
@@ -36,20 +34,7 @@ TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32
 GEMV_MAX_M = 8
 MAX_GRID_Y = 65535
 
-_modules: dict[int, object] = {}
-
-
-def load_module():
-    import cupy as cp
-
-    dev = cp.cuda.runtime.getDevice()
-    if dev not in _modules:
-        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
-    return _modules[dev]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+load_module = KernelModule(SOURCE_PATH)
 
 
 def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True) -> tuple[int, list]:
@@ -57,9 +42,9 @@ def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True) -> tup
     sfx = SUFFIX[dtype]
     vec = int(aligned and H % VEC[dtype] == 0)
     if M <= GEMV_MAX_M:
-        return vec, [(f"gemm_swiglu_gemv_{sfx}", (_cdiv(I, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
+        return vec, [(f"gemm_swiglu_gemv_{sfx}", (cdiv(I, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
                       (GEMV_THREADS,))]
-    return vec, [(f"gemm_swiglu_tiled_{sfx}", (_cdiv(I, TILE_PAIRS), min(_cdiv(M, TILE_M), MAX_GRID_Y)),
+    return vec, [(f"gemm_swiglu_tiled_{sfx}", (cdiv(I, TILE_PAIRS), min(cdiv(M, TILE_M), MAX_GRID_Y)),
                   (TILED_THREADS,))]
 
 
@@ -67,8 +52,6 @@ class GemmSwigluCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
-
-        from harness.backends.cuda import storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"gemm_swiglu/cuda: unsupported dtype {dtype!r}")

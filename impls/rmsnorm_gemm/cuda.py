@@ -29,12 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.cuda_compile import cuda_source
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("rmsnorm_gemm.cu")
-SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-VEC = {"float32": 4, "float16": 8, "bfloat16": 8}  # elements per 16-byte load
 KERNELS = tuple(f"rmsnorm_gemm_{k}_{s}" for s in SUFFIX.values() for k in ("gemv", "rms", "tiled"))
 
 # Launch geometry; must match the #defines in rmsnorm_gemm.cu.
@@ -44,21 +42,7 @@ TILED_THREADS, TILE_M, TILE_N = 256, 64, 64
 GEMV_MAX_M = 8          # up to this many rows the W-streaming GEMV wins
 MAX_GRID_Y = 65535      # the kernels loop over blockIdx.y beyond this
 
-_modules: dict[int, object] = {}
-
-
-def load_module():
-    """The compiled RawModule for the current device (compiled on first use)."""
-    import cupy as cp
-
-    dev = cp.cuda.runtime.getDevice()
-    if dev not in _modules:
-        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
-    return _modules[dev]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+load_module = KernelModule(SOURCE_PATH)
 
 
 def launch_plan(M: int, H: int, N: int, dtype: str, aligned: bool = True) -> tuple[int, list]:
@@ -68,11 +52,11 @@ def launch_plan(M: int, H: int, N: int, dtype: str, aligned: bool = True) -> tup
     sfx = SUFFIX[dtype]
     vec = int(aligned and H % VEC[dtype] == 0)
     if M <= GEMV_MAX_M:
-        return vec, [(f"rmsnorm_gemm_gemv_{sfx}", (_cdiv(N, GEMV_ROWS_PER_BLOCK), min(M, MAX_GRID_Y)),
+        return vec, [(f"rmsnorm_gemm_gemv_{sfx}", (cdiv(N, GEMV_ROWS_PER_BLOCK), min(M, MAX_GRID_Y)),
                       (GEMV_THREADS,))]
     return vec, [
-        (f"rmsnorm_gemm_rms_{sfx}", (_cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
-        (f"rmsnorm_gemm_tiled_{sfx}", (_cdiv(N, TILE_N), min(_cdiv(M, TILE_M), MAX_GRID_Y)), (TILED_THREADS,)),
+        (f"rmsnorm_gemm_rms_{sfx}", (cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
+        (f"rmsnorm_gemm_tiled_{sfx}", (cdiv(N, TILE_N), min(cdiv(M, TILE_M), MAX_GRID_Y)), (TILED_THREADS,)),
     ]
 
 
@@ -80,8 +64,6 @@ class RmsNormGemmCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
-
-        from harness.backends.cuda import storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"rmsnorm_gemm/cuda: unsupported dtype {dtype!r}")

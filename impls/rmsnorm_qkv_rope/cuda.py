@@ -27,12 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.cuda_compile import cuda_source
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("rmsnorm_qkv_rope.cu")
-SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-VEC = {"float32": 4, "float16": 8, "bfloat16": 8}
 KERNELS = tuple(f"rmsnorm_qkv_rope_{k}_{s}" for s in SUFFIX.values() for k in ("gemv", "rms", "tiled"))
 
 # Launch geometry; must match the #defines in rmsnorm_qkv_rope.cu.
@@ -42,20 +40,7 @@ TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32
 GEMV_MAX_M = 8
 MAX_GRID_Y = 65535
 
-_modules: dict[int, object] = {}
-
-
-def load_module():
-    import cupy as cp
-
-    dev = cp.cuda.runtime.getDevice()
-    if dev not in _modules:
-        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
-    return _modules[dev]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+load_module = KernelModule(SOURCE_PATH)
 
 
 def launch_plan(M: int, H: int, n_heads: int, n_kv_heads: int, head_dim: int, dtype: str,
@@ -65,11 +50,11 @@ def launch_plan(M: int, H: int, n_heads: int, n_kv_heads: int, head_dim: int, dt
     vec = int(aligned and H % VEC[dtype] == 0)
     P = (n_heads + 2 * n_kv_heads) * (head_dim // 2)
     if M <= GEMV_MAX_M:
-        return vec, [(f"rmsnorm_qkv_rope_gemv_{sfx}", (_cdiv(P, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
+        return vec, [(f"rmsnorm_qkv_rope_gemv_{sfx}", (cdiv(P, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
                       (GEMV_THREADS,))]
     return vec, [
-        (f"rmsnorm_qkv_rope_rms_{sfx}", (_cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
-        (f"rmsnorm_qkv_rope_tiled_{sfx}", (_cdiv(P, TILE_PAIRS), min(_cdiv(M, TILE_M), MAX_GRID_Y)),
+        (f"rmsnorm_qkv_rope_rms_{sfx}", (cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
+        (f"rmsnorm_qkv_rope_tiled_{sfx}", (cdiv(P, TILE_PAIRS), min(cdiv(M, TILE_M), MAX_GRID_Y)),
          (TILED_THREADS,)),
     ]
 
@@ -78,8 +63,6 @@ class RmsNormQkvRopeCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
-
-        from harness.backends.cuda import storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"rmsnorm_qkv_rope/cuda: unsupported dtype {dtype!r}")

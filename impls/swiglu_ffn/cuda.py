@@ -34,13 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.backends.cuda import DEFAULT_SM_COUNT
-from harness.cuda_compile import cuda_source
+from harness.backends.cuda import DEFAULT_SM_COUNT, SUFFIX, VEC, KernelModule, cdiv, sm_count, storage_dtype
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("swiglu_ffn.cu")
-SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-VEC = {"float32": 4, "float16": 8, "bfloat16": 8}
 KERNELS = tuple(f"swiglu_ffn_{k}_{s}" for s in SUFFIX.values()
                 for k in ("gemv_up", "gemv_down", "tiled_up", "tiled_down", "onchip"))
 
@@ -50,27 +47,14 @@ GEMV_MAX_M = 8
 MAX_GRID_Y = 65535
 ONCHIP_THREADS, ONCHIP_UNIT, ONCHIP_MAX_UNITS, ONCHIP_MAX_H = 512, 16, 8, 8192
 
-_modules: dict[int, object] = {}
-
-
-def load_module():
-    import cupy as cp
-
-    dev = cp.cuda.runtime.getDevice()
-    if dev not in _modules:
-        _modules[dev] = cp.RawModule(code=cuda_source(SOURCE_PATH), options=("-std=c++17",))
-    return _modules[dev]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+load_module = KernelModule(SOURCE_PATH)
 
 
 def onchip_grid(I: int, sms: int) -> int:
     """Blocks of the onchip kernel: one per multiprocessor at least, so that the weight
     streams fill the chip, and enough that none holds over ONCHIP_MAX_UNITS units."""
-    units = _cdiv(I, ONCHIP_UNIT)
-    return min(units, max(sms, _cdiv(units, ONCHIP_MAX_UNITS)))
+    units = cdiv(I, ONCHIP_UNIT)
+    return min(units, max(sms, cdiv(units, ONCHIP_MAX_UNITS)))
 
 
 def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True,
@@ -81,19 +65,19 @@ def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True,
     sfx = SUFFIX[dtype]
     vec_up = int(aligned and H % VEC[dtype] == 0)
     vec_down = int(aligned and I % VEC[dtype] == 0)
-    pairs_down = _cdiv(H, 2)
+    pairs_down = cdiv(H, 2)
     if M == 1 and vec_up and vec_down and H <= ONCHIP_MAX_H:
         return (vec_up, vec_down), [(f"swiglu_ffn_onchip_{sfx}", (onchip_grid(I, sms),), (ONCHIP_THREADS,))]
     if M <= GEMV_MAX_M:
         gy = min(M, MAX_GRID_Y)
         return (vec_up, vec_down), [
-            (f"swiglu_ffn_gemv_up_{sfx}", (_cdiv(I, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
-            (f"swiglu_ffn_gemv_down_{sfx}", (_cdiv(pairs_down, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
+            (f"swiglu_ffn_gemv_up_{sfx}", (cdiv(I, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
+            (f"swiglu_ffn_gemv_down_{sfx}", (cdiv(pairs_down, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
         ]
-    gy = min(_cdiv(M, TILE_M), MAX_GRID_Y)
+    gy = min(cdiv(M, TILE_M), MAX_GRID_Y)
     return (vec_up, vec_down), [
-        (f"swiglu_ffn_tiled_up_{sfx}", (_cdiv(I, TILE_PAIRS), gy), (TILED_THREADS,)),
-        (f"swiglu_ffn_tiled_down_{sfx}", (_cdiv(pairs_down, TILE_PAIRS), gy), (TILED_THREADS,)),
+        (f"swiglu_ffn_tiled_up_{sfx}", (cdiv(I, TILE_PAIRS), gy), (TILED_THREADS,)),
+        (f"swiglu_ffn_tiled_down_{sfx}", (cdiv(pairs_down, TILE_PAIRS), gy), (TILED_THREADS,)),
     ]
 
 
@@ -101,8 +85,6 @@ class SwigluFfnCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
-
-        from harness.backends.cuda import sm_count, storage_dtype
 
         if dtype not in SUFFIX:
             raise ValueError(f"swiglu_ffn/cuda: unsupported dtype {dtype!r}")
