@@ -4,16 +4,18 @@ x: (M, H), gamma: (H,), w: (N, H) -> y: (M, N), all arithmetic in f32.
 
 - M <= GEMV_MAX_M (decode): entry point `gemv`, one workgroup per (16 output columns,
   row m), of 16 invocations on a CPU adapter (lavapipe) and 256 on a GPU
-  (backend.gemv_workgroup()). The workgroup reduces the row's sum of squares into its
-  inverse RMS, then each invocation normalises its strided share of x[m] once, in a register
-  (x * inv * gamma), and uses it against all 16 rows of W; the partial dot products are
-  reduced across the workgroup in workgroup memory.
+  (backend.gemv_workgroup()). The normalisation is deferred: each invocation loads its
+  strided share of x[m] once into a register, adds its square to a partial sum of
+  squares and uses x * gamma against all 16 rows of W; the partial dot products and
+  sums of squares are reduced across the workgroup in workgroup memory, and each dot
+  product is scaled by the row's inverse RMS as it is stored.
 - otherwise (prefill): entry point `tiled`, 64 x 64 output tiles, 4 x 4 per invocation.
-  The workgroup first takes the inverse RMS of its 64 rows (workgroup memory), then walks
-  H in steps of 16, normalising x as it is loaded into workgroup memory beside the W tile;
-  4 x 4 outputs per invocation in vec4 registers, sums in three levels.
-  W is read ceil(M / 64) times, never M times.
+  The workgroup walks H in steps of 16, loading x * gamma into workgroup memory beside
+  the W tile and gathering the sums of squares of its 64 rows alongside; 4 x 4 outputs
+  per invocation in vec4 registers, sums in three levels, each row scaled by its inverse
+  RMS as it is stored. W is read ceil(M / 64) times, never M times.
 
+Both halves are the shared harness/kernels/fb_rms_matmul.wgsl (with rmsnorm_qkv_rope).
 Neither writes an (M, H) intermediate. Any M, H, N >= 1 work (out-of-range rows are
 clamped or loaded as zero and never stored).
 

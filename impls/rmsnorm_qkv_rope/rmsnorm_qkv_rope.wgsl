@@ -54,28 +54,21 @@ fn store_pair(m: u32, p: u32, a: f32, b: f32) {
   }
 }
 
+//@fusebench-splice fb_tile.wgsl
+//@fusebench-splice fb_rms_matmul.wgsl
+
 // ---------------------------------------------------------------------------------
 // gemv: few rows (decode). Workgroup (wid.x, wid.y) computes virtual columns
-// n0 .. n0+R of row m = wid.y (R/2 rotary pairs). Each invocation strides over h, loads
-// x[m, h] once, adds its square to the partial sum of squares and uses x * gamma against
-// the R rows of W. One barrier; then invocation t < R/2 adds up pair t's two partial dot
-// products and the sum of squares, scales, rotates and stores. GV_WG is substituted by wgsl.py: 16 on CPU
-// adapters, 256 on GPUs.
+// n0 .. n0+R of row m = wid.y (R/2 rotary pairs): gv_partials over the R rows of W, one
+// barrier, then invocation t < R/2 adds up pair t's two partial dot products and the sum
+// of squares, scales, rotates and stores.
 // ---------------------------------------------------------------------------------
-const GV_WG: u32 = @@GV_WG@@u;
-const GV_R: u32 = 16u;
-var<workgroup> gv_red: array<f32, @@GV_RED@@>;  // GV_R * GV_WG
-var<workgroup> gv_ss: array<f32, @@GV_WG@@>;
-
 @compute @workgroup_size(@@GV_WG@@)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let m = wid.y;
   let n0 = wid.x * GV_R;
   let H = P.H;
   let N = P.N;
-  let xo = m * H;
-  var ss = 0.0;
-  var acc: array<f32, 16>;
   var wo: array<u32, 16>;
   // W rows of the 8 pairs, walked pair by pair without a division per row (one with a
   // divisor that is not a constant per row kept lavapipe from keeping wo uniform: 1.7x
@@ -87,97 +80,40 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let past = n0 + r >= N;
     wo[r] = select(c, 0u, past) * H;
     wo[r + 1u] = select(c + P.half, 0u, past) * H;
-    acc[r] = 0.0;
-    acc[r + 1u] = 0.0;
     ii += 1u;
     if (ii == P.half) { ii = 0u; hd += 1u; }
   }
-  for (var h = t; h < H; h += GV_WG) {
-    let xv = ld_x(xo + h);
-    ss += xv * xv;
-    let a = xv * ld_gamma(h);
-    for (var r = 0u; r < GV_R; r++) { acc[r] += a * ld_w(wo[r] + h); }
-  }
-  for (var r = 0u; r < GV_R; r++) { gv_red[r * GV_WG + t] = acc[r]; }
-  gv_ss[t] = ss;
-  workgroupBarrier();
+  gv_partials(t, m * H, wo);
   if (t < GV_R / 2u && n0 + 2u * t < N) {
-    var tot = 0.0;
-    var s0 = 0.0;
-    var s1 = 0.0;
-    for (var i = 0u; i < GV_WG; i++) {
-      tot += gv_ss[i];
-      s0 += gv_red[2u * t * GV_WG + i];
-      s1 += gv_red[(2u * t + 1u) * GV_WG + i];
-    }
-    let inv = P.one / sqrt(tot / f32(H) + P.eps);
-    store_pair(m, n0 / 2u + t, s0 * inv, s1 * inv);
+    let inv = gv_inv_rms();
+    store_pair(m, n0 / 2u + t, gv_dot(2u * t) * inv, gv_dot(2u * t + 1u) * inv);
   }
 }
 
 // ---------------------------------------------------------------------------------
 // tiled: many rows (prefill), as rmsnorm_gemm's `tiled`: TM x TN tiles of (row, virtual
-// column), 4 x 4 per invocation in vec4 registers, H in steps of TK through workgroup
-// memory with x * gamma formed on load and the sums of squares gathered alongside, sums
-// in three levels. Each invocation's 4 adjacent virtual columns are 2 whole pairs, which
-// it scales, rotates and stores.
+// column) through rms_tile_loop, 4 x 4 per invocation in vec4 registers, sums in three
+// levels. Each invocation's 4 adjacent virtual columns are 2 whole pairs, which it scales,
+// rotates and stores.
 // ---------------------------------------------------------------------------------
-//@fusebench-splice fb_tile.wgsl
-var<workgroup> tl_a: array<f32, 1024>;  // TK * TM, [k][m]
-var<workgroup> tl_b: array<f32, 1024>;  // TK * TN, [k][n]
-var<workgroup> tl_ss: array<f32, 1024>;  // TM * TK partial sums of squares, [m][k]
-
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let M = P.M;
-  let H = P.H;
   let N = P.N;
   let m0 = wid.y * TM;
   let n0 = wid.x * TN;
   let tx = t % 16u;
   let ty = t / 16u;
-  let lk = t % TK;
-  let lr = t / TK;
   var wrow: array<u32, 4>;  // the W rows (real columns) this invocation loads
-  for (var i = 0u; i < 4u; i++) { wrow[i] = real_col(min(n0 + lr + i * 16u, N - 1u)) * H; }
+  for (var i = 0u; i < 4u; i++) { wrow[i] = real_col(min(n0 + t / TK + i * 16u, N - 1u)) * P.H; }
   var acc: Tile;  // zero
-  var sc = vec4<f32>(0.0);
-  var se = vec4<f32>(0.0);
-  for (var k0 = 0u; k0 < H; k0 += TK) {
-    let gk = k0 + lk;
-    var g = 0.0;
-    if (gk < H) { g = ld_gamma(gk); }
-    var sq = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-      let r = lr + i * 16u;
-      var xv = 0.0;
-      if (m0 + r < M && gk < H) { xv = ld_x((m0 + r) * H + gk); }
-      sq[i] = xv * xv;
-      tl_a[lk * TM + r] = xv * g;
-      var b = 0.0;
-      if (n0 + r < N && gk < H) { b = ld_w(wrow[i] + gk); }
-      tl_b[lk * TN + r] = b;
-    }
-    se += sq;
-    workgroupBarrier();
-    tile_step(&acc, ty, tx, 0u, k0 / TK);
-    if ((k0 / TK) % 16u == 15u) {
-      sc += se;
-      se = vec4<f32>(0.0);
-    }
-    workgroupBarrier();
-  }
-  sc += se;
-  for (var i = 0u; i < 4u; i++) { tl_ss[(lr + i * 16u) * TK + lk] = sc[i]; }
-  workgroupBarrier();
+  rms_tile_loop(&acc, t, m0, n0, wrow);
   let cs = tile_sums(acc);
   let p0 = (n0 + tx * 4u) / 2u;  // first of this invocation's two pairs
   for (var i = 0u; i < 4u; i++) {
     let rl = ty * 4u + i;
     let gm = m0 + rl;
-    var tot = 0.0;
-    for (var kk = 0u; kk < TK; kk++) { tot += tl_ss[rl * TK + kk]; }
-    let inv = P.one / sqrt(tot / f32(H) + P.eps);
+    let inv = tl_inv_rms(rl);
     if (gm < M) {
       let c = cs[i] * inv;
       if (2u * p0 < N) { store_pair(gm, p0, c.x, c.y); }

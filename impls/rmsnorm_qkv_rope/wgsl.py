@@ -18,6 +18,9 @@ ones (v). Neither the normalised activations nor the unrotated projection is wri
   per invocation (two pairs per row), x * gamma and the W rows (gathered in pair order)
   through workgroup memory, sums in three levels; W is read ceil(M / 64) times.
 
+The RMSNorm-into-matmul loops are harness/kernels/fb_rms_matmul.wgsl, shared with
+rmsnorm_gemm; this file adds the pair order and the rotation.
+
 Angles: cos and sin of pos·theta^(-2i/d) from an exact fixed-point angle in turns and
 Cephes polynomials (harness.backends.wgsl.ROPE_WGSL), accurate to ~1e-7 for any int32
 position; the frequency table (2·(d/2) u32 words) depends only on (d, theta) and is built
