@@ -7,15 +7,50 @@ which keeps numba's on-disk cache valid from one process to the next.
 
 Storage dtypes are passed as `kind` (harness.backends.cpu.KIND: 0 float32, 1 bfloat16,
 2 float16), 16-bit values as uint16 bit patterns (harness.backends.cpu.bits16).
+
+numba's on-disk cache is checked against the file of the cached kernel only, not against
+the helpers here that it calls: edit a helper, and every kernel that uses it would load its
+old machine code from the cache. Importing this module therefore points numba's cache
+(`numba.config.CACHE_DIR`) at a folder named after this file's content, so a changed
+helper means a fresh cache (helpers_cache_dir).
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
 
 import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
+
+
+def helpers_cache_dir(source: bytes, env=os.environ) -> str:
+    """Where numba caches the fused CPU kernels for this content of cpu_numba.py: under
+    $NUMBA_CACHE_DIR when it is set, else under $XDG_CACHE_HOME (~/.cache)/fusebench/numba."""
+    base = env.get("NUMBA_CACHE_DIR") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fusebench", "numba")
+    return os.path.join(base, "cpu_numba-" + hashlib.sha256(source).hexdigest()[:16])
+
+
+def _use_helpers_cache_dir() -> None:
+    # before any kernel that calls these helpers is decorated (impls/*/cpu.py import this
+    # module first, in _compile); where the folder cannot be made, numba keeps its default
+    # (__pycache__ beside each kernel), as before
+    path = helpers_cache_dir(Path(__file__).read_bytes())
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return
+    if os.access(path, os.W_OK):
+        nb.config.CACHE_DIR = path
+
+
+_use_helpers_cache_dir()
+
 
 @intrinsic
 def f32_bits(typingctx, v):
@@ -297,6 +332,38 @@ def swiglu(g, u):
     # silu(g) * u in float64; exp's argument is clamped so it never overflows
     gd = np.float64(g)
     return gd / (1.0 + np.exp(min(-gd, 700.0))) * np.float64(u)
+
+
+@nb.njit(fastmath=True)
+def swiglu_rows(x, tg, tu, n0, kind, pow2, out, out_kind):
+    # every row of x (storage `kind`, widened two at a time into thread-local buffers)
+    # against one block of W_gate / W_up rows tg, tu: (J, H) float32; silu(gate) * up of
+    # row m, gate/up row j goes to out[m, n0 + j] in `out_kind` (gemm_swiglu's y in the
+    # storage dtype, or swiglu_ffn's float32 activation: out_kind 0)
+    M, H = x.shape
+    J = tg.shape[0]
+    x0 = np.empty(H, dtype=np.float32)
+    x1 = np.empty(H, dtype=np.float32)
+    g0 = np.empty(J, dtype=np.float32)
+    g1 = np.empty(J, dtype=np.float32)
+    u0 = np.empty(J, dtype=np.float32)
+    u1 = np.empty(J, dtype=np.float32)
+    m = 0
+    while m + 2 <= M:
+        widen(x[m], x0, kind, pow2)
+        widen(x[m + 1], x1, kind, pow2)
+        dots2(x0, x1, tg, g0, g1)
+        dots2(x0, x1, tu, u0, u1)
+        for j in range(J):
+            put(out, m, n0 + j, swiglu(g0[j], u0[j]), out_kind)
+            put(out, m + 1, n0 + j, swiglu(g1[j], u1[j]), out_kind)
+        m += 2
+    if m < M:
+        widen(x[m], x0, kind, pow2)
+        dots(x0, tg, g0)
+        dots(x0, tu, u0)
+        for j in range(J):
+            put(out, m, n0 + j, swiglu(g0[j], u0[j]), out_kind)
 
 
 @nb.njit(fastmath=True)

@@ -37,15 +37,13 @@ def _compile():
     global _kernel, _narrow, _widen_reg
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, block, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, widen, bf16_f32, dots, dots2, f16_f32
+    global nb, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, widen, bf16_f32, f16_f32
     if _kernel is not None:
         return _kernel
     import numba as nb
 
     from harness.backends.cpu_numba import (
         bf16_f32,
-        dots,
-        dots2,
         f16_f32,
         gate_up1,
         gate_up1_w16,
@@ -54,36 +52,9 @@ def _compile():
         make_pow2,
         put,
         swiglu,
+        swiglu_rows,
         widen,
     )
-
-    @nb.njit(fastmath=True)
-    def block(x, tg, tu, n0, kind, pow2, y):
-        # every row of x (widened in thread-local buffers) against one block of gate/up rows
-        M, H = x.shape
-        J = tg.shape[0]
-        x0 = np.empty(H, dtype=np.float32)
-        x1 = np.empty(H, dtype=np.float32)
-        g0 = np.empty(J, dtype=np.float32)
-        g1 = np.empty(J, dtype=np.float32)
-        u0 = np.empty(J, dtype=np.float32)
-        u1 = np.empty(J, dtype=np.float32)
-        m = 0
-        while m + 2 <= M:
-            widen(x[m], x0, kind, pow2)
-            widen(x[m + 1], x1, kind, pow2)
-            dots2(x0, x1, tg, g0, g1)
-            dots2(x0, x1, tu, u0, u1)
-            for j in range(J):
-                put(y, m, n0 + j, swiglu(g0[j], u0[j]), kind)
-                put(y, m + 1, n0 + j, swiglu(g1[j], u1[j]), kind)
-            m += 2
-        if m < M:
-            widen(x[m], x0, kind, pow2)
-            dots(x0, tg, g0)
-            dots(x0, tu, u0)
-            for j in range(J):
-                put(y, m, n0 + j, swiglu(g0[j], u0[j]), kind)
 
     @nb.njit(parallel=True, fastmath=True, cache=True)
     def kernel_f32(x, wg, wu, y):
@@ -102,7 +73,7 @@ def _compile():
         for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
             n0 = b * BLOCK_ROWS
             n1 = min(N, n0 + BLOCK_ROWS)
-            block(x, wg[n0:n1], wu[n0:n1], n0, 0, pow2, y)
+            swiglu_rows(x, wg[n0:n1], wu[n0:n1], n0, 0, pow2, y, 0)
 
     @nb.njit(parallel=True, fastmath=True, cache=True)
     def kernel_16(x, wg, wu, kind, y):
@@ -127,7 +98,7 @@ def _compile():
             for j in range(n1 - n0):
                 widen(wg[n0 + j], tg[j], kind, pow2)
                 widen(wu[n0 + j], tu[j], kind, pow2)
-            block(x, tg, tu, n0, kind, pow2, y)
+            swiglu_rows(x, tg, tu, n0, kind, pow2, y, kind)
 
     def kernel(x, wg, wu, kind, y):
         if kind == 0:

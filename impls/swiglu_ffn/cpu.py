@@ -2,7 +2,7 @@
 
 x: (M, H), w_gate, w_up: (I, H), w_down: (H, I) -> y: (M, H).
 
-Phase 1 is gemm_swiglu's kernel: each thread owns a block of BLOCK_ROWS rows of W_gate and
+Phase 1 is gemm_swiglu's kernel (the same cpu_numba helpers): each thread owns a block of BLOCK_ROWS rows of W_gate and
 of W_up, takes both dot products from one load of each x row (two rows at a time,
 prefill), applies silu(gate) * up in registers and stores the activation. Phase 2, the
 down projection, is parallel over blocks of W_down rows, two activation rows against four
@@ -44,42 +44,13 @@ def _compile():
     global _kernel
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, block_down, block_up, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, widen, dots, dots2
+    global nb, block_down, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, widen, dots, dots2
     if _kernel is not None:
         return _kernel
     import numba as nb
 
     from harness.backends.cpu_numba import (dots, dots2, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2,
-                                            gate_up2_w16, make_pow2, put, swiglu, widen)
-
-    @nb.njit(fastmath=True)
-    def block_up(x, tg, tu, n0, kind, pow2, act):
-        # phase 1: every row of x (widened in thread-local buffers) against one block of
-        # gate/up rows; silu(gate) * up goes to the float32 activation
-        M, H = x.shape
-        J = tg.shape[0]
-        x0 = np.empty(H, dtype=np.float32)
-        x1 = np.empty(H, dtype=np.float32)
-        g0 = np.empty(J, dtype=np.float32)
-        g1 = np.empty(J, dtype=np.float32)
-        u0 = np.empty(J, dtype=np.float32)
-        u1 = np.empty(J, dtype=np.float32)
-        m = 0
-        while m + 2 <= M:
-            widen(x[m], x0, kind, pow2)
-            widen(x[m + 1], x1, kind, pow2)
-            dots2(x0, x1, tg, g0, g1)
-            dots2(x0, x1, tu, u0, u1)
-            for j in range(J):
-                act[m, n0 + j] = swiglu(g0[j], u0[j])
-                act[m + 1, n0 + j] = swiglu(g1[j], u1[j])
-            m += 2
-        if m < M:
-            widen(x[m], x0, kind, pow2)
-            dots(x0, tg, g0)
-            dots(x0, tu, u0)
-            for j in range(J):
-                act[m, n0 + j] = swiglu(g0[j], u0[j])
+                                            gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, widen)
 
     @nb.njit(fastmath=True)
     def block_down(act, td, n0, kind, y):
@@ -122,7 +93,7 @@ def _compile():
         for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
             n0 = b * BLOCK_ROWS
             n1 = min(N, n0 + BLOCK_ROWS)
-            block_up(x, wg[n0:n1], wu[n0:n1], n0, 0, pow2, act)
+            swiglu_rows(x, wg[n0:n1], wu[n0:n1], n0, 0, pow2, act, 0)
         # prange's end is the barrier: the activation is complete here
         for b in nb.prange((H + DOWN_ROWS - 1) // DOWN_ROWS):
             n0 = b * DOWN_ROWS
@@ -158,7 +129,7 @@ def _compile():
             for j in range(n1 - n0):
                 widen(wg[n0 + j], tg[j], kind, pow2)
                 widen(wu[n0 + j], tu[j], kind, pow2)
-            block_up(x, tg, tu, n0, kind, pow2, act)
+            swiglu_rows(x, tg, tu, n0, kind, pow2, act, 0)
         for b in nb.prange((H + DOWN_ROWS - 1) // DOWN_ROWS):
             n0 = b * DOWN_ROWS
             n1 = min(H, n0 + DOWN_ROWS)
