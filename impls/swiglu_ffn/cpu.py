@@ -2,9 +2,10 @@
 
 x: (M, H), w_gate, w_up: (I, H), w_down: (H, I) -> y: (M, H).
 
-Phase 1 is gemm_swiglu's kernel (the same cpu_numba helpers): each thread owns a block of BLOCK_ROWS rows of W_gate and
-of W_up, takes both dot products from one load of each x row (two rows at a time,
-prefill), applies silu(gate) * up in registers and stores the activation. Phase 2, the
+Phase 1 is gemm_swiglu's kernel (the same cpu_numba helpers): each thread owns a block
+of BLOCK_ROWS rows of W_gate and of W_up, takes both dot products from one load of each x
+row (two rows at a time, prefill), applies silu(gate) * up in registers and stores the
+activation. Phase 2, the
 down projection, is parallel over blocks of W_down rows, two activation rows against four
 W_down rows per inner pass.
 
