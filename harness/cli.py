@@ -175,12 +175,16 @@ def main(argv=None) -> int:
 
 # --- selection -------------------------------------------------------------------------
 
+def _warn(problem: str) -> None:
+    print(f"warning: {problem}", file=sys.stderr)
+
+
 def _registry():
     from harness.registry import discover
 
     reg = discover()
     for problem in reg.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        _warn(problem)
     return reg
 
 
@@ -362,7 +366,7 @@ def _resume(path: Path, jobs, missing, opts):
 
     loaded = read_records([path])
     for problem in loaded.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        _warn(problem)
     finished = {(r.get("impl"), r.get("case"), r.get("dtype"), r.get("seed")): r for r in loaded.records
                 if r.get("status") in ("ok", "fail", "error", "skipped")
                 and (not opts.bench or "median_s" in r or r.get("status") != "ok")}
@@ -492,10 +496,11 @@ def cmd_report(args) -> int:
         from harness.textreport import print_tables
 
         for problem in print_tables(with_committed(args.results, not args.no_committed), _console()):
-            print(f"warning: {problem}", file=sys.stderr)
+            _warn(problem)
         if not args.output:
             return 0
-    out = write_report(args.results, Path(args.output or "reports/report.html"), include_committed=not args.no_committed)
+    out = write_report(args.results, Path(args.output or "reports/report.html"), include_committed=not args.no_committed,
+                       on_problem=None if args.text else _warn)  # --text has listed them already
     print(f"report: {out}")
     return 0
 
@@ -507,7 +512,7 @@ def cmd_run(args) -> int:
     _print_check_table(records)
     _print_bench_table(records)
     report_path = Path(args.report) if args.report else path.parent.parent / f"report-{path.stem}.html"
-    out = write_report([path], report_path, include_committed=True)
+    out = write_report([path], report_path, include_committed=True, on_problem=_warn)
     bad = _failures(records)
     print(f"results: {path}")
     print(f"report: {out.resolve()}")

@@ -166,9 +166,14 @@ def with_committed(paths, include_committed: bool = True) -> list:
     return paths
 
 
-def write_report(paths, output: Path, include_committed: bool = True) -> Path:
+def write_report(paths, output: Path, include_committed: bool = True, on_problem=None) -> Path:
+    """The HTML report of the records in `paths` (and in reports/data/ unless
+    include_committed is false) written to `output`; each line that could not be read is
+    listed in the page and, when on_problem is given, passed to it ("file:line: why")."""
     paths = with_committed(paths, include_committed)
     loaded = read_records(paths)
+    for problem in loaded.problems if on_problem else ():
+        on_problem(problem)
     records = merge(loaded.records)
     rows = build_rows(records)
     fusions = sorted({r["fusion"] for r in rows})

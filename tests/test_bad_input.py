@@ -661,12 +661,17 @@ def test_report_and_compare_cli_on_a_corrupt_file(tmp_path, capsys):
                      + _dump(good[0])[:50])
     code, out, err = run_cli(["report", path, "-o", tmp_path / "r.html", "--no-committed"], capsys)
     assert code == 0 and "Traceback" not in err
+    # said on the terminal too, not only inside the page
+    assert f"warning: {path}:3: field 'median_s'" in err and f"warning: {path}:4: not a JSON record" in err
     page = html.unescape((tmp_path / "r.html").read_text())
     assert f"{path}:3: field 'median_s' must be a finite number >= 0, got 'fast'" in page
     assert f"{path}:4: not a JSON record" in page
     code, out, err = run_cli(["report", path, "--text", "--no-committed"], capsys)
     assert code == 0 and "Traceback" not in err and "report: " not in out  # tables only, no HTML
     assert f"{path}:3: field 'median_s'" in err and f"{path}:4: not a JSON record" in err
+    code, out, err = run_cli(["report", path, "--text", "-o", tmp_path / "r2.html", "--no-committed"], capsys)
+    assert code == 0 and (tmp_path / "r2.html").is_file()
+    assert err.count(f"{path}:4: not a JSON record") == 1  # once, though both reports read it
     fused = next(line for line in out.splitlines() if "cpu/fused" in line)
     assert "1000.0 µs" not in fused and "1.000 ms" in fused and "2.00" in fused  # 2 ms chain / 1 ms fused
     code, out, err = run_cli(["compare", path, path], capsys)
