@@ -164,6 +164,9 @@ def main(argv=None) -> int:
     except (UsageError, CaseError) as e:
         print(f"fusebench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fusebench list | head`: the reader has gone, so stop quietly as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141  # 128 + SIGPIPE
     except OSError as e:  # a file the user named cannot be written or read (permissions, a folder, disk full)
         where = f"{e.filename}: " if e.filename else ""
         print(f"fusebench {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)

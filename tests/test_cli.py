@@ -19,6 +19,20 @@ def fusebench(*args, cwd, plugins=""):
                           text=True, timeout=600)
 
 
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`fusebench list | head`: once the reader has gone, exit 141 without a message or a
+    traceback (a write into a pipe whose read end is closed fails with EPIPE)."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "harness.cli", "list", "--json"], cwd=tmp_path, stdout=w,
+                           stderr=subprocess.PIPE, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    finally:
+        os.close(w)
+    assert p.returncode == 141, p.stderr
+    assert "Traceback" not in p.stderr and "Broken pipe" not in p.stderr and "Exception ignored" not in p.stderr
+
 def test_list_json_names_every_backend(tmp_path):
     r = fusebench("list", "--json", cwd=tmp_path, plugins="tests.plugins.import_error")
     assert r.returncode == 0, r.stderr
