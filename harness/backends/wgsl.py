@@ -277,16 +277,25 @@ def _padded(nbytes: int) -> int:
 # primitive kernels (one dispatch per op)
 # ----------------------------------------------------------------------------------
 
-_ELEMWISE = """
-struct Params { n: u32, na: u32, nb: u32, _p: u32 }
-@compute @workgroup_size(256)
+
+def _per_element(params: str, body: str, index: str = "i", decls: str = "") -> str:
+    """A shader with one invocation per element: `index` runs over 0 .. P.n - 1, 256 to a
+    workgroup (grid_1d lays the workgroups out in 2-D past 65535), and `body` is its work.
+    `params`: the fields of the uniform Params (n first); `decls`: bindings declared here
+    rather than by wgsl_buffers."""
+    return f"""
+struct Params {{ {params} }}
+{decls}@compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let i = (wid.x + wid.y * nwg.x) * 256u + t;
-  if (i >= P.n) { return; }
-  @@BODY@@
-}
+        @builtin(local_invocation_index) t: u32) {{
+  let {index} = (wid.x + wid.y * nwg.x) * 256u + t;
+  if ({index} >= P.n) {{ return; }}
+  {body}
+}}
 """
+
+
+_ELEMWISE = _per_element("n: u32, na: u32, nb: u32, _p: u32", "@@BODY@@")
 _BODIES = {
     "add": "st_y(i, ld_a(i % P.na) + ld_b(i % P.nb));",
     "mul": "st_y(i, ld_a(i % P.na) * ld_b(i % P.nb));",
@@ -294,27 +303,11 @@ _BODIES = {
 }
 
 # split: y[r, j] = x[r, off + j] for j < P.w, x rows of P.W elements
-_SPLIT = """
-struct Params { n: u32, W: u32, w: u32, off: u32 }
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let i = (wid.x + wid.y * nwg.x) * 256u + t;
-  if (i >= P.n) { return; }
-  let r = i / P.w;
-  st_y(i, ld_x(r * P.W + P.off + (i - r * P.w)));
-}
-"""
+_SPLIT = _per_element("n: u32, W: u32, w: u32, off: u32", """let r = i / P.w;
+  st_y(i, ld_x(r * P.W + P.off + (i - r * P.w)));""")
 
 # rope: one invocation per rotated pair (row m, head, i < d/2); x (M, heads, d)
-_ROPE = """
-struct Params { n: u32, heads: u32, half: u32, _p: u32 }
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let p = (wid.x + wid.y * nwg.x) * 256u + t;
-  if (p >= P.n) { return; }
-  let i = p % P.half;
+_ROPE = _per_element("n: u32, heads: u32, half: u32, _p: u32", """let i = p % P.half;
   let mh = p / P.half;        // m * heads + head
   let m = mh / P.heads;
   let o = mh * 2u * P.half + i;
@@ -322,34 +315,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let a = ld_x(o);
   let b = ld_x(o + P.half);
   st_y(o, a * cs.x - b * cs.y);
-  st_y(o + P.half, b * cs.x + a * cs.y);
-}
-"""
+  st_y(o + P.half, b * cs.x + a * cs.y);""", index="p")
 
-_FILL = """
-struct Params { n: u32, word: u32, _p0: u32, _p1: u32 }
-@group(0) @binding(0) var<storage, read_write> buf: array<u32>;
-@group(0) @binding(1) var<uniform> P: Params;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let i = (wid.x + wid.y * nwg.x) * 256u + t;
-  if (i < P.n) { buf[i] = P.word; }
-}
-"""
+_FILL = _per_element("n: u32, word: u32, _p0: u32, _p1: u32", "buf[i] = P.word;",
+                     decls="@group(0) @binding(0) var<storage, read_write> buf: array<u32>;\n"
+                           "@group(0) @binding(1) var<uniform> P: Params;\n")
 
-_COPY = """
-struct Params { n: u32, _p0: u32, _p1: u32, _p2: u32 }
-@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
-@group(0) @binding(2) var<uniform> P: Params;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let i = (wid.x + wid.y * nwg.x) * 256u + t;
-  if (i < P.n) { dst[i] = src[i]; }
-}
-"""
+_COPY = _per_element("n: u32, _p0: u32, _p1: u32, _p2: u32", "dst[i] = src[i];",
+                     decls="@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;\n"
+                           "@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;\n"
+                           "@group(0) @binding(2) var<uniform> P: Params;\n")
 
 # One workgroup per row: sum of squares reduced in workgroup memory, then the row written.
 _RMS_NORM = """
@@ -523,43 +498,18 @@ _BMV_B = {
     "nn": "let row = bo + k * N;\n    for (var r = 0u; r < R; r++) { acc[r] += a * ld_b(row + col[r]); }",
 }
 
-_SCALE = """
-struct Params { n: u32, s: f32, _p0: u32, _p1: u32 }
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let i = (wid.x + wid.y * nwg.x) * 256u + t;
-  if (i >= P.n) { return; }
-  st_y(i, ld_x(i) * P.s);
-}
-"""
+_SCALE = _per_element("n: u32, s: f32, _p0: u32, _p1: u32", "st_y(i, ld_x(i) * P.s);")
 
 # x (..., S, T): element (r, j) of each (S, T) matrix becomes -inf where j > r + T - S.
 # -inf comes in as its bit pattern (ninf): WGSL has no infinite literal.
-_CAUSAL_MASK = """
-struct Params { n: u32, S: u32, T: u32, ninf: u32 }
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let i = (wid.x + wid.y * nwg.x) * 256u + t;
-  if (i >= P.n) { return; }
-  let j = i % P.T;
+_CAUSAL_MASK = _per_element("n: u32, S: u32, T: u32, ninf: u32", """let j = i % P.T;
   let r = (i / P.T) % P.S;
-  if (i32(j) > i32(r) + i32(P.T) - i32(P.S)) { st_y(i, bitcast<f32>(P.ninf)); } else { st_y(i, ld_x(i)); }
-}
-"""
+  if (i32(j) > i32(r) + i32(P.T) - i32(P.S)) { st_y(i, bitcast<f32>(P.ninf)); } else { st_y(i, ld_x(i)); }""")
 
 # x (B, H, S, T), lens (B,) int32: element (b, ., ., j) becomes -inf where j >= lens[b].
-_LENGTH_MASK = """
-struct Params { n: u32, T: u32, per_b: u32, ninf: u32 }
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let i = (wid.x + wid.y * nwg.x) * 256u + t;
-  if (i >= P.n) { return; }
-  if (i32(i % P.T) >= lens[i / P.per_b]) { st_y(i, bitcast<f32>(P.ninf)); } else { st_y(i, ld_x(i)); }
-}
-"""
+_LENGTH_MASK = _per_element("n: u32, T: u32, per_b: u32, ninf: u32",
+                            "if (i32(i % P.T) >= lens[i / P.per_b]) { st_y(i, bitcast<f32>(P.ninf)); } "
+                            "else { st_y(i, ld_x(i)); }")
 NEG_INF_BITS = 0xFF800000
 
 
