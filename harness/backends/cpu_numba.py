@@ -367,6 +367,19 @@ def swiglu_rows(x, tg, tu, n0, kind, pow2, out, out_kind):
 
 
 @nb.njit(fastmath=True)
+def swiglu_rows_w16(x, wg, wu, n0, n1, kind, pow2, out, out_kind):
+    # swiglu_rows for 16-bit weights: rows n0 .. n1-1 of W_gate and W_up (uint16 bit
+    # patterns) are first widened into thread-local float32 blocks
+    H = wg.shape[1]
+    tg = np.empty((n1 - n0, H), dtype=np.float32)
+    tu = np.empty((n1 - n0, H), dtype=np.float32)
+    for j in range(n1 - n0):
+        widen(wg[n0 + j], tg[j], kind, pow2)
+        widen(wu[n0 + j], tu[j], kind, pow2)
+    swiglu_rows(x, tg, tu, n0, kind, pow2, out, out_kind)
+
+
+@nb.njit(fastmath=True)
 def normalise(x_row, g, s, kind, pow2, out):
     widen(x_row, out, kind, pow2)
     for h in range(out.shape[0]):

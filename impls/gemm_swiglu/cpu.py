@@ -37,7 +37,7 @@ def _compile():
     global _kernel, _narrow, _widen_reg
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, widen, bf16_f32, f16_f32
+    global nb, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen, bf16_f32, f16_f32
     if _kernel is not None:
         return _kernel
     import numba as nb
@@ -53,6 +53,7 @@ def _compile():
         put,
         swiglu,
         swiglu_rows,
+        swiglu_rows_w16,
         widen,
     )
 
@@ -92,13 +93,7 @@ def _compile():
             return
         for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
             n0 = b * BLOCK_ROWS
-            n1 = min(N, n0 + BLOCK_ROWS)
-            tg = np.empty((n1 - n0, H), dtype=np.float32)
-            tu = np.empty((n1 - n0, H), dtype=np.float32)
-            for j in range(n1 - n0):
-                widen(wg[n0 + j], tg[j], kind, pow2)
-                widen(wu[n0 + j], tu[j], kind, pow2)
-            swiglu_rows(x, tg, tu, n0, kind, pow2, y, kind)
+            swiglu_rows_w16(x, wg, wu, n0, min(N, n0 + BLOCK_ROWS), kind, pow2, y, kind)
 
     def kernel(x, wg, wu, kind, y):
         if kind == 0:

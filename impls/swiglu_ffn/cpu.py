@@ -45,13 +45,13 @@ def _compile():
     global _kernel
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, block_down, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, widen, dots, dots2
+    global nb, block_down, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen, dots, dots2
     if _kernel is not None:
         return _kernel
     import numba as nb
 
     from harness.backends.cpu_numba import (dots, dots2, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2,
-                                            gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, widen)
+                                            gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen)
 
     @nb.njit(fastmath=True)
     def block_down(act, td, n0, kind, y):
@@ -124,13 +124,7 @@ def _compile():
             return
         for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
             n0 = b * BLOCK_ROWS
-            n1 = min(N, n0 + BLOCK_ROWS)
-            tg = np.empty((n1 - n0, H), dtype=np.float32)
-            tu = np.empty((n1 - n0, H), dtype=np.float32)
-            for j in range(n1 - n0):
-                widen(wg[n0 + j], tg[j], kind, pow2)
-                widen(wu[n0 + j], tu[j], kind, pow2)
-            swiglu_rows(x, tg, tu, n0, kind, pow2, act, 0)
+            swiglu_rows_w16(x, wg, wu, n0, min(N, n0 + BLOCK_ROWS), kind, pow2, act, 0)
         for b in nb.prange((H + DOWN_ROWS - 1) // DOWN_ROWS):
             n0 = b * DOWN_ROWS
             n1 = min(H, n0 + DOWN_ROWS)
