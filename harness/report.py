@@ -50,31 +50,60 @@ def build_rows(records: list[dict]) -> list[dict]:
     latest = _latest([r for r in records if r.get("status") != "unavailable"])
     index = {tuple(r.get(f) for f in IDENTITY): r for r in latest}
 
-    def median_of(r, backend, variant):
+    def baseline(r, backend, variant):
         other = index.get((r["machine"], r.get("commit"), r["fusion"], r["case"], r["dtype"], backend, variant))
-        ok = other and other.get("verdict") == "pass" and not other.get("invalid")
-        return other.get("median_s") if ok else None
+        ok = other and other.get("verdict") == "pass" and not other.get("invalid") and other.get("median_s")
+        return other if ok else None
 
     rows = []
     for r in latest:
         med = r.get("median_s")
         peer = TORCH_PEER_OF.get(r["backend"], "torch")
         base = {
-            "chain": median_of(r, r["backend"], "unfused"),
-            "eager": median_of(r, peer, "eager"),
-            "compile": median_of(r, peer, "compile"),
+            "chain": baseline(r, r["backend"], "unfused"),
+            "eager": baseline(r, peer, "eager"),
+            "compile": baseline(r, peer, "compile"),
         }
         if r["kind"] == "reference":
             base = {}  # float64 NumPy is the accuracy yardstick, not a contender
         base.pop(r["variant"] if r["backend"] == peer else "chain" if r["variant"] == "unfused" else None, None)
-        if r.get("invalid"):
+        if r.get("invalid") or not _num(med) or med <= 0:
             base = {}  # a figure flagged invalid (beyond the peak, work the timer missed) is no speedup
-        speed = {k: (base[k] / med if base.get(k) and med else None) for k in ("chain", "eager", "compile")}
-        rows.append({**r, "commit_short": _commit(r), "speedup_chain": speed["chain"], "speedup_eager": speed["eager"],
-                     "speedup_compile": speed["compile"], "details": _details(r)})
+        row = {**r, "commit_short": _commit(r), "details": _details(r)}
+        for k in ("chain", "eager", "compile"):
+            row[f"speedup_{k}"] = base[k]["median_s"] / med if base.get(k) else None
+            row[f"speedup_{k}_ci"] = speedup_interval(base[k], r) if base.get(k) else None
+        rows.append(row)
     rows.sort(key=lambda r: (r["fusion"], r["case"], r["dtype"], r["machine"], r["backend"], r["variant"],
                              str(r.get("timestamp"))))
     return rows
+
+
+def speedup_interval(base: dict, r: dict) -> tuple[float, float] | None:
+    """The 99 % interval of median(base) / median(r) from the two medians' relative
+    standard errors (their `noise`, harness.timing), as log-normal: what this run can tell
+    the speedup to. Drift between runs is not in it (two runs of one commit on the CI VM
+    differ by ~11 %); `fusebench compare` over repeated runs counts that. None where a
+    record has no usable noise figure (missing, negative, or so large that the interval
+    says nothing: a relative error of 10 or more)."""
+    nb, nr = base.get("noise"), r.get("noise")
+    if not (_num(nb) and _num(nr)) or not (0 <= nb < 10 and 0 <= nr < 10):
+        return None
+    s = base["median_s"] / r["median_s"]
+    w = math.exp(CI_Z * math.hypot(nb, nr))
+    return s / w, s * w
+
+
+CI_Z = 2.5758  # the normal's 99.5 % quantile: a two-sided 99 % interval
+
+
+def interval_text(ci) -> str:
+    """(lo, hi) -> "0.91–1.21" (as many digits as it takes to tell the ends apart, up to 3)."""
+    lo, hi = ci
+    for digits in (2, 3):
+        if f"{lo:.{digits}f}" != f"{hi:.{digits}f}":
+            break
+    return f"{lo:.{digits}f}–{hi:.{digits}f}"
 
 
 def _details(r: dict) -> str:
@@ -183,6 +212,7 @@ def write_report(paths, output: Path, include_committed: bool = True, on_problem
     env.filters["x"] = lambda v: "" if not _num(v) else f"{v:.2f}×"
     env.filters["g"] = lambda v: "" if not _num(v) else f"{v:.3g}"
     env.filters["pct"] = lambda v: "" if not _num(v) else f"{100 * v:.0f}%"
+    env.filters["interval"] = interval_text
     page = env.get_template("report.html.j2").render(
         generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         sources=[str(p) for p in paths], problems=loaded.problems,

@@ -2,13 +2,14 @@
 
 The rows are the HTML report's (harness.report.build_rows): for each machine and fusion one
 table, a line per case, dtype and implementation with its median, its speedup over the
-unfused chain and over the torch peers (medians of the same machine and commit), the
+unfused chain and over the torch peers (medians of the same machine and commit, each with
+its 99 % interval from that run's standard errors: report.speedup_interval), the
 fraction of the measured peak it reached, and its accuracy against the float64 reference.
 """
 
 from __future__ import annotations
 
-from harness.report import _num, build_rows
+from harness.report import _num, build_rows, interval_text
 from harness.results import merge, read_records
 
 COLUMNS = ("case", "dtype", "implementation", "commit", "median", "×chain", "×eager", "×compile", "GB/s", "% peak",
@@ -17,6 +18,12 @@ COLUMNS = ("case", "dtype", "implementation", "commit", "median", "×chain", "×
 
 def _x(v) -> str:
     return "" if v is None else f"{v:.2f}"
+
+
+def speedup_text(r: dict, base: str) -> str:
+    """A speedup and its 99 % interval from this run: "1.06 (0.91–1.21)"."""
+    v, ci = r[f"speedup_{base}"], r.get(f"speedup_{base}_ci")
+    return _x(v) + (f" ({interval_text(ci)})" if v is not None and ci else "")
 
 
 def _g(v) -> str:
@@ -45,7 +52,7 @@ def table_rows(rows: list[dict]) -> dict[tuple[str, str], list[tuple[str, ...]]]
     for r in rows:
         peak = r.get("frac_peak")
         cells = (r["case"], r["dtype"], f"{r['backend']}/{r['variant']}", r["commit_short"], _median(r),
-                 _x(r["speedup_chain"]), _x(r["speedup_eager"]), _x(r["speedup_compile"]), _g(r.get("gbps")),
+                 speedup_text(r, "chain"), speedup_text(r, "eager"), speedup_text(r, "compile"), _g(r.get("gbps")),
                  "" if peak is None else f"{100 * peak:.0f}%", _g(r.get("nmse")), _g(r.get("max_ulp")), _verdict(r))
         out.setdefault((r["machine"], r["fusion"]), []).append(cells)
     return out

@@ -32,3 +32,40 @@ def test_roundtrip_and_corruption(tmp_path):
 def test_machine_name_prefers_gpu():
     assert machine_name({"cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "cores": 2}) == "intel-xeon-platinum-8481c-2c"
     assert machine_name({"cpu": "x", "backends": {"cuda": {"gpu": "NVIDIA H200"}}}) == "nvidia-h200"
+
+
+def test_report_gives_each_speedup_its_interval_from_the_run(tmp_path):
+    """× chain comes with the 99 % interval of this run's two medians: exp(±2.576 ·
+    hypot(noise, noise)) around the ratio, in the HTML (grey where it holds 1) and text."""
+    import html
+    import math
+
+    from harness.report import build_rows, speedup_interval, write_report
+    from harness.textreport import speedup_text
+    from tests.test_bad_input import make_record
+
+    def pair(fused_ms, chain_ms, noise, case):
+        f = make_record(case=case, median=fused_ms * 1e-3, noise=noise)
+        c = make_record(case=case, variant="unfused", kind="unfused", median=chain_ms * 1e-3, noise=noise)
+        return [f, c]
+
+    recs = pair(1.0, 2.0, 0.01, "llama3_8b.decode") + pair(1.0, 1.02, 0.02, "llama3_8b.prefill")
+    rows = {r["case"]: r for r in build_rows(recs) if r["variant"] == "fused"}
+    lo, hi = rows["llama3_8b.decode"]["speedup_chain_ci"]
+    w = math.exp(2.5758 * math.hypot(0.01, 0.01))
+    assert math.isclose(lo, 2.0 / w) and math.isclose(hi, 2.0 * w) and lo > 1
+    lo2, hi2 = rows["llama3_8b.prefill"]["speedup_chain_ci"]
+    assert lo2 < 1 < hi2  # 1.02x with 2 % noise a side: not told from 1x
+    assert speedup_text(rows["llama3_8b.decode"], "chain") == f"2.00 ({lo:.2f}–{hi:.2f})"
+    assert speedup_text(rows["llama3_8b.decode"], "eager") == ""  # no eager record
+    for bad in (float("inf"), float("nan"), -0.1, 1e300):  # 1e300 once overflowed exp() (found by the record fuzzer)
+        assert speedup_interval({"median_s": 1.0, "noise": bad}, {"median_s": 1.0, "noise": 0.01}) is None
+    page = html.unescape(write_report([_write(tmp_path / "r.jsonl", recs)], tmp_path / "r.html",
+                                      include_committed=False).read_text())
+    assert f"{lo:.2f}–{hi:.2f}" in page and f"{lo2:.2f}–{hi2:.2f}" in page
+    assert page.count('class="unsure"') == 1  # the prefill speedup only
+
+
+def _write(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
