@@ -79,6 +79,9 @@ def build_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+CI_Z = 2.5758  # the normal's 99.5 % quantile: a two-sided 99 % interval
+
+
 def speedup_interval(base: dict, r: dict) -> tuple[float, float] | None:
     """The 99 % interval of median(base) / median(r) from the two medians' relative
     standard errors (their `noise`, harness.timing), as log-normal: what this run can tell
@@ -93,8 +96,6 @@ def speedup_interval(base: dict, r: dict) -> tuple[float, float] | None:
     w = math.exp(CI_Z * math.hypot(nb, nr))
     return s / w, s * w
 
-
-CI_Z = 2.5758  # the normal's 99.5 % quantile: a two-sided 99 % interval
 
 
 def interval_text(ci) -> str:

@@ -373,9 +373,8 @@ def swiglu_rows_w16(x, wg, wu, n0, n1, kind, pow2, out, out_kind):
     H = wg.shape[1]
     tg = np.empty((n1 - n0, H), dtype=np.float32)
     tu = np.empty((n1 - n0, H), dtype=np.float32)
-    for j in range(n1 - n0):
-        widen(wg[n0 + j], tg[j], kind, pow2)
-        widen(wu[n0 + j], tu[j], kind, pow2)
+    widen_rows(wg, n0, n1 - n0, kind, pow2, tg)
+    widen_rows(wu, n0, n1 - n0, kind, pow2, tu)
     swiglu_rows(x, tg, tu, n0, kind, pow2, out, out_kind)
 
 

@@ -33,12 +33,12 @@ def _compile():
     global _kernel, _widen
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, make_pow2, normalise, widen, dots, dots2, dots_seq, dots_w16, prologue, block, kernel_f32, kernel_16
+    global nb, make_pow2, normalise, widen, widen_rows, dots, dots2, dots_seq, dots_w16, prologue, block, kernel_f32, kernel_16
     if _kernel is not None:
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, widen
+    from harness.backends.cpu_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, widen, widen_rows
 
     @nb.njit(fastmath=True)
     def prologue(x, gamma, eps, kind):
@@ -106,8 +106,7 @@ def _compile():
             n0 = b * BLOCK_ROWS
             n1 = min(N, n0 + BLOCK_ROWS)
             tile = np.empty((n1 - n0, H), dtype=np.float32)
-            for j in range(n1 - n0):
-                widen(w[n0 + j], tile[j], kind, pow2)
+            widen_rows(w, n0, n1 - n0, kind, pow2, tile)
             block(x, g, inv_rms, tile, n0, kind, pow2, y)
 
     def kernel(x, gamma, w, eps, kind, y):

@@ -40,13 +40,14 @@ def _compile():
     global _kernel
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, dots_seq, dots_w16, head_out, normalise, pair_block, prologue, store_pairs, widen, dots
+    global nb, dots_seq, dots_w16, head_out, normalise, pair_block, prologue, store_pairs, widen, widen_rows, dots
     global dots2, make_pow2, put
     if _kernel is not None:
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, put, widen
+    from harness.backends.cpu_numba import (dots, dots2, dots_seq, dots_w16, make_pow2, normalise, put, widen,
+                                            widen_rows)
 
     @nb.njit(fastmath=True)
     def prologue(x, gamma, eps, pos, inv_freq, kind):
@@ -168,9 +169,8 @@ def _compile():
             tb = np.empty((PAIRS, H), dtype=np.float32)
             for i0 in range(0, half, PAIRS):
                 J = min(PAIRS, half - i0)
-                for j in range(J):
-                    widen(w[r0 + i0 + j], ta[j], kind, pow2)
-                    widen(w[r0 + half + i0 + j], tb[j], kind, pow2)
+                widen_rows(w, r0 + i0, J, kind, pow2, ta)
+                widen_rows(w, r0 + half + i0, J, kind, pow2, tb)
                 pair_block(x, g, inv_rms, ta[:J], tb[:J], kind, pow2, acc_a, acc_b)
                 store_pairs(acc_a, acc_b, cs, sn, i0, J, t < n_heads + n_kv, out, col, half, kind)
 

@@ -45,13 +45,14 @@ def _compile():
     global _kernel
     # what the cached kernels call is bound at module level, not in closure cells: numba keys
     # its on-disk cache on the pickled closure, which differs in every process
-    global nb, block_down, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen, dots, dots2
+    global nb, block_down, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen, widen_rows, dots, dots2
     if _kernel is not None:
         return _kernel
     import numba as nb
 
     from harness.backends.cpu_numba import (dots, dots2, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2,
-                                            gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen)
+                                            gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen,
+                                            widen_rows)
 
     @nb.njit(fastmath=True)
     def block_down(act, td, n0, kind, y):
@@ -129,8 +130,7 @@ def _compile():
             n0 = b * DOWN_ROWS
             n1 = min(H, n0 + DOWN_ROWS)
             td = np.empty((n1 - n0, N), dtype=np.float32)
-            for j in range(n1 - n0):
-                widen(wd[n0 + j], td[j], kind, pow2)
+            widen_rows(wd, n0, n1 - n0, kind, pow2, td)
             block_down(act, td, n0, kind, y)
 
     def kernel(x, wg, wu, wd, kind, act, y):
