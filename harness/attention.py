@@ -1,6 +1,5 @@
 """What the three attention specs (impls/attn_score_softmax, attention_prefill,
-decode_attention) share: inputs, valid lengths, the default scale, the magnitude of the
-terms behind each output, and shape checks.
+decode_attention) share: inputs, valid lengths, the default scale and shape checks.
 
 Layout: q: (B, Hq, S, d), k, v: (B, Hkv, T, d), heads grouped: q head h reads kv head
 h // g with g = Hq / Hkv. Written as a reshape, q (B, Hq, S, d) -> (B, Hkv, g·S, d), so
@@ -55,38 +54,6 @@ def ragged_lens(rng: np.random.Generator, B: int, T: int) -> np.ndarray:
     else:
         lens[0] = rng.choice([0, int(lens[0])])
     return lens
-
-
-def grouped(q: np.ndarray, n_kv: int) -> np.ndarray:
-    """q (B, Hq, S, d) -> (B, Hkv, g·S, d): each kv head's group of q heads in one block."""
-    B, Hq, S, d = q.shape
-    return q.reshape(B, n_kv, (Hq // n_kv) * S, d)
-
-
-def magnitudes(q, k, v, scale: float, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """The magnitude of the terms behind P = softmax(scale·q·kᵀ, masked) and O = P·v.
-
-    q: (B, Hkv, R, d) (grouped), k, v: (B, Hkv, T, d) (v may be None), mask: boolean,
-    broadcastable to (B, Hkv, R, T), True where a key is visible. With A = scale·|q|·|k|ᵀ
-    the rounding of a logit is about u·A, and a softmax weight moves by its own logit's
-    error and the row's weighted mean error Ā = Σ P·A, so P's terms are P·(1 + A + Ā); O's
-    are those weights against |v|. Returns (P's magnitude, O's or None), float64.
-    """
-    q, k = np.asarray(q, dtype=np.float64), np.asarray(k, dtype=np.float64)
-    logits = np.where(mask, scale * np.matmul(q, np.swapaxes(k, -1, -2)), -np.inf)
-    top = np.max(logits, axis=-1, keepdims=True)
-    e = np.exp(logits - np.where(np.isneginf(top), 0.0, top))
-    total = np.sum(e, axis=-1, keepdims=True)
-    p = e / np.where(total > 0, total, 1.0)
-    a = np.where(mask, abs(scale) * np.matmul(np.abs(q), np.swapaxes(np.abs(k), -1, -2)), 0.0)
-    weight = p * (1.0 + a + np.sum(p * a, axis=-1, keepdims=True))
-    out = None if v is None else np.matmul(weight, np.abs(np.asarray(v, dtype=np.float64)))
-    return weight, out
-
-
-def causal_visible(S: int, T: int) -> np.ndarray:
-    """(S, T) boolean: query i (at position T − S + i) sees keys 0 … T − S + i."""
-    return np.arange(T)[None, :] <= np.arange(S)[:, None] + (T - S)
 
 
 def check_heads(dims: dict[str, int]) -> list[str]:

@@ -25,10 +25,9 @@ from typing import Callable
 
 import numpy as np
 
-from harness.accuracy import judge
+from harness.accuracy import Yardstick
 from harness.backends import BackendUnavailable, get_backend
 from harness.cases import Case
-from harness.ops import NumpyOps
 from harness.registry import Implementation, Registry
 
 
@@ -154,7 +153,6 @@ class _JobContext:
         self.again = self.first.again(self.pristine)
         self.second = None  # drawn for the first timing
         self.cost = spec.cost(dims, dtype)
-        self.bound = spec.nmse_bound[dtype]
 
     def fresh(self) -> "_Set":
         if self.second is None:
@@ -174,7 +172,7 @@ class _Trial:
         self.ctx, self.impl = ctx, impl
         self.rec = {**impl_fields(impl), "case": case.id, "model": case.model, "params": case.params,
                     "dtype": ctx.dtype, "seed": ctx.seed, "bytes": ctx.cost.bytes, "flops": ctx.cost.flops,
-                    "nmse_bound": ctx.bound, "case_file": f"{case.file}:{case.line}"}
+                    "case_file": f"{case.file}:{case.line}"}
         self.prepared = None
         self.backend = None
         self.sampler = None
@@ -216,7 +214,7 @@ class _Trial:
         self.prepared = self.impl.prepare(ctx.spec, ctx.inputs, ctx.attrs, ctx.dtype)
         self.prepared.poison()
         self.prepared.run()
-        self.verdict = ctx.first.judge(self.prepared, ctx.bound)
+        self.verdict = ctx.first.judge(self.prepared)
         self.reasons = list(self.verdict.reasons)
         changed = [k for k in ctx.inputs if not _same(ctx.inputs[k], ctx.pristine[k])]
         if changed:
@@ -277,7 +275,7 @@ class _Trial:
                 prepared.refresh(current.rotated)
             prepared.poison()
             prepared.run()
-            after = current.judge(prepared, ctx.bound)
+            after = current.judge(prepared)
             if not after.passed:
                 self.reasons.append(f"after the timing loop, on {label}: " + "; ".join(after.reasons))
         self.reasons += [f"after the timing loop: {r}" for r in _device_inputs_changed(prepared, ctx.pristine, [])]
@@ -297,26 +295,22 @@ class _Trial:
 
 
 class _Set:
-    """One input set of a job with what judging a kernel on it needs: the float64
-    reference, the same-dtype NumPy chain and the magnitude of the terms. `rotated` holds
-    the inputs a rotation writes (the spec's rotated inputs; all of them for a job's
-    first set)."""
+    """One input set of a job with what judging a kernel on it needs
+    (harness.accuracy.Yardstick: the float64 reference, the same-dtype NumPy chain and
+    the rounding model's allowance). `rotated` holds the inputs a rotation writes (the
+    spec's rotated inputs; all of them for a job's first set)."""
 
-    def __init__(self, spec, inputs, attrs, dtype, names=None, outputs_of: "_Set | None" = None):
+    def __init__(self, spec, inputs, attrs, dtype, names=None, yard: Yardstick | None = None):
         self.spec, self.inputs, self.attrs, self.dtype = spec, inputs, attrs, dtype
         self.rotated = {k: inputs[k] for k in (names if names is not None else inputs)}
-        if outputs_of is not None:
-            self.reference, self.chain, self.magnitude = outputs_of.reference, outputs_of.chain, outputs_of.magnitude
-            self.judged = outputs_of.judged
-            return
-        self.judged: dict = {}  # what judge() computes once per set (the chain's error)
-        self.reference = spec.decompose(NumpyOps("float64"), **inputs, **attrs)
-        self.chain = spec.decompose(NumpyOps(dtype), **inputs, **attrs)
-        self.magnitude = spec.magnitude(inputs, attrs) if spec.magnitude else None
+        self.yard = yard if yard is not None else Yardstick.for_inputs(spec, inputs, attrs, dtype)
 
-    def judge(self, prepared, bound):
-        return judge(prepared.outputs(), self.reference, self.chain, self.dtype, bound, self.spec.k_vs_chain,
-                     self.magnitude, cache=self.judged)
+    @property
+    def reference(self) -> dict:
+        return self.yard.reference
+
+    def judge(self, prepared):
+        return self.yard.judge(prepared.outputs())
 
     def fresh(self, dims, seed: int, value_shape: str) -> "_Set":
         """A second set: the spec's rotated inputs drawn again (from another seed), the
@@ -327,7 +321,7 @@ class _Set:
 
     def again(self, inputs) -> "_Set":
         """This set from other arrays holding the same values (its pristine copies)."""
-        return _Set(self.spec, inputs, self.attrs, self.dtype, self.spec.rotated_inputs(), outputs_of=self)
+        return _Set(self.spec, inputs, self.attrs, self.dtype, self.spec.rotated_inputs(), yard=self.yard)
 
 
 def _rotation(prepared, sets):

@@ -55,7 +55,7 @@ def test_check_json_passes_on_smoke(tmp_path):
 
 
 @pytest.mark.parametrize("variant, code", [("broken_zeros", 1), ("broken_nan", 1), ("broken_unwritten", 1),
-                                           ("broken_raises", 1), ("one_ulp", 0)])
+                                           ("broken_raises", 1), ("faithful", 0)])
 def test_check_gate_exit_status_with_broken_kernels(tmp_path, variant, code):
     r = fusebench("check", "--suite", "smoke", "--backend", "cpu", "--variant", variant, cwd=tmp_path,
                   plugins="tests.plugins.broken_kernels")

@@ -1261,8 +1261,7 @@ NEW_GPU_PARAMS = [(f, p) for f, ps in NEW_GPU_CASES.items() for p in ps]
 def _judge_impl(impl_key, fusion, params, dtype, value_shape, seed):
     import importlib
 
-    from harness.accuracy import judge
-    from harness.ops import NumpyOps
+    from harness.accuracy import Yardstick
 
     if not _REGISTRY:
         from harness.registry import discover
@@ -1271,9 +1270,6 @@ def _judge_impl(impl_key, fusion, params, dtype, value_shape, seed):
     spec = importlib.import_module(f"impls.{fusion}").SPEC
     dims, attrs = spec.split(params)
     inputs = spec.make_inputs(dims, dtype, seed, value_shape)
-    ref = spec.decompose(NumpyOps("float64"), **inputs, **attrs)
-    chain = spec.decompose(NumpyOps(dtype), **inputs, **attrs)
-    mag = spec.magnitude(inputs, attrs) if spec.magnitude else None
     p = _REGISTRY[0].impls[impl_key].prepare(spec, inputs, attrs, dtype)
     p.poison()
     p.run()
@@ -1281,7 +1277,7 @@ def _judge_impl(impl_key, fusion, params, dtype, value_shape, seed):
     for name, shape in spec.output_shapes(dims).items():
         assert out[name].shape == shape, (name, out[name].shape, shape)
         assert not np.isnan(out[name].astype(np.float32)).any(), f"{name}: NaN (an element never written?)"
-    return judge(out, ref, chain, dtype, spec.nmse_bound[dtype], spec.k_vs_chain, mag)
+    return Yardstick.for_inputs(spec, inputs, attrs, dtype).judge(out)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])

@@ -27,6 +27,9 @@ from harness.registry import discover
 
 REGISTRY = discover()
 DTYPES = ["float32", "float16", "bfloat16"]
+# NMSE between two runs of one implementation that the math says agree: a few roundings
+# of the dtype apart at most (the gate's own rule is harness.accuracy's, against the reference)
+NMSE_TOL = {"float32": 1e-9, "float16": 1e-5, "bfloat16": 3e-4}
 
 
 def impls_of(fusion):
@@ -64,7 +67,7 @@ def test_rmsnorm_scale_invariance_and_row_permutation(impl, dtype):
     dims, attrs = {"M": 5, "H": 131, "N": 37}, {"eps": 1e-6}
     inputs = spec.make_inputs(dims, dtype, seed=7)
     y = outputs(impl, inputs, attrs, dtype)["y"]
-    bound = spec.nmse_bound[dtype]
+    bound = NMSE_TOL[dtype]
     scaled = dict(inputs, x=(inputs["x"].astype(np.float32) * 8.0).astype(inputs["x"].dtype))
     assert metrics(outputs(impl, scaled, attrs, dtype)["y"], y, dtype).nmse <= bound
     perm = np.random.default_rng(3).permutation(dims["M"])
@@ -88,7 +91,7 @@ def test_rmsnorm_scale_invariance_in_the_other_norm_fusions(impl, dtype):
     b = outputs(impl, scaled, attrs, dtype)
     for name in a:
         want = a[name] * 8.0 if name == "h" else a[name]
-        assert metrics(b[name], want, dtype).nmse <= spec.nmse_bound[dtype], name
+        assert metrics(b[name], want, dtype).nmse <= NMSE_TOL[dtype], name
         assert np.count_nonzero(a[name]) > a[name].size // 2, name  # live values, not zeros
 
 
@@ -304,4 +307,4 @@ def test_permuting_rows_permutes_the_outputs(impl, params, dtype):
         assert np.count_nonzero(a[name]) > a[name].size // 4, name  # live values, not zeros
         # the rows differ from each other, so a permutation that was ignored shows
         assert not np.array_equal(a[name], a[name][perm]), name
-        assert metrics(b[name], a[name][perm], dtype).nmse <= spec.nmse_bound[dtype] / 16, name
+        assert metrics(b[name], a[name][perm], dtype).nmse <= NMSE_TOL[dtype] / 16, name

@@ -246,7 +246,7 @@ BLOCK_CASES = {
 def test_block_fusions_pass_the_gate(reg, fusion, dtype):
     """Decode and prefill (tiled) paths, awkward sizes, outlier channels; float16 also
     through the packed path (no shader-f16). Every element written (outputs poisoned)."""
-    from harness.accuracy import judge
+    from harness.accuracy import Yardstick
     from harness.backends.wgsl import WgslBackend
 
     spec = reg.fusions[fusion]
@@ -255,13 +255,11 @@ def test_block_fusions_pass_the_gate(reg, fusion, dtype):
     for i, dims in enumerate(BLOCK_CASES[fusion]):
         inp = spec.make_inputs(dims, dtype, seed=400 + i, value_shape="outliers")
         _, attrs = spec.split(dims)
-        ref = spec.decompose(NumpyOps("float64"), **inp, **attrs)
-        chain = spec.decompose(NumpyOps(dtype), **inp, **attrs)
-        mag = spec.magnitude(inp, attrs)
+        yard = Yardstick.for_inputs(spec, inp, attrs, dtype)
         for b in backends:
             p = impl.factory(b, spec, inp, attrs, dtype)
             p.poison()
             p.run()
             out = p.outputs()
-            v = judge(out, ref, chain, dtype, spec.nmse_bound[dtype], spec.k_vs_chain, mag)
+            v = yard.judge(out)
             assert v.passed, (fusion, dims, dtype, b.mode(dtype), v.reasons)

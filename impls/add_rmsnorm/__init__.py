@@ -14,7 +14,6 @@ residual once and writes h and y once: 4·M·H elements moved instead of 6·M·H
 
 from __future__ import annotations
 
-import numpy as np
 from hypothesis import strategies as st
 
 from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_size
@@ -23,15 +22,6 @@ from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_siz
 def decompose(ops, x, residual, gamma, *, eps):
     h = ops.add(x, residual)
     return {"h": h, "y": ops.rms_norm(h, gamma, eps)}
-
-
-def magnitude(inputs, attrs):
-    """h: |x| + |residual|; y: that magnitude carried through the normalisation."""
-    x, r, g = (np.asarray(inputs[k], dtype=np.float64) for k in ("x", "residual", "gamma"))
-    h = x + r
-    inv_rms = 1.0 / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + attrs["eps"])
-    mag_h = np.abs(x) + np.abs(r)
-    return {"h": mag_h, "y": mag_h * inv_rms * np.abs(g)}
 
 
 def make_inputs(dims, rng, value_shape):
@@ -68,5 +58,4 @@ SPEC = FusionSpec(
     cost_model=cost,
     output_shapes=output_shapes,
     strategy=strategy,
-    magnitude=magnitude,
 )

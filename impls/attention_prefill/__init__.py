@@ -13,8 +13,7 @@ query row (online softmax) and touches each K/V tile once per block of queries.
 
 from __future__ import annotations
 
-import numpy as np
-from harness.attention import causal_visible, check_heads, default_scale, grouped, magnitudes, qkv, strategy
+from harness.attention import check_heads, default_scale, qkv, strategy
 from harness.spec import Cost, FusionSpec
 
 
@@ -32,14 +31,6 @@ def sdpa(ops, q, k, v, *, scale, B, S, n_heads, n_kv_heads, head_dim):
 
     return {"o": F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
                                                 enable_gqa=n_heads != n_kv_heads)}
-
-
-def magnitude(inputs, attrs):
-    B, Hq, S, d = inputs["q"].shape
-    n_kv = inputs["k"].shape[1]
-    _, o = magnitudes(grouped(inputs["q"], n_kv), inputs["k"], inputs["v"], attrs["scale"],
-                      np.tile(causal_visible(S, S), (Hq // n_kv, 1)))
-    return {"o": o.reshape(B, Hq, S, d)}
 
 
 def make_inputs(dims, rng, value_shape):
@@ -72,7 +63,6 @@ SPEC = FusionSpec(
     output_shapes=output_shapes,
     strategy=lambda: strategy("S", 300),
     validate_dims=check_heads,
-    magnitude=magnitude,
     value_shapes=("normal", "large"),
     decompose_dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
     derive_attrs=default_scale,

@@ -13,8 +13,7 @@ logits, only P, and must handle any S (no on-chip row buffer of fixed size).
 
 from __future__ import annotations
 
-import numpy as np
-from harness.attention import causal_visible, check_heads, default_scale, grouped, magnitudes, qkv, strategy
+from harness.attention import check_heads, default_scale, qkv, strategy
 from harness.spec import Cost, FusionSpec
 
 
@@ -23,14 +22,6 @@ def decompose(ops, q, k, *, scale, B, S, n_heads, n_kv_heads, head_dim):
     logits = ops.matmul_nt(ops.reshape(q, (B, n_kv_heads, g * S, head_dim)), k)
     logits = ops.reshape(logits, (B, n_heads, S, S))
     return {"p": ops.softmax(ops.causal_mask(ops.scale(logits, scale)))}
-
-
-def magnitude(inputs, attrs):
-    B, Hq, S, d = inputs["q"].shape
-    n_kv = inputs["k"].shape[1]
-    p, _ = magnitudes(grouped(inputs["q"], n_kv), inputs["k"], None, attrs["scale"],
-                      np.tile(causal_visible(S, S), (Hq // n_kv, 1)))
-    return {"p": p.reshape(B, Hq, S, S)}
 
 
 def make_inputs(dims, rng, value_shape):
@@ -62,7 +53,6 @@ SPEC = FusionSpec(
     output_shapes=output_shapes,
     strategy=lambda: strategy("S", 300),
     validate_dims=check_heads,
-    magnitude=magnitude,
     value_shapes=("normal", "large"),
     decompose_dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
     derive_attrs=default_scale,

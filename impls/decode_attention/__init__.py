@@ -18,8 +18,7 @@ device.
 
 from __future__ import annotations
 
-import numpy as np
-from harness.attention import check_heads, decode_lens, default_scale, magnitudes, qkv, ragged_lens, strategy
+from harness.attention import check_heads, decode_lens, default_scale, qkv, ragged_lens, strategy
 from harness.spec import Cost, FusionSpec
 
 
@@ -40,14 +39,6 @@ def sdpa(ops, q, k, v, lens, *, scale, B, T, n_heads, n_kv_heads, head_dim):
     o = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=visible[:, None, None, :],
                                        scale=scale, enable_gqa=n_heads != n_kv_heads)
     return {"o": o[:, :, 0, :].masked_fill((lens == 0)[:, None, None], 0.0)}
-
-
-def magnitude(inputs, attrs):
-    B, Hq, d = inputs["q"].shape
-    n_kv, T = inputs["k"].shape[1:3]
-    visible = (np.arange(T)[None, :] < np.asarray(inputs["lens"])[:, None])[:, None, None, :]
-    _, o = magnitudes(inputs["q"].reshape(B, n_kv, Hq // n_kv, d), inputs["k"], inputs["v"], attrs["scale"], visible)
-    return {"o": o.reshape(B, Hq, d)}
 
 
 def make_inputs(dims, rng, value_shape):
@@ -83,7 +74,6 @@ SPEC = FusionSpec(
     output_shapes=output_shapes,
     strategy=lambda: strategy("T", 700, batches=(1, 2, 3, 5)),
     validate_dims=check_heads,
-    magnitude=magnitude,
     value_shapes=("normal", "large", "ragged"),
     decompose_dims=("B", "T", "n_heads", "n_kv_heads", "head_dim"),
     index_inputs=("lens",),

@@ -19,10 +19,9 @@ the rotation to the accumulators before they are ever stored.
 
 from __future__ import annotations
 
-import numpy as np
 from hypothesis import strategies as st
 
-from harness.spec import BATCH_SIZES, Cost, FusionSpec, abs_linear, activations, awkward_size
+from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_size
 
 
 def decompose(ops, x, gamma, w, pos, *, eps, theta, n_heads, n_kv_heads, head_dim):
@@ -34,23 +33,6 @@ def decompose(ops, x, gamma, w, pos, *, eps, theta, n_heads, n_kv_heads, head_di
         "k": ops.rope(ops.reshape(k, (M, n_kv_heads, head_dim)), pos, theta),
         "v": ops.reshape(v, (M, n_kv_heads, head_dim)),
     }
-
-
-def magnitude(inputs, attrs):
-    """|h|·|W|ᵀ per projected element; the rotation adds each pair's two magnitudes."""
-    x = np.asarray(inputs["x"], dtype=np.float64)
-    inv_rms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + attrs["eps"])
-    m = abs_linear(x * inv_rms * np.asarray(inputs["gamma"], dtype=np.float64), inputs["w"])
-    nh, nkv, d = attrs["n_heads"], attrs["n_kv_heads"], attrs["head_dim"]
-    M = x.shape[0]
-    mq, mk, mv = np.split(m, [nh * d, (nh + nkv) * d], axis=-1)
-
-    def paired(a, heads):
-        a = a.reshape(M, heads, d)
-        s = a[..., : d // 2] + a[..., d // 2:]
-        return np.concatenate([s, s], axis=-1)
-
-    return {"q": paired(mq, nh), "k": paired(mk, nkv), "v": mv.reshape(M, nkv, d)}
 
 
 def make_inputs(dims, rng, value_shape):
@@ -106,7 +88,6 @@ SPEC = FusionSpec(
     output_shapes=output_shapes,
     strategy=strategy,
     validate_dims=validate,
-    magnitude=magnitude,
     decompose_dims=("n_heads", "n_kv_heads", "head_dim"),
     index_inputs=("pos",),
 )

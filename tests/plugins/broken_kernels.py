@@ -48,11 +48,17 @@ class Unwritten(_Base):
         y[:-1] = self.exact().reshape(-1)[:-1]
 
 
-class OneUlp(_Base):
-    """Correct to one unit in the last place: must pass."""
+class Faithful(_Base):
+    """Faithfully rounded: each element one of the two values of the dtype around the
+    exact result, at random (so within one ULP, unbiased). Must pass."""
 
     def run(self):
-        self.out["y"][...] = step_ulps(self.exact(), self.dtype, 1)
+        exact = np.asarray(self.exact(), dtype=np.float64)
+        nearest = exact.astype(self.out["y"].dtype)
+        up = nearest.astype(np.float64) < exact
+        other = np.where(up, step_ulps(nearest, self.dtype, 1), -step_ulps(-nearest, self.dtype, 1))
+        pick = np.random.default_rng(0).random(exact.shape) < 0.5
+        self.out["y"][...] = np.where(pick, other, nearest)
 
 
 class WrongShape(_Base):
@@ -78,7 +84,7 @@ class Segfaults(_Base):
 
 
 for cls, variant in [(Zeros, "broken_zeros"), (OneNaN, "broken_nan"), (Unwritten, "broken_unwritten"),
-                     (OneUlp, "one_ulp"), (WrongShape, "broken_shape"), (Raises, "broken_raises"),
+                     (Faithful, "faithful"), (WrongShape, "broken_shape"), (Raises, "broken_raises"),
                      (Hangs, "broken_hang"), (Segfaults, "broken_segfault")]:
     register(Implementation("rmsnorm_gemm", "cpu", variant, "fused", cls, ("float32", "float16", "bfloat16"),
                             origin=__name__, doc=cls.__doc__ or ""))
