@@ -53,6 +53,20 @@ class Case:
     note: str = ""
     extra: dict = field(default_factory=dict)
 
+    @property
+    def where(self) -> str:
+        """"file:line" for records: relative to the repository for its own case files, so
+        that records from another machine's checkout name the same file."""
+        path = Path(self.file)
+        try:
+            path = path.resolve().relative_to(_REPO_ROOT)
+        except (OSError, ValueError):
+            pass
+        return f"{path}:{self.line}"
+
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 def shipped_case_files() -> list[Path]:
     return sorted(Path(str(p)) for p in resources.files("cases").iterdir() if str(p).endswith(".toml"))

@@ -44,8 +44,8 @@ def _seconds(rec: dict) -> float:
 
 
 def _shipped(case_path: str) -> bool:
-    try:
-        return Path(case_path).resolve().is_relative_to((REPO_ROOT / "cases").resolve())
+    try:  # records name the repository's own case files relative to it
+        return (REPO_ROOT / case_path).resolve().is_relative_to((REPO_ROOT / "cases").resolve())
     except (OSError, ValueError):
         return False
 

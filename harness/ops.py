@@ -86,6 +86,11 @@ class Ops:
         raise NotImplementedError(f"{self.name}: length_mask")
 
 
+# Positions are below this (the specs draw them so): peers that look their rotary tables
+# up by position, as engines do, build tables of this many rows once.
+MAX_POSITION = 32768
+
+
 def rope_angles(pos, d: int, theta: float) -> np.ndarray:
     """(M, d/2) float64 angles pos·θ^(-2i/d): the one definition every backend follows."""
     inv_freq = theta ** (-np.arange(0, d // 2, dtype=np.float64) * 2.0 / d)

@@ -16,6 +16,7 @@ spec writes directly in torch (`spec.torch_peers`, e.g. `torch/sdpa`).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pkgutil
@@ -147,10 +148,15 @@ def _add_derived(reg: Registry, spec: FusionSpec) -> None:
                                    tuple(d for d in dtypes if d in spec.dtypes), origin="derived"))
 
 
-def _function_factory(fn):
-    """A peer written as `fn(ops, **inputs, **attrs)`, run the way a chain is run."""
+def _function_factory(peer):
+    """A peer written directly in torch (harness.spec.TorchPeer), planned once, then run
+    the way a chain is run; the record names the path it took."""
     def factory(backend, spec, inputs, attrs, dtype):
-        return ChainPrepared(backend, spec, inputs, attrs, dtype, decompose=fn)
+        planned = dict(peer.plan(inputs, attrs, backend)) if peer.plan else {}
+        path = planned.pop("path", peer.path)
+        prepared = ChainPrepared(backend, spec, inputs, attrs, dtype, decompose=functools.partial(peer.run, **planned))
+        prepared.path = path
+        return prepared
     return factory
 
 

@@ -45,6 +45,31 @@ def _geomean(xs) -> float | None:
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
+# Backends whose figures, before records named their timing method (2026-12-04), were
+# CUDA events around the host's launches: launch-inclusive, not device time.
+_EVENT_TIMED = ("cuda", "torch_cuda")
+LAUNCH_INCLUSIVE = "launch-inclusive (events around the host's launches; recorded before device timing)"
+
+
+def timing_method(r: dict) -> str | None:
+    """How a record's median was timed: its own words, or LAUNCH_INCLUSIVE for GPU
+    records from before records said (the first H200 run)."""
+    if not _num(r.get("median_s")):
+        return None
+    if r.get("timing_method"):
+        return r["timing_method"]
+    return LAUNCH_INCLUSIVE if r.get("backend") in _EVENT_TIMED else "host clock"
+
+
+def timing_class(r: dict) -> str | None:
+    """Medians of one class can be divided by each other: "launch-inclusive", "device"
+    (graph replay or a held stream, WebGPU timestamps) or "host"."""
+    m = timing_method(r)
+    if m is None:
+        return None
+    return "launch-inclusive" if m == LAUNCH_INCLUSIVE else "host" if m.startswith("host") else "device"
+
+
 def build_rows(records: list[dict]) -> list[dict]:
     """Measured/checked rows with their speedups over the chain and the torch peers."""
     latest = _latest([r for r in records if r.get("status") != "unavailable"])
@@ -53,7 +78,7 @@ def build_rows(records: list[dict]) -> list[dict]:
     def baseline(r, backend, variant):
         other = index.get((r["machine"], r.get("commit"), r["fusion"], r["case"], r["dtype"], backend, variant))
         ok = other and other.get("verdict") == "pass" and not other.get("invalid") and other.get("median_s")
-        return other if ok else None
+        return other if ok and timing_class(other) == timing_class(r) else None  # never mix the classes
 
     rows = []
     for r in latest:
@@ -69,7 +94,7 @@ def build_rows(records: list[dict]) -> list[dict]:
         base.pop(r["variant"] if r["backend"] == peer else "chain" if r["variant"] == "unfused" else None, None)
         if r.get("invalid") or not _num(med) or med <= 0:
             base = {}  # a figure flagged invalid (beyond the peak, work the timer missed) is no speedup
-        row = {**r, "commit_short": _commit(r), "details": _details(r)}
+        row = {**r, "commit_short": _commit(r), "details": _details(r), "timing_class": timing_class(r)}
         for k in ("chain", "eager", "compile"):
             row[f"speedup_{k}"] = base[k]["median_s"] / med if base.get(k) else None
             row[f"speedup_{k}_ci"] = speedup_interval(base[k], r) if base.get(k) else None
@@ -118,6 +143,8 @@ def _details(r: dict) -> str:
     versions = r.get("versions")
     if isinstance(versions, dict) and versions:
         parts.append("versions " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if timing_method(r):
+        parts.append(f"timed by: {timing_method(r)}" + (f"; path: {r['path']}" if r.get("path") else ""))
     if r.get("n"):
         seg = r.get("segments")
         rounds = f", in {seg} interleaved rounds" if isinstance(seg, int) and seg > 1 else ""

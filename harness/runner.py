@@ -104,7 +104,7 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
     if too_big:
         for impl in job.impls:
             on_record({**impl_fields(impl), "case": case.id, "model": case.model, "params": case.params,
-                       "dtype": dtype, "seed": seed, "case_file": f"{case.file}:{case.line}",
+                       "dtype": dtype, "seed": seed, "case_file": case.where,
                        "status": "skipped", "reason": too_big})
         return
     inputs = spec.make_inputs(dims, dtype, seed, opts.value_shape)
@@ -172,8 +172,9 @@ class _Trial:
         self.ctx, self.impl = ctx, impl
         self.rec = {**impl_fields(impl), "case": case.id, "model": case.model, "params": case.params,
                     "dtype": ctx.dtype, "seed": ctx.seed, "bytes": ctx.cost.bytes, "flops": ctx.cost.flops,
-                    "case_file": f"{case.file}:{case.line}"}
+                    "case_file": case.where}
         self.prepared = None
+        self.timed = None  # what the timing loop runs: prepared, or a graph of it (Backend.timing_target)
         self.backend = None
         self.sampler = None
         self.sets = None
@@ -212,6 +213,8 @@ class _Trial:
         if too_big:
             raise TooLarge(too_big)
         self.prepared = self.impl.prepare(ctx.spec, ctx.inputs, ctx.attrs, ctx.dtype)
+        if getattr(self.prepared, "path", None):  # the library path a peer took (TorchPeer)
+            self.rec["path"] = self.prepared.path
         self.prepared.poison()
         self.prepared.run()
         self.verdict = ctx.first.judge(self.prepared)
@@ -235,11 +238,13 @@ class _Trial:
         ctx, opts = self.ctx, self.ctx.opts
         if self.sampler is None:
             self.sets = (ctx.fresh(), ctx.again)
-            between, why = _rotation(self.prepared, self.sets)
+            self.timed, self.rec["timing_method"] = self.backend.timing_target(self.prepared)
+            self.rec["launches"] = self.backend.launches(self.timed)  # before other trials run
+            between, why = _rotation(self.timed, self.sets)
             if why:
                 self.reasons.append(why)
             self.rotated = between is not None
-            self.sampler = Sampler(self.backend, self.prepared, cold=opts.cold, between=between)
+            self.sampler = Sampler(self.backend, self.timed, cold=opts.cold, between=between)
         settle(opts.settle_s)
         share = opts.budget_s / rounds
         # Later rounds warm up with one run only where a run is cheap against their share
@@ -267,7 +272,7 @@ class _Trial:
     def _after_timing(self):
         # Both input sets checked again, the fresh one first (a kernel that kept the result
         # of its first call fails it), then the first set, left in place.
-        ctx, sets, prepared = self.ctx, self.sets, self.prepared
+        ctx, sets, prepared = self.ctx, self.sets, self.timed  # what was timed is what is checked
         for label, current in (("fresh inputs", sets[0]), ("the first inputs", sets[1])):
             if not self.rotated and current is sets[0]:
                 continue
@@ -282,10 +287,22 @@ class _Trial:
         t = self.sampler.timing()
         self.rec.update(_timing_fields(t, ctx.cost, self.backend, ctx.dtype, self.impl.kind))
         self.rec["segments"] = self.sampler.segments
+        self.rec["latency_s"] = self._latency(t)
+
+    def _latency(self, t) -> float:
+        """Host seconds from calling run() to its end on an idle device (the launches
+        included): the timing itself where the host clock timed it, else a few direct runs
+        (as many as fit in the budget, 1 to 5)."""
+        if not self.backend.device_timed:
+            return t.median
+        runs = int(min(5, max(1, self.ctx.opts.budget_s / max(t.median, 1e-9))))
+        return self.backend.latency(self.prepared, runs, self.ctx.opts.cold)
 
     def _close(self):
         if self.sampler is not None:
             self.sampler.close()
+        if self.timed is not None and self.timed is not self.prepared:
+            self.timed.close()
         if self.prepared is not None:
             self.prepared.close()
         if self.rotated:  # a CPU kernel reads the job's own arrays: the next one must see the first set

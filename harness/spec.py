@@ -31,6 +31,21 @@ def awkward_size(upper: int = 300):
 
 
 @dataclass(frozen=True)
+class TorchPeer:
+    """A peer written directly in torch, the way an engine calls it.
+
+    `run(ops, **inputs, **attrs, **planned)` is the timed work; `plan(inputs, attrs,
+    backend) -> dict`, optional, runs once at prepare time with the host inputs and
+    returns what a caller decides once per batch rather than per call (a mask built
+    from the lengths, the kernel path to take) as keyword arguments for `run`, and under
+    "path" the words the record gives for the path taken."""
+
+    run: Callable[..., dict[str, Any]]
+    plan: Callable[..., dict[str, Any]] | None = None
+    path: str = ""
+
+
+@dataclass(frozen=True)
 class Cost:
     """The least work any implementation must do: each input read once, each output
     written once (bytes), and the arithmetic of the math itself (flops)."""
@@ -72,9 +87,9 @@ class FusionSpec:
     index_inputs: tuple[str, ...] = ()
     # (dims, attrs) -> attrs with derived values filled in (attention: scale 0 -> 1/sqrt(d))
     derive_attrs: Callable[[dict[str, int], dict[str, Any]], dict[str, Any]] | None = None
-    # more peers written directly in torch, variant -> fn(ops, **inputs, **attrs) -> outputs,
-    # registered on the torch backends beside eager and compile (e.g. "sdpa")
-    torch_peers: dict[str, Callable[..., dict[str, Any]]] = field(default_factory=dict)
+    # more peers written directly in torch, registered on the torch backends beside eager
+    # and compile (e.g. "sdpa")
+    torch_peers: dict[str, TorchPeer] = field(default_factory=dict)
     # the inputs drawn afresh between timed runs (the runner alternates two input sets, so
     # that a kernel caching its result is caught); None: every input. Weight-heavy
     # fusions rotate their activations only, which is enough to change every output and

@@ -12,8 +12,8 @@ from __future__ import annotations
 from harness.report import _num, build_rows, interval_text
 from harness.results import merge, read_records
 
-COLUMNS = ("case", "dtype", "implementation", "commit", "median", "×chain", "×eager", "×compile", "GB/s", "% peak",
-           "NMSE", "max ULP", "verdict")
+COLUMNS = ("case", "dtype", "implementation", "commit", "median", "latency", "launches", "×chain", "×eager",
+           "×compile", "GB/s", "% peak", "NMSE", "max ULP", "verdict")
 
 
 def _x(v) -> str:
@@ -30,11 +30,15 @@ def _g(v) -> str:
     return f"{v:.3g}" if _num(v) else ""
 
 
-def _median(r: dict) -> str:
-    s = r.get("median_s")
+def _seconds(s) -> str:
     if not _num(s):
         return ""
     return f"{s * 1e6:.1f} µs" if s < 1e-3 else f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _median(r: dict) -> str:
+    """The median, marked ‡ where it is launch-inclusive (report.timing_class)."""
+    return _seconds(r.get("median_s")) + (" ‡" if r.get("timing_class") == "launch-inclusive" else "")
 
 
 def _verdict(r: dict) -> str:
@@ -51,8 +55,9 @@ def table_rows(rows: list[dict]) -> dict[tuple[str, str], list[tuple[str, ...]]]
     out: dict[tuple[str, str], list[tuple[str, ...]]] = {}
     for r in rows:
         peak = r.get("frac_peak")
+        launches = r.get("launches")
         cells = (r["case"], r["dtype"], f"{r['backend']}/{r['variant']}", r["commit_short"], _median(r),
-                 speedup_text(r, "chain"), speedup_text(r, "eager"), speedup_text(r, "compile"), _g(r.get("gbps")),
+                 _seconds(r.get("latency_s")), "" if launches is None else str(launches), speedup_text(r, "chain"), speedup_text(r, "eager"), speedup_text(r, "compile"), _g(r.get("gbps")),
                  "" if peak is None else f"{100 * peak:.0f}%", _g(r.get("nmse")), _g(r.get("max_ulp")), _verdict(r))
         out.setdefault((r["machine"], r["fusion"]), []).append(cells)
     return out
@@ -69,8 +74,11 @@ def print_tables(paths, console) -> list[str]:
     for (machine, fusion), lines in table_rows(rows).items():
         t = Table(title=f"{fusion} on {machine}")
         for c in COLUMNS:
-            t.add_column(c, justify="right" if c.startswith("×") or c in ("median", "GB/s", "% peak") else "left")
+            t.add_column(c, justify="right" if c.startswith("×") or c in ("median", "latency", "launches", "GB/s",
+                                                                          "% peak") else "left")
         for cells in lines:
             t.add_row(*cells)
         console.print(t)
+    if any(r.get("timing_class") == "launch-inclusive" for r in rows):
+        console.print("‡ launch-inclusive: CUDA events around the host's launches (recorded before device timing)")
     return loaded.problems

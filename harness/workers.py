@@ -151,7 +151,7 @@ class IsolatedRunner:
                 pending.pop(impl.key)
                 on_record({**impl_fields(impl), "case": job.case.id, "model": job.case.model,
                            "params": job.case.params, "dtype": job.dtype,
-                           "case_file": f"{job.case.file}:{job.case.line}", "status": "error", "verdict": "fail",
+                           "case_file": job.case.where, "status": "error", "verdict": "fail",
                            "reason": fault})
             return list(pending.values())
 

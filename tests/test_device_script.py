@@ -34,5 +34,8 @@ def test_dry_run_of_the_device_script_writes_records_and_tables(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert "add_rmsnorm on" in summary and "cpu/fused" in summary
     assert "bench.jsonl: {'ok':" in log
-    fused = [line for line in log.splitlines() if line.startswith("  add_rmsnorm smoke.awkward ")]
-    assert len(fused) == 3 and all(line.endswith("| pass") for line in fused), fused  # f32, f16, bf16
+    lines = [line for line in log.splitlines() if line.startswith("  add_rmsnorm smoke.awkward ")]
+    fused = [line for line in lines if " cpu/fused |" in line]
+    assert len(fused) == 3 and all(line.endswith("| pass") for line in fused), lines  # f32, f16, bf16
+    chain = [line for line in lines if " cpu/unfused |" in line]
+    assert len(chain) == 3 and all(" | 2 | " in line for line in chain), chain  # launches: add, rms_norm

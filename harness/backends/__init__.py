@@ -125,6 +125,32 @@ class Backend:
         """A Prepared whose run() launches the smallest work this backend can time."""
         raise NotImplementedError
 
+    # How this backend's time_run() measures, in the record's words.
+    timing_method = "host clock around one run and a synchronisation"
+
+    def timing_target(self, prepared: "Prepared") -> tuple["Prepared", str]:
+        """(what the timing loop runs, how it is timed): the run itself here; a graph of
+        the run, captured once, on backends that can replay one (Replay)."""
+        return prepared, self.timing_method
+
+    def launches(self, timed: "Prepared") -> int | None:
+        """Kernel launches (dispatches) of one run of `timed`, None where not counted."""
+        return getattr(timed, "launch_count", None)
+
+    def latency(self, prepared: "Prepared", runs: int = 5, cold: bool = True) -> float:
+        """Median host seconds from calling run() to the device having finished it,
+        starting from an idle device: the launch-inclusive figure a caller waits for."""
+        samples = []
+        for _ in range(max(1, runs)):
+            if cold:
+                self.flush_cache()
+            self.synchronize()
+            t0 = time.perf_counter()
+            prepared.run()
+            self.synchronize()
+            samples.append(time.perf_counter() - t0)
+        return float(np.median(samples))
+
     # 5. primitive ops --------------------------------------------------------------
     def ops(self, dtype: str):
         """The primitives for the unfused chain in `dtype`, or None when there is none."""
@@ -206,6 +232,31 @@ class Prepared:
         self.out = {}
 
 
+class Replay(Prepared):
+    """A prepared run captured once (a CUDA graph) and replayed: run() issues the whole
+    captured run with one call. It reads the prepared's input buffers (refresh() writes
+    them in place, where the captured kernels read them) and writes the outputs of the
+    captured run, which it keeps alive with whatever else the graph needs (`keep`)."""
+
+    def __init__(self, prepared: Prepared, replay, outputs: dict, launches: dict[str, int], keep=()) -> None:
+        super().__init__(prepared.backend, prepared.spec, {}, prepared.attrs, prepared.dtype)
+        self.prepared = prepared
+        self.inputs = prepared.inputs
+        self.out = dict(outputs)
+        self.launch_count = sum(launches.values())
+        self.launch_kinds = launches
+        self._replay, self._keep = replay, keep
+
+    def refresh(self, values: dict[str, np.ndarray]) -> None:
+        self.prepared.refresh(values)
+
+    def run(self) -> None:
+        self._replay()
+
+    def close(self) -> None:
+        self.out, self._replay, self._keep = {}, None, ()
+
+
 class NotRotatable(RuntimeError):
     """An implementation whose input buffers the harness cannot overwrite."""
 
@@ -225,13 +276,35 @@ class ChainPrepared(Prepared):
             self.bind_inputs(inputs, list(inputs))
         except (TypeError, NotImplementedError) as e:  # e.g. int32 positions on a float-only backend
             raise BackendUnavailable(f"backend {backend.name!r} cannot hold an input of this chain: {e}") from None
+        counting = _CountingOps(self.ops)
         try:  # one untimed run: a primitive this backend lacks shows here, not in the timing
-            self.run()
+            self.out = self.decompose(counting, **self.inputs, **self.attrs)
         except NotImplementedError as e:
             raise BackendUnavailable(f"backend {backend.name!r} lacks a primitive this chain needs: {e}") from None
+        # one launch (library call) per primitive; a peer written directly in the library
+        # makes calls the vocabulary does not see
+        self.launch_count = counting.calls if decompose is None else None
 
     def run(self) -> None:
         self.out = self.decompose(self.ops, **self.inputs, **self.attrs)
+
+
+class _CountingOps:
+    """An Ops that counts the primitive calls made through it (reshape, a view, aside)."""
+
+    def __init__(self, ops):
+        self._ops, self.calls = ops, 0
+
+    def __getattr__(self, name):
+        f = getattr(self._ops, name)
+        if name == "reshape" or not callable(f):
+            return f
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return f(*args, **kwargs)
+
+        return counted
 
 
 _loaded: dict[str, Backend] = {}

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.backends import Backend, BackendUnavailable, Prepared
+from harness.backends import Backend, BackendUnavailable, Prepared, Replay
+from harness.backends.gpu_timing import HOLD_SOURCE, Hold, graph_launches, method_name
 from harness.cuda_compile import cuda_source
 from harness.ops import Ops
 
@@ -115,6 +116,7 @@ def gemm_ex(a, b, out, a_type: int) -> None:
     alpha = np.array(1.0, dtype=np.float32)
     beta = np.array(0.0, dtype=np.float32)
     handle = cp.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)  # the caller's stream (graph capture)
     mode = cublas.getPointerMode(handle)  # alpha and beta are host pointers
     cublas.setPointerMode(handle, 0)  # CUBLAS_POINTER_MODE_HOST
     try:
@@ -155,6 +157,7 @@ def gemm_strided_batched(a, b, out, a_type: int, transpose_b: bool) -> None:
     beta = np.array(0.0, dtype=np.float32)
     op_b, ldb = (_CUBLAS_OP_T, K) if transpose_b else (_CUBLAS_OP_N, N)
     handle = cp.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)  # the caller's stream (graph capture)
     mode = cublas.getPointerMode(handle)  # alpha and beta are host pointers
     cublas.setPointerMode(handle, 0)  # CUBLAS_POINTER_MODE_HOST
     try:
@@ -190,6 +193,9 @@ class CudaBackend(Backend):
         self._flush_buf = None
         self._flush_val = 0
         self._chain_module = None
+        self._timing_stream = None
+        self._hold_kernel = None
+        self.hold = Hold()
 
     # 1. probe and fingerprint ----------------------------------------------------------
     def _probe_impl(self):
@@ -286,26 +292,79 @@ class CudaBackend(Backend):
         cp.cuda.runtime.deviceSynchronize()
 
     # 4. timer --------------------------------------------------------------------------
-    def time_run(self, prepared) -> float:
-        """Device seconds of one prepared.run().
+    timing_method = method_name(True)
 
-        The device is synchronised first, so the start event marks an idle device. Events
-        are recorded on the current stream around run(); a second end event is recorded on
-        the legacy default stream, which waits for all earlier work on every blocking
-        stream, so work that run() put on another stream is counted too. The later of the
-        two end events is taken, after synchronising the whole device."""
+    def _stream(self):
+        """The stream every timed sample, flush and capture runs on (blocking: it waits
+        for work on the legacy default stream, such as input writes)."""
         import cupy as cp
 
-        cp.cuda.runtime.deviceSynchronize()
-        stream = cp.cuda.get_current_stream()
+        if self._timing_stream is None:
+            self._timing_stream = cp.cuda.Stream()
+        return self._timing_stream
+
+    def timing_target(self, prepared):
+        """prepared.run() captured into a CUDA graph (gpu_timing), or the run itself, with
+        the reason, where capture fails (a host synchronisation inside run(), say)."""
+        import cupy as cp
+
+        try:
+            return self._capture(prepared), method_name(True)
+        except Exception as e:
+            cp.cuda.runtime.deviceSynchronize()
+            return prepared, method_name(False, f"{type(e).__name__}: {_short(e)}")
+
+    def _capture(self, prepared):
+        """One warm run, then one captured run, both allocating from a memory pool of their
+        own: blocks the captured run frees are reused only by its own replays, never handed
+        to another buffer the graph would then overwrite."""
+        import cupy as cp
+
+        stream, pool = self._stream(), cp.cuda.MemoryPool()
+        with cp.cuda.using_allocator(pool.malloc), stream:
+            prepared.run()
+            stream.synchronize()
+            stream.begin_capture()
+            try:
+                prepared.run()
+            except BaseException:
+                try:
+                    stream.end_capture()
+                except Exception:
+                    pass
+                raise
+            graph = stream.end_capture()
+        graph.upload(stream)
+        stream.synchronize()
+        return Replay(prepared, lambda: graph.launch(stream), prepared.out, graph_launches(graph.graph),
+                      keep=(graph, pool))
+
+    def time_run(self, prepared) -> float:
+        """Device seconds of one prepared.run(), the stream held while it is queued
+        (gpu_timing.Hold). A second end event on the legacy default stream waits for work
+        run() may have put on other blocking streams; the later end is taken."""
+        import cupy as cp
+
+        stream = self._stream()
         start, end, end_all = cp.cuda.Event(), cp.cuda.Event(), cp.cuda.Event()
-        start.record(stream)
-        prepared.run()
-        end.record(stream)
-        end_all.record(cp.cuda.Stream.null)
-        cp.cuda.runtime.deviceSynchronize()
-        ms = max(cp.cuda.get_elapsed_time(start, end), cp.cuda.get_elapsed_time(start, end_all))
-        return ms / 1e3
+        if self._hold_kernel is None:
+            self._hold_kernel = cp.RawKernel(HOLD_SOURCE, "fb_hold")
+
+        def hold(cycles):
+            self._hold_kernel((1,), (1,), (np.int64(cycles),), stream=stream)
+
+        def enqueue():
+            with stream:
+                start.record(stream)
+                prepared.run()
+                end.record(stream)
+            end_all.record(cp.cuda.Stream.null)
+
+        def elapsed():
+            cp.cuda.runtime.deviceSynchronize()
+            return max(cp.cuda.get_elapsed_time(start, end), cp.cuda.get_elapsed_time(start, end_all)) / 1e3
+
+        return self.hold.sample(hold, enqueue, lambda: start.done, elapsed)
 
     device_timed = True
 
@@ -313,15 +372,16 @@ class CudaBackend(Backend):
         return _Minimal(self)
 
     def flush_cache(self):
-        """Overwrite a device buffer of twice the L2 size (queried from the device), so
-        that a following run starts with none of its inputs in L2."""
+        """Overwrite a device buffer of twice the L2 size (queried from the device), on
+        the timing stream, so that a following run starts with none of its inputs in L2."""
         import cupy as cp
 
         if self._flush_buf is None:
             nbytes = 2 * max(self.l2_bytes(), 1 << 20)
             self._flush_buf = cp.empty(nbytes // 4, dtype=cp.uint32)
         self._flush_val ^= 0x5A5A5A5A  # a different value each time: no write can be skipped
-        self._flush_buf.fill(self._flush_val)
+        with self._stream():
+            self._flush_buf.fill(self._flush_val)
 
     # 5. primitive ops ------------------------------------------------------------------
     def ops(self, dtype):

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import Backend, Prepared
+from harness.backends import Backend, Prepared, Replay
+from harness.backends.gpu_timing import Hold, graph_launches, method_name
 from harness.backends.cpu import cpu_fingerprint, host_peak, last_level_cache_bytes
 from harness.dtypes import DTYPES
-from harness.ops import Ops
+from harness.ops import MAX_POSITION, Ops, rope_angles
 
 def _torch():
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "fusebench" / "inductor"))
@@ -28,7 +29,11 @@ def _torch():
 
 
 class TorchOps(Ops):
-    """torch primitives in the storage dtype (whatever torch itself does inside)."""
+    """torch primitives in the storage dtype (whatever torch itself does inside). Rotary
+    tables are built once per (device, d, theta) and looked up by position, the way
+    engines keep a cos/sin cache, never inside a timed run."""
+
+    _rope_tables: dict = {}
 
     def __init__(self, device: str):
         self.name = f"torch-{device}"
@@ -66,16 +71,26 @@ class TorchOps(Ops):
         return x.reshape(shape)
 
     def rope(self, x, pos, theta):
-        # float32 angles and rotation (as Inductor computes 16-bit pointwise ops), one rounding out
+        # float32 rotation (as Inductor computes 16-bit pointwise ops), one rounding out
         import torch
 
         d = x.shape[-1]
-        inv_freq = theta ** (-torch.arange(0, d // 2, dtype=torch.float64, device=x.device) * 2.0 / d)
-        ang = pos.to(torch.float64)[:, None] * inv_freq[None, :]
-        c, s = ang.cos()[:, None, :].to(torch.float32), ang.sin()[:, None, :].to(torch.float32)
+        c, s = self.rope_table(x.device, d, theta)
+        c, s = c.index_select(0, pos)[:, None, :], s.index_select(0, pos)[:, None, :]
         xf = x.to(torch.float32)
         x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
         return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+    @classmethod
+    def rope_table(cls, device, d: int, theta: float):
+        """(cos, sin), each (MAX_POSITION, d/2) float32, angles in float64 (rope_angles)."""
+        import torch
+
+        key = (str(device), int(d), float(theta))
+        if key not in cls._rope_tables:
+            ang = torch.from_numpy(rope_angles(np.arange(MAX_POSITION), d, theta))
+            cls._rope_tables[key] = (ang.cos().to(torch.float32).to(device), ang.sin().to(torch.float32).to(device))
+        return cls._rope_tables[key]
 
     def matmul_nt(self, a, b):
         return a @ b.transpose(-1, -2)
@@ -114,6 +129,7 @@ class CompiledChain(Prepared):
         self.fn = backend.compiled(spec, attrs, (dtype, shapes))
         self.bind_inputs(inputs, list(inputs))
         self.out = self.fn(**self.inputs)  # the first call compiles
+        self.path = "torch.compile (default mode, static shapes)"
         backend.synchronize()
 
     def run(self):
@@ -142,6 +158,7 @@ class TorchBackend(Backend):
         self.device_timed = device == "cuda"  # CUDA events; the host clock on the CPU
         self._compiled: dict = {}
         self._flush = None
+        self.hold = Hold()
 
     # 1. probe and fingerprint
     def _probe_impl(self):
@@ -198,17 +215,57 @@ class TorchBackend(Backend):
         if self.device == "cuda":
             _torch().cuda.synchronize()
 
-    # 4. timer: CUDA events on the GPU (then a device-wide sync), host clock on the CPU
+    # 4. timer: on the GPU, events around a graph replay with the stream held
+    # (harness.backends.gpu_timing); the host clock on the CPU
+    @property
+    def timing_method(self):
+        return method_name(True) if self.device == "cuda" else Backend.timing_method
+
+    def timing_target(self, prepared):
+        """On the GPU, prepared.run() captured into a CUDA graph (torch.cuda.graph, after
+        warm-up runs on a side stream, as torch's documentation asks), or the run itself
+        with the reason where capture fails."""
+        if self.device != "cuda":
+            return prepared, self.timing_method
+        torch = _torch()
+        try:
+            return self._capture(prepared), method_name(True)
+        except Exception as e:
+            torch.cuda.synchronize()
+            return prepared, method_name(False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+
+    def _capture(self, prepared):
+        torch = _torch()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                prepared.run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph(keep_graph=True)
+        with torch.cuda.graph(graph):
+            prepared.run()
+        launches = graph_launches(graph.raw_cuda_graph())
+        graph.instantiate()
+        torch.cuda.synchronize()
+        return Replay(prepared, graph.replay, prepared.out, launches, keep=(graph,))
+
     def time_run(self, prepared):
         if self.device != "cuda":
             return super().time_run(prepared)
         torch = _torch()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        prepared.run()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
+
+        def enqueue():
+            start.record()
+            prepared.run()
+            end.record()
+
+        def elapsed():
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
+
+        return self.hold.sample(lambda cycles: torch.cuda._sleep(int(cycles)), enqueue, start.query, elapsed)
 
     def minimal_prepared(self):
         return _Minimal(self)

@@ -552,6 +552,7 @@ class WgslBackend(Backend):
         self._flush_scratch: WgslArray | None = None
         self._rope_tables: dict[tuple[int, float], WgslArray] = {}
         self.timestamp_period_ns = 1.0
+        self.dispatches = 0  # recorded so far, all runs
 
     # 1. probe and fingerprint --------------------------------------------------------
     def _probe_impl(self):
@@ -769,6 +770,7 @@ class WgslBackend(Backend):
             entries.append({"binding": len(arrays), "resource": {"buffer": u, "offset": 0, "size": u.size}})
         bg = self.device.create_bind_group(layout=bgl, entries=entries)
         self._pending.append((pipe, bg, tuple(int(g) for g in groups)))
+        self.dispatches += 1
         self._keepalive.extend(a.buffer for a in arrays)
 
     def flush(self, timestamps: bool = False) -> bool:
@@ -861,6 +863,20 @@ class WgslBackend(Backend):
     @property
     def device_timed(self) -> bool:
         return self.has_timestamps
+
+    @property
+    def timing_method(self) -> str:
+        if self.has_timestamps:
+            return "WebGPU timestamp queries around one compute pass holding every dispatch of the run"
+        return Backend.timing_method
+
+    def launches(self, timed) -> int | None:
+        """Dispatches one run of `timed` records (counted over one untimed run)."""
+        self.synchronize()
+        before = self.dispatches
+        timed.run()
+        self.synchronize()
+        return self.dispatches - before
 
     def minimal_prepared(self):
         return _Minimal(self)

@@ -14,7 +14,7 @@ query row (online softmax) and touches each K/V tile once per block of queries.
 from __future__ import annotations
 
 from harness.attention import check_heads, default_scale, qkv, strategy
-from harness.spec import Cost, FusionSpec
+from harness.spec import Cost, FusionSpec, TorchPeer
 
 
 def decompose(ops, q, k, v, *, scale, B, S, n_heads, n_kv_heads, head_dim):
@@ -66,5 +66,5 @@ SPEC = FusionSpec(
     value_shapes=("normal", "large"),
     decompose_dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
     derive_attrs=default_scale,
-    torch_peers={"sdpa": sdpa},
+    torch_peers={"sdpa": TorchPeer(sdpa, path="sdpa, is_causal=True")},
 )

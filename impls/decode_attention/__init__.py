@@ -19,7 +19,7 @@ device.
 from __future__ import annotations
 
 from harness.attention import check_heads, decode_lens, default_scale, qkv, ragged_lens, strategy
-from harness.spec import Cost, FusionSpec
+from harness.spec import Cost, FusionSpec, TorchPeer
 
 
 def decompose(ops, q, k, v, lens, *, scale, B, T, n_heads, n_kv_heads, head_dim):
@@ -29,16 +29,61 @@ def decompose(ops, q, k, v, lens, *, scale, B, T, n_heads, n_kv_heads, head_dim)
     return {"o": ops.reshape(ops.matmul(p, v), (B, n_heads, head_dim))}
 
 
-def sdpa(ops, q, k, v, lens, *, scale, B, T, n_heads, n_kv_heads, head_dim):
-    """torch's scaled_dot_product_attention with a boolean key mask from lens; a sequence
-    with lens = 0 comes out NaN there and is zeroed, as the spec defines."""
-    import torch
+def sdpa(ops, q, k, v, lens, *, scale, B, T, n_heads, n_kv_heads, head_dim, mask=None, flex=None, empty=None):
+    """What a caller picks for decode attention in torch, decided once per batch (plan):
+    SDPA with no mask where every key is valid, FlexAttention with its block mask (GPU) or
+    SDPA with a boolean key mask (CPU) for ragged lengths; sequences with lens = 0 zeroed
+    (NaN there in torch), as the spec defines."""
     import torch.nn.functional as F
 
-    visible = torch.arange(T, device=k.device)[None, :] < lens[:, None]  # (B, T)
-    o = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=visible[:, None, None, :],
-                                       scale=scale, enable_gqa=n_heads != n_kv_heads)
-    return {"o": o[:, :, 0, :].masked_fill((lens == 0)[:, None, None], 0.0)}
+    q4 = q[:, :, None, :]
+    if flex is not None:
+        o = flex(q4, k, v)
+    else:
+        o = F.scaled_dot_product_attention(q4, k, v, attn_mask=mask, scale=scale, enable_gqa=n_heads != n_kv_heads)
+    o = o[:, :, 0, :]
+    return {"o": o if empty is None else o.masked_fill(empty, 0.0)}
+
+
+def sdpa_plan(inputs, attrs, backend):
+    """Built once from the host lengths (they stay fixed through a benchmark): the path,
+    and the mask or FlexAttention closure it needs."""
+    import numpy as np
+    import torch
+
+    lens, T, device = np.asarray(inputs["lens"]), attrs["T"], backend.device
+    plan = {}
+    if (lens == 0).any():
+        plan["empty"] = torch.from_numpy(lens == 0).to(device)[:, None, None]
+    if (lens == T).all():
+        return {**plan, "path": "sdpa, no mask (every key valid)"}
+    lens_dev = torch.from_numpy(lens.astype(np.int32)).to(device)
+    if device == "cuda":
+        try:
+            return {**plan, "flex": _flex_decode(lens_dev, attrs),
+                    "path": "flex_attention (compiled), block mask built once from lens"}
+        except Exception as e:  # named in the record, then the masked SDPA path
+            why = f"; flex_attention failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    else:
+        why = ""
+    visible = torch.arange(T, device=device)[None, :] < lens_dev[:, None]
+    return {**plan, "mask": visible[:, None, None, :], "path": f"sdpa, boolean key mask built once{why}"}
+
+
+def _flex_decode(lens, attrs):
+    """flex_attention, compiled, with a block mask of the valid keys of each sequence."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, T = lens.shape[0], attrs["T"]
+
+    def valid(b, h, q_idx, kv_idx):
+        return kv_idx < lens[b]
+
+    block_mask = create_block_mask(valid, B, None, 1, T, device=lens.device)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    gqa = attrs["n_heads"] != attrs["n_kv_heads"]
+    return lambda q, k, v: compiled(q, k, v, block_mask=block_mask, scale=attrs["scale"], enable_gqa=gqa)
 
 
 def make_inputs(dims, rng, value_shape):
@@ -78,5 +123,5 @@ SPEC = FusionSpec(
     decompose_dims=("B", "T", "n_heads", "n_kv_heads", "head_dim"),
     index_inputs=("lens",),
     derive_attrs=default_scale,
-    torch_peers={"sdpa": sdpa},
+    torch_peers={"sdpa": TorchPeer(sdpa, plan=sdpa_plan)},
 )

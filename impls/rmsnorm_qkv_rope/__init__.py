@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from harness.ops import MAX_POSITION
 from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_size
 
 
@@ -42,7 +43,7 @@ def make_inputs(dims, rng, value_shape):
         "x": activations(rng, (M, H), value_shape),
         "gamma": 1.0 + 0.1 * rng.standard_normal(H),
         "w": rng.standard_normal((n_out, H)) / H**0.5,
-        "pos": rng.integers(0, 32768, size=M),
+        "pos": rng.integers(0, MAX_POSITION, size=M),
     }
 
 
