@@ -1,12 +1,26 @@
-"""Launch limits (harness.cuda_launch): the checker names the kernel, the limit and the value
-of every break, and bind() opts in to large dynamic shared memory before launching."""
+"""Launch limits (harness.cuda_launch): the checker itself, then every fused CUDA kernel's
+launch plan over sizes up to Llama-3.1-405B and beyond, against the H200's limits, without
+a GPU. The plans checked are the ones the kernels' prepare() launches (each impls/<fusion>/
+cuda.py's launch_plan). Where a compiler is present, each kernel's own thread limit
+(__launch_bounds__, from the PTX) and, for add_rmsnorm, ptxas's static shared memory count
+too. On a GPU the same plans are checked against the device's own limits and the loaded
+kernels' registers and static shared memory."""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
+
 import pytest
 
+from harness import cuda_compile as cc
 from harness.cuda_launch import (H200, BoundPlan, KernelFacts, Launch, LaunchLimitError, Plan, bind, check,
                                  needs_opt_in, registers_per_block)
+from tests.test_cuda_sources import _gpu_or_skip, _impl_module
+
+DTYPES = ("float32", "float16", "bfloat16")
+FUSIONS = ("add_rmsnorm", "rmsnorm_gemm", "rmsnorm_qkv_rope", "gemm_swiglu", "swiglu_ffn",
+           "attn_score_softmax", "attention_prefill", "decode_attention")
 
 
 # ---- the checker ------------------------------------------------------------------------------
@@ -107,3 +121,193 @@ def test_bind_refuses_a_plan_before_anything_is_launched():
         bind(_Module(k=_Function()), _plan(Launch("k", (1,), (512,))), [()], H200)
     with pytest.raises(ValueError, match="2 launches but 1 argument tuples"):
         bind(_Module(k=_Function()), _plan(Launch("k", (1,), (256,)), Launch("k", (1,), (256,))), [()], H200)
+
+
+# ---- every plan, at every size ------------------------------------------------------------------
+def span(upper: int, *models: int) -> list[int]:
+    """Awkward and round sizes from 1 to `upper`: small ones, every power of two and its
+    neighbours, upper itself and the models' sizes."""
+    out = {1, 2, 3, 5, 7, upper, *models}
+    k = 1
+    while k <= upper:
+        out |= {k - 1, k, k + 1, 3 * k}
+        k *= 2
+    return sorted(n for n in out if 1 <= n <= upper)
+
+
+HIDDEN = (896, 2048, 3072, 4096, 5120, 8192, 12288, 12289, 16384)      # Qwen2.5-0.5B .. Llama-3.1-405B
+INTERMEDIATE = (4864, 8192, 11008, 14336, 28672, 53248)
+QKV_N = (1152, 6144, 10240, 18432, 128256)                             # ... and Llama-3's vocabulary (an LM head)
+HEADS = [(1, 1), (2, 1), (3, 1), (5, 5), (14, 2), (16, 16), (32, 8), (32, 32), (64, 8), (128, 8), (128, 1)]
+HEAD_DIMS = (1, 2, 17, 64, 80, 96, 128, 129, 256)
+M_SIZES = span(8192) + [65535 * 64 + 1, 2**24]                          # and two beyond every grid clamp
+
+
+def plans_add_rmsnorm(m):
+    for dtype in DTYPES:
+        for aligned in (True, False):
+            for H in range(1, 16385):                                   # every row width up to 405B's
+                yield f"M=1 H={H} {dtype} aligned={aligned}", m.launch_plan(1, H, dtype, aligned)
+        for M in M_SIZES:
+            for H in span(16384, *HIDDEN) + [28920, 28921, 2**17]:
+                yield f"M={M} H={H} {dtype}", m.launch_plan(M, H, dtype)
+
+
+def plans_rmsnorm_gemm(m):
+    for dtype in DTYPES:
+        for M in M_SIZES:
+            for N in span(2**18, *QKV_N):
+                for H in (1, 7, 16384):
+                    yield f"M={M} H={H} N={N} {dtype}", m.launch_plan(M, H, N, dtype)
+
+
+def plans_rmsnorm_qkv_rope(m):
+    for dtype in DTYPES:
+        for M in M_SIZES:
+            for nh, nkv in HEADS:
+                for d in (2, 64, 96, 128, 256):
+                    yield f"M={M} heads={nh}/{nkv} d={d} {dtype}", m.launch_plan(M, 16384, nh, nkv, d, dtype)
+
+
+def plans_gemm_swiglu(m):
+    for dtype in DTYPES:
+        for M in M_SIZES:
+            for I in span(2**17, *INTERMEDIATE):
+                yield f"M={M} I={I} {dtype}", m.launch_plan(M, 16384, I, dtype)
+
+
+def plans_swiglu_ffn(m):
+    for dtype in DTYPES:
+        for M in M_SIZES:
+            for H in (8, 896, 4096, 8192, 8200, 16384):
+                for I in span(2**17, *INTERMEDIATE):
+                    yield f"M={M} H={H} I={I} {dtype}", m.launch_plan(M, H, I, dtype)
+        for sms in (1, 78, 144):                                        # the onchip grid follows the SM count
+            for I in span(2**17, *INTERMEDIATE):
+                yield f"M=1 H=4096 I={I} {dtype} sms={sms}", m.launch_plan(1, 4096, I, dtype, True,
+                                                                           replace(H200, sm_count=sms))
+
+
+def _attention_plans(m, with_d):
+    for dtype in DTYPES:
+        for B in (1, 2, 16, 64, 4096):
+            for nh, _ in HEADS:
+                for S in span(8192):
+                    for d in HEAD_DIMS if with_d else (None,):
+                        args = (B, nh, S, d, dtype) if with_d else (B, nh, S, dtype)
+                        yield f"B={B} heads={nh} S={S} d={d} {dtype}", m.launch_plan(*args)
+
+
+def plans_attn_score_softmax(m):
+    yield from _attention_plans(m, with_d=False)
+
+
+def plans_attention_prefill(m):
+    yield from _attention_plans(m, with_d=True)
+
+
+def plans_decode_attention(m):
+    for B in (1, 2, 3, 16, 64, 256, 4096):
+        for nh, nkv in HEADS:
+            for T in span(131072):
+                for bps in (1, 2, 3, 5, 16):
+                    yield (f"B={B} heads={nh}/{nkv} T={T} blocks/SM={bps}",
+                           m.launch_plan(B, T, nh, nkv, 128, "float16", blocks_per_sm=bps))
+    for dtype in DTYPES:
+        for nh, nkv in HEADS:
+            for d in HEAD_DIMS:
+                for nsplit in (None, 1, 2, 128):
+                    yield (f"B=1 heads={nh}/{nkv} T=131072 d={d} {dtype} nsplit={nsplit}",
+                           m.launch_plan(1, 131072, nh, nkv, d, dtype, nsplit=nsplit))
+
+
+PLANS = {name: globals()[f"plans_{name}"] for name in FUSIONS}
+
+
+@functools.lru_cache(maxsize=None)
+def _max_threads(fusion: str) -> dict[str, int]:
+    """Each kernel's __launch_bounds__ (from the PTX), or {} where no compiler is here."""
+    compilers = cc.available_compilers()
+    if not compilers:
+        return {}
+    src = cc.REPO_ROOT / "impls" / fusion / f"{fusion}.cu"
+    r = cc.compile_to_ptx(cc.cuda_source(src), src.name, compilers[0])
+    assert r.ok, r.log
+    return cc.ptx_max_threads(r.ptx)
+
+
+def _largest_dynamic_smem(fusion: str, limits=H200, facts=None) -> dict[str, int]:
+    """Check every enumerated plan of `fusion`; kernel -> the largest dynamic shared memory asked."""
+    m = _impl_module(fusion)
+    largest: dict[str, int] = {}
+    n = 0
+    for what, plan in PLANS[fusion](m):
+        n += 1
+        assert set(plan.kernels) <= set(m.KERNELS), (what, plan.kernels)
+        check(plan, limits, facts, f"{fusion} {what}")
+        for launch in plan.launches:
+            largest[launch.kernel] = max(largest.get(launch.kernel, 0), launch.smem)
+    assert n > 1000 and set(largest) == set(m.KERNELS), (n, sorted(set(m.KERNELS) - set(largest)))
+    return largest
+
+
+# the largest dynamic shared memory any enumerated plan asks of each kernel
+LARGEST_DYNAMIC_SMEM = {"add_rmsnorm": 28920 * 4}     # every other fusion: static shared memory only
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_every_plan_within_h200_limits(fusion):
+    bounds = _max_threads(fusion)
+    facts = {k: KernelFacts(max_threads=t) for k, t in bounds.items()}
+    assert not cc.available_compilers() or set(bounds) >= set(_impl_module(fusion).KERNELS)
+    largest = _largest_dynamic_smem(fusion, H200, facts)
+    assert max(largest.values()) == LARGEST_DYNAMIC_SMEM.get(fusion, 0), largest
+
+
+def test_add_rmsnorm_keeps_405b_rows_on_chip_with_the_opt_in():
+    m = _impl_module("add_rmsnorm")
+    for dtype in DTYPES:
+        for M, H, opt_in in ((5, 12280, False), (5, 12281, True), (5, 12288, True), (1, 16384, True)):
+            plan = m.launch_plan(M, H, dtype)
+            (launch,) = plan.launches
+            assert plan.switches["cache"] == 1 and launch.smem == 4 * H and launch.static_smem == m.STATIC_SMEM
+            assert needs_opt_in(launch, H200) == opt_in, (M, H, dtype)
+        assert m.launch_plan(8, 28920, dtype).switches["cache"] == 1          # 2 blocks of 113 KiB fit an SM
+        assert m.launch_plan(8, 28921, dtype).launches[0].smem == 0           # recompute: no shared row
+        assert m.launch_plan(0, 4096, dtype).launches == () == m.launch_plan(4, 0, dtype).launches
+
+
+def test_add_rmsnorm_static_shared_memory_from_ptxas():
+    """ptxas's static shared memory for each add_rmsnorm kernel is the STATIC_SMEM the plan
+    counts on, and static + the largest dynamic request fits the H200's opt-in limit; the
+    registers fit 256 threads."""
+    compilers = cc.available_compilers()
+    if not compilers:
+        pytest.skip(cc.NO_COMPILER)
+    m = _impl_module("add_rmsnorm")
+    r, usage = cc.ptxas_usage(cc.REPO_ROOT / "impls" / "add_rmsnorm" / "add_rmsnorm.cu", compilers[0])
+    assert r.ok, r.log
+    assert set(usage) == set(m.KERNELS), r.log
+    facts = {}
+    for kernel, u in usage.items():
+        assert u.static_smem == m.STATIC_SMEM, (kernel, u)
+        facts[kernel] = KernelFacts(u.static_smem, u.registers, m.THREADS)
+    largest = _largest_dynamic_smem("add_rmsnorm", H200, facts)
+    for kernel, smem in largest.items():
+        assert usage[kernel].static_smem + smem <= H200.shared_per_block_optin
+        assert registers_per_block(usage[kernel].registers, m.THREADS) <= H200.registers_per_block
+
+
+# ---- on a GPU: its own limits and the loaded kernels ----------------------------------------------
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_gpu_every_plan_within_the_device_limits(fusion):
+    _gpu_or_skip()
+    from harness.cuda_launch import device_limits, kernel_facts
+
+    limits = device_limits()
+    assert limits.shared_per_block_optin >= limits.shared_per_block >= 48 * 1024 and limits.sm_count >= 1
+    m = _impl_module(fusion)
+    module = m.load_module()
+    facts = {k: kernel_facts(module.get_function(k)) for k in m.KERNELS}
+    assert all(f.registers and f.max_threads for f in facts.values()), facts
+    _largest_dynamic_smem(fusion, limits, facts)
