@@ -264,6 +264,39 @@ def test_every_plan_within_h200_limits(fusion):
     assert max(largest.values()) == LARGEST_DYNAMIC_SMEM.get(fusion, 0), largest
 
 
+def plan_of_case(fusion: str, p: dict, dtype: str) -> Plan:
+    """The launch plan prepare() makes for a case's parameters (16-byte aligned buffers)."""
+    m = _impl_module(fusion)
+    heads = (p.get("n_heads"), p.get("n_kv_heads"), p.get("head_dim"))
+    args = {
+        "add_rmsnorm": (p.get("M"), p.get("H")),
+        "rmsnorm_gemm": (p.get("M"), p.get("H"), p.get("N")),
+        "rmsnorm_qkv_rope": (p.get("M"), p.get("H"), *heads),
+        "gemm_swiglu": (p.get("M"), p.get("H"), p.get("I")),
+        "swiglu_ffn": (p.get("M"), p.get("H"), p.get("I")),
+        "attn_score_softmax": (p.get("B"), p.get("n_heads"), p.get("S")),
+        "attention_prefill": (p.get("B"), p.get("n_heads"), p.get("S"), p.get("head_dim")),
+        "decode_attention": (p.get("B"), p.get("T"), p.get("n_heads"), p.get("n_kv_heads"), p.get("head_dim")),
+    }[fusion]
+    return m.launch_plan(*args, dtype)
+
+
+def test_every_shipped_case_within_h200_limits(registry):
+    from harness.cases import load_cases
+
+    cases = [c for c in load_cases(registry) if c.fusion in FUSIONS]
+    assert {c.fusion for c in cases} == set(FUSIONS)
+    for c in cases:
+        for dtype in c.dtypes:
+            plan = plan_of_case(c.fusion, c.params, dtype)
+            assert plan.launches, (c.id, dtype)
+            check(plan, H200, None, f"{c.fusion} {c.id} {dtype}")
+    for dtype in DTYPES:   # Llama-3.1-405B's residual add and norm: a 64 KiB row, with the opt-in
+        add = next(c for c in cases if c.id == "llama3_1_405b.decode" and c.fusion == "add_rmsnorm")
+        (launch,) = plan_of_case("add_rmsnorm", add.params, dtype).launches
+        assert launch.smem == 65536 and needs_opt_in(launch, H200)
+
+
 def test_add_rmsnorm_keeps_405b_rows_on_chip_with_the_opt_in():
     m = _impl_module("add_rmsnorm")
     for dtype in DTYPES:
