@@ -123,6 +123,33 @@ def test_bind_refuses_a_plan_before_anything_is_launched():
         bind(_Module(k=_Function()), _plan(Launch("k", (1,), (256,)), Launch("k", (1,), (256,))), [()], H200)
 
 
+def test_device_limits_read_from_the_runtime_and_h200_where_it_says_nothing(monkeypatch):
+    """device_limits() asks cudaDeviceGetAttribute for each limit (here a fake runtime that
+    knows an sm_80-like device but not the reserved shared memory) and keeps H200's figure
+    for any it does not get."""
+    import sys
+    import types
+
+    from harness import cuda_launch
+
+    said = {"cudaDevAttrMultiProcessorCount": 108, "cudaDevAttrMaxThreadsPerBlock": 1024,
+            "cudaDevAttrMaxBlockDimX": 1024, "cudaDevAttrMaxBlockDimY": 1024, "cudaDevAttrMaxBlockDimZ": 64,
+            "cudaDevAttrMaxGridDimX": 2**31 - 1, "cudaDevAttrMaxGridDimY": 65535, "cudaDevAttrMaxGridDimZ": 65535,
+            "cudaDevAttrMaxSharedMemoryPerBlock": 49152, "cudaDevAttrMaxSharedMemoryPerBlockOptin": 166912,
+            "cudaDevAttrMaxSharedMemoryPerMultiprocessor": 167936, "cudaDevAttrMaxRegistersPerBlock": 65536}
+    names = {k: k for k in [*said, "cudaDevAttrReservedSharedMemoryPerBlock"]}   # the last one: an error
+    runtime = types.SimpleNamespace(getDevice=lambda: 3, getDeviceProperties=lambda dev: {"name": b"Fake A100"},
+                                    deviceGetAttribute=lambda code, dev: said[code], **names)
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(runtime=runtime)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(cuda_launch, "_LIMITS_BY_DEVICE", {})
+    limits = cuda_launch.device_limits()
+    assert limits == replace(H200, name="Fake A100", sm_count=108, shared_per_block_optin=166912,
+                             shared_per_sm=167936)
+    assert cuda_launch.device_limits() is limits                 # asked once per device
+
+
 # ---- every plan, at every size ------------------------------------------------------------------
 def span(upper: int, *models: int) -> list[int]:
     """Awkward and round sizes from 1 to `upper`: small ones, every power of two and its
