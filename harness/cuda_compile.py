@@ -2,7 +2,10 @@
 
 `compile_cuda_source(path) -> (ok, log)` compiles one .cu file to PTX for sm_90;
 `compile_to_ptx(...)` returns the PTX too, so that callers can check which kernels it
-defines (`ptx_entries`). `cuda_sources()` lists every `impls/*/*.cu`.
+defines (`ptx_entries`) and the most threads each accepts (`ptx_max_threads`, from
+__launch_bounds__). `ptxas_usage(...)` compiles to a sm_90 cubin with `-Xptxas -v` and
+returns each kernel's registers and static shared memory as ptxas reports them.
+`cuda_sources()` lists every `impls/*/*.cu`.
 
 Neither path needs a GPU or a driver: nvcc runs `nvcc --ptx -arch=sm_90`, NVRTC (from
 `pip install 'fusebench[nvrtc]'`: cuda-toolkit[nvrtc] + cuda-bindings) compiles with
@@ -24,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from harness.splice import spliced_source
 
@@ -62,6 +66,37 @@ def ptx_entries(ptx: str) -> set[str]:
     return set(re.findall(r"\.entry\s+([A-Za-z_$][\w$]*)\s*\(", ptx))
 
 
+def ptx_max_threads(ptx: str) -> dict[str, int]:
+    """Kernel name -> the most threads per block it may be launched with (`.maxntid x, y, z`
+    from __launch_bounds__), for the kernels that declare one."""
+    found = re.findall(r"\.entry\s+([A-Za-z_$][\w$]*)\s*\([^)]*\)\s*\.maxntid\s+(\d+)\s*,\s*(\d+)\s*,\s*(\d+)", ptx)
+    return {name: int(x) * int(y) * int(z) for name, x, y, z in found}
+
+
+class PtxasUsage(NamedTuple):
+    """What ptxas says one kernel needs: registers per thread, static shared memory (bytes)."""
+
+    registers: int
+    static_smem: int
+
+
+def parse_ptxas_log(log: str) -> dict[str, PtxasUsage]:
+    """Kernel name -> PtxasUsage from the `-Xptxas -v` lines ("Compiling entry function 'k'"
+    then "Used 40 registers, used 1 barriers, 32 bytes smem")."""
+    out, current = {}, None
+    for line in log.splitlines():
+        entry = re.search(r"Compiling entry function '([^']+)'", line)
+        if entry:
+            current = entry.group(1)
+            continue
+        used = re.search(r"Used (\d+) registers", line)
+        if used and current:
+            smem = re.search(r"(\d+) bytes smem", line)
+            out[current] = PtxasUsage(int(used.group(1)), int(smem.group(1)) if smem else 0)
+            current = None
+    return out
+
+
 def nvcc_path() -> str | None:
     return shutil.which("nvcc")
 
@@ -96,27 +131,31 @@ def _cudart_include() -> str | None:
         return None
 
 
-def _compile_nvcc(source: str, name: str) -> CompileResult:
+def _compile_nvcc(source: str, name: str, cubin: bool = False) -> CompileResult:
+    """PTX (ptx empty when `cubin`: a sm_90 cubin with ptxas's resource lines in the log)."""
     nvcc = nvcc_path()
     with tempfile.TemporaryDirectory(prefix="fusebench-nvcc-") as tmp:
         src = Path(tmp) / (Path(name).stem + ".cu")
-        out = Path(tmp) / "out.ptx"
+        out = Path(tmp) / ("out.cubin" if cubin else "out.ptx")
         src.write_text(source)
-        cmd = [nvcc, "--ptx", f"-arch=sm_{ARCH}", "-std=c++17", "-o", str(out), str(src)]
+        mode = ["--cubin", "-Xptxas", "-v"] if cubin else ["--ptx"]
+        cmd = [nvcc, *mode, f"-arch=sm_{ARCH}", "-std=c++17", "-o", str(out), str(src)]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True)
         dt = time.perf_counter() - t0
         log = (p.stdout + p.stderr).replace(str(src), name).strip()
         if p.returncode != 0 or not out.exists():
             return CompileResult(False, log or f"nvcc exited with {p.returncode}", "", "nvcc", dt)
-        return CompileResult(True, log, out.read_text(), "nvcc", dt)
+        return CompileResult(True, log, "" if cubin else out.read_text(), "nvcc", dt)
 
 
-def _compile_nvrtc(source: str, name: str) -> CompileResult:
+def _compile_nvrtc(source: str, name: str, cubin: bool = False) -> CompileResult:
+    """PTX (ptx empty when `cubin`: a sm_90 cubin with ptxas's resource lines in the log)."""
     from cuda.bindings import nvrtc
 
     ok_code = nvrtc.nvrtcResult.NVRTC_SUCCESS
-    opts = [f"-arch=compute_{ARCH}".encode(), b"-std=c++17"]
+    opts = [f"-arch=sm_{ARCH}".encode(), b"-Xptxas", b"-v"] if cubin else [f"-arch=compute_{ARCH}".encode()]
+    opts.append(b"-std=c++17")
     inc = _cudart_include()
     if inc:
         opts.append(f"-I{inc}".encode())
@@ -136,6 +175,8 @@ def _compile_nvrtc(source: str, name: str) -> CompileResult:
         log_s = log.rstrip(b"\x00").decode(errors="replace").strip()
         if cerr != ok_code:
             return CompileResult(False, log_s or f"nvrtcCompileProgram: {cerr}", "", "nvrtc", dt)
+        if cubin:
+            return CompileResult(True, log_s, "", "nvrtc", dt)
         err, size = nvrtc.nvrtcGetPTXSize(prog)
         if err != ok_code:
             return CompileResult(False, f"nvrtcGetPTXSize: {err}", "", "nvrtc", dt)
@@ -148,9 +189,12 @@ def _compile_nvrtc(source: str, name: str) -> CompileResult:
         nvrtc.nvrtcDestroyProgram(prog)
 
 
-def compile_to_ptx(source: str, name: str = "source.cu", compiler: str | None = None) -> CompileResult:
+def compile_to_ptx(source: str, name: str = "source.cu", compiler: str | None = None,
+                   cubin: bool = False) -> CompileResult:
     """Compile CUDA C++ text to PTX for sm_90. `compiler`: "nvcc", "nvrtc" or None (nvcc
-    when on PATH, else NVRTC). Never raises for a bad source: ok=False with the log."""
+    when on PATH, else NVRTC). Never raises for a bad source: ok=False with the log.
+    `cubin`: compile to a sm_90 cubin through ptxas instead, `-Xptxas -v`: no PTX, ptxas's
+    resource report in the log (parse_ptxas_log)."""
     if compiler is None:
         found = available_compilers()
         if not found:
@@ -159,13 +203,13 @@ def compile_to_ptx(source: str, name: str = "source.cu", compiler: str | None = 
     if compiler == "nvcc":
         if not nvcc_path():
             return CompileResult(False, "nvcc is not on PATH", compiler="nvcc")
-        return _compile_nvcc(source, name)
+        return _compile_nvcc(source, name, cubin)
     if compiler == "nvrtc":
         ok, why = nvrtc_available()
         if not ok:
             return CompileResult(False, f"NVRTC is unavailable ({why}); pip install 'fusebench[nvrtc]'",
                                  compiler="nvrtc")
-        return _compile_nvrtc(source, name)
+        return _compile_nvrtc(source, name, cubin)
     raise ValueError(f"unknown compiler {compiler!r}; expected one of {COMPILERS}")
 
 
@@ -174,6 +218,14 @@ def compile_cuda_source(path, compiler: str | None = None) -> tuple[bool, str]:
     path = Path(path)
     r = compile_to_ptx(cuda_source(path), path.name, compiler)
     return r.ok, r.log
+
+
+def ptxas_usage(path, compiler: str | None = None) -> tuple[CompileResult, dict[str, PtxasUsage]]:
+    """One .cu file compiled to a sm_90 cubin with `-Xptxas -v`: the result (ok, log) and each
+    kernel's registers and static shared memory as ptxas reports them."""
+    path = Path(path)
+    r = compile_to_ptx(cuda_source(path), path.name, compiler, cubin=True)
+    return r, parse_ptxas_log(r.log) if r.ok else {}
 
 
 def check_entries(path, expected, compiler: str | None = None) -> tuple[bool, str]:

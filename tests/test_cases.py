@@ -25,6 +25,21 @@ def test_shipped_cases_load(registry):
     assert select(cases, suite="smoke") and all("smoke" in c.suites for c in select(cases, suite="smoke"))
 
 
+def test_llama3_1_405b_cases_from_its_config_in_the_full_suite_only(registry):
+    """hidden 16384, intermediate 53248, 128 q and 8 kv heads of 128, rope_theta 500000, eps
+    1e-5; decode (M = 1) of every block fusion and decode attention against 131072 keys."""
+    cases = {c.fusion: c for c in load_cases(registry) if c.model == "Llama-3.1-405B"}
+    assert set(cases) == {"rmsnorm_gemm", "add_rmsnorm", "rmsnorm_qkv_rope", "gemm_swiglu", "swiglu_ffn",
+                          "decode_attention"}
+    assert all(c.suites == ("full",) and c.id.startswith("llama3_1_405b.") for c in cases.values())
+    heads = {"n_heads": 128, "n_kv_heads": 8, "head_dim": 128}
+    assert cases["rmsnorm_gemm"].params == {"M": 1, "H": 16384, "N": 128 * 128 + 2 * 8 * 128, "eps": 1e-5}
+    assert cases["add_rmsnorm"].params == {"M": 1, "H": 16384, "eps": 1e-5}
+    assert cases["rmsnorm_qkv_rope"].params == {"M": 1, "H": 16384, **heads, "eps": 1e-5, "theta": 500000.0}
+    assert cases["gemm_swiglu"].params == cases["swiglu_ffn"].params == {"M": 1, "H": 16384, "I": 53248}
+    assert cases["decode_attention"].params == {"B": 1, "T": 131072, **heads}
+
+
 @pytest.mark.parametrize("text, line, words", [
     ("[[case]\nfusion = 'x'", 1, "TOML syntax error"),
     (GOOD.replace('"rmsnorm_gemm"', '"no_such"'), 2, "unknown fusion 'no_such'"),

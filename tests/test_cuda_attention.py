@@ -83,14 +83,17 @@ def test_plans_name_only_defined_kernels():
     sc, ap, da = (_impl_module(f) for f in FUSIONS)
     for dtype in DTYPES:
         for d in (1, 4, 17, 64, 65, 80, 96, 128, 129, 256):
-            (name, grid, block), = ap.launch_plan(2, 3, 70, d, dtype)
-            assert name in ap.KERNELS and grid == (2, 6) and block == (256,)
+            (launch,) = ap.launch_plan(2, 3, 70, d, dtype).launches
+            name, grid, block = launch.kernel, launch.grid, launch.block
+            assert name in ap.KERNELS and grid == (2, 6) and block == (256,) and launch.smem == 0
             assert int(name.split("_d")[1].split("_")[0]) >= d
-        (name, grid, _), = sc.launch_plan(1, 70000, 5, dtype)
-        assert name in sc.KERNELS and grid == (1, 65535)
+        (launch,) = sc.launch_plan(1, 70000, 5, dtype).launches
+        assert launch.kernel in sc.KERNELS and launch.grid == (1, 65535)
+        assert sc.launch_plan(0, 3, 70, dtype).launches == ()   # nothing to launch for an empty p
         for g in (1, 2, 3, 4, 5, 7, 8, 9, 16):
-            vec, nsplit, G, plan = da.launch_plan(2, 4096, 2 * g, 2, 128, dtype)
-            assert all(p[0] in da.KERNELS for p in plan)
+            p = da.launch_plan(2, 4096, 2 * g, 2, 128, dtype)
+            nsplit, G, plan = p.switches["nsplit"], p.switches["G"], p.launches
+            assert all(launch.kernel in da.KERNELS for launch in plan)
             assert G == next((x for x in (1, 2, 4, 8) if x >= g), 8)
             assert plan[0][1] == (nsplit, 2 * 2 * -(-g // G))
             assert len(plan) == (2 if nsplit > 1 else 1)
@@ -113,12 +116,12 @@ def test_decode_split_rule():
                 n = da.choose_splits(rows, T, 132, bps)
                 assert 1 <= n <= da.MAX_SPLITS and (n == 1 or T / n >= da.SPLIT_MIN_KEYS / 2)
                 assert n == da.MAX_SPLITS or n * rows >= min(da.WAVES * bps * 132, rows * -(-T // 128))
-    vec, nsplit, G, plan = da.launch_plan(1, 4096, 32, 8, 128, "float16")
-    assert (vec, nsplit, G) == (1, 32, 4)
-    assert plan == [("decode_attention_split_g4_f16", (32, 8), (128,)),
-                    ("decode_attention_combine_f16", (32,), (128,))]
-    assert da.launch_plan(1, 4096, 32, 8, 17, "float16")[0] == 0            # 17 % 8: scalar loads
-    assert da.launch_plan(1, 4096, 32, 8, 128, "float32", aligned=False)[0] == 0
+    p = da.launch_plan(1, 4096, 32, 8, 128, "float16")
+    assert p.switches == {"vec": 1, "nsplit": 32, "G": 4}
+    assert p.launches == (("decode_attention_split_g4_f16", (32, 8), (128,), 0, 0),
+                          ("decode_attention_combine_f16", (32,), (128,), 0, 0))
+    assert da.launch_plan(1, 4096, 32, 8, 17, "float16").switches["vec"] == 0       # 17 % 8: scalar loads
+    assert da.launch_plan(1, 4096, 32, 8, 128, "float32", aligned=False).switches["vec"] == 0
 
 
 # ---- emulation helpers -----------------------------------------------------------------------
@@ -244,7 +247,7 @@ def emulate_score_softmax(inputs, dtype, attrs, cap=None):
     B, Hq, S, d = inputs["q"].shape
     Hkv = inputs["k"].shape[1]
     g, scale = Hq // Hkv, attrs["scale"]
-    (name, grid, block), = mod.launch_plan(B, Hq, S, dtype)
+    (name, grid, block, _, _), = mod.launch_plan(B, Hq, S, dtype).launches
     assert block == (t.THREADS,)
     if cap:
         grid = (grid[0], min(grid[1], cap))
@@ -319,7 +322,7 @@ def emulate_prefill(inputs, dtype, attrs, cap=None):
     B, Hq, S, d = inputs["q"].shape
     Hkv = inputs["k"].shape[1]
     g, scale = Hq // Hkv, attrs["scale"]
-    (name, grid, block), = mod.launch_plan(B, Hq, S, d, dtype)
+    (name, grid, block, _, _), = mod.launch_plan(B, Hq, S, d, dtype).launches
     DMAX = int(name.split("_d")[1].split("_")[0])
     assert DMAX >= d and DMAX % 16 == 0
     if cap:
@@ -419,7 +422,9 @@ def emulate_decode(inputs, dtype, attrs, nsplit=None, aligned=True, cap=None):
     Hkv, T = inputs["k"].shape[1:3]
     lens = np.asarray(inputs["lens"], dtype=np.int64)
     scale = attrs["scale"]
-    vec, nsplit, G, plan = mod.launch_plan(B, T, Hq, Hkv, d, dtype, aligned, nsplit=nsplit)
+    chosen = mod.launch_plan(B, T, Hq, Hkv, d, dtype, aligned, nsplit=nsplit)
+    vec, nsplit, G = (chosen.switches[k] for k in ("vec", "nsplit", "G"))
+    plan = chosen.launches
     q, k, v = (In(inputs[n], dtype) for n in ("q", "k", "v"))
     VEC = q.vec
     NCH = DMAX // (32 * VEC)
@@ -451,7 +456,7 @@ def emulate_decode(inputs, dtype, attrs, nsplit=None, aligned=True, cap=None):
             out[ok] = mem.load(idx[ok])
         return out
 
-    name, grid, block = plan[0]
+    name, grid, block = plan[0][:3]
     assert block == (THREADS,) and name.startswith(f"decode_attention_split_g{G}_")
     if cap:
         grid = (grid[0], min(grid[1], cap))
@@ -543,7 +548,7 @@ def emulate_decode(inputs, dtype, attrs, nsplit=None, aligned=True, cap=None):
     if nsplit > 1:
         for name_, scr in (("pm", pm), ("pl", pl), ("pacc", pacc)):
             scr.once(name_)
-        name, grid, block = plan[1]
+        name, grid, block = plan[1][:3]
         CT = defs["FB_DA_COMBINE_THREADS"]
         assert block == (CT,) and name.startswith("decode_attention_combine_")
         if cap:

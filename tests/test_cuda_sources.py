@@ -376,10 +376,12 @@ def emulate(inputs, dtype, eps, grid_y_cap=None, aligned=True):
     mod = _impl_module("rmsnorm_gemm")
     M, H = inputs["x"].shape
     N = inputs["w"].shape[0]
-    vec, plan = mod.launch_plan(M, H, N, dtype, aligned)
+    chosen = mod.launch_plan(M, H, N, dtype, aligned)
+    vec, plan = chosen.switches["vec"], chosen.launches
     x, g, w = (Mem(inputs[k], dtype) for k in ("x", "gamma", "w"))
     y = Out(M * N)
-    for name, grid, block in plan:
+    for name, grid, block, smem, _ in plan:
+        assert smem == 0
         if grid_y_cap and len(grid) == 2:
             grid = (grid[0], min(grid[1], grid_y_cap))
         if "_gemv_" in name:
@@ -605,8 +607,7 @@ def test_new_launch_constants_match_sources():
     m, d = _impl_module("rmsnorm_qkv_rope"), _defines(NEW_CU["rmsnorm_qkv_rope"])
     assert m.RMS_THREADS == d["FB_RMS_THREADS"] and m.RMS_ROWS_PER_BLOCK == d["FB_RMS_THREADS"] // 32
     m, d = _impl_module("add_rmsnorm"), _defines(NEW_CU["add_rmsnorm"])
-    assert m.THREADS == d["FB_ADD_THREADS"] and m.CACHE_MAX == d["FB_ADD_CACHE_MAX"]
-    assert 4 * m.CACHE_MAX <= 48 * 1024  # dynamic shared memory without an opt-in
+    assert m.THREADS == d["FB_ADD_THREADS"] and m.STATIC_SMEM == 4 * (d["FB_ADD_THREADS"] // 32)  # red[FB_ADD_WARPS]
 
 
 class VOut(Out):
@@ -876,14 +877,16 @@ def emulate_qkv(inputs, dtype, attrs, cap=None, aligned=True):
     d = _defines(NEW_CU["rmsnorm_qkv_rope"])
     nh, nkv, hd = attrs["n_heads"], attrs["n_kv_heads"], attrs["head_dim"]
     M, H = inputs["x"].shape
-    vec, plan = mod.launch_plan(M, H, nh, nkv, hd, dtype, aligned)
+    chosen = mod.launch_plan(M, H, nh, nkv, hd, dtype, aligned)
+    vec, plan = chosen.switches["vec"], chosen.launches
     x, g, w = (Mem(inputs[k], dtype) for k in ("x", "gamma", "w"))
     pos = np.asarray(inputs["pos"], dtype=np.int32)
     q, k, v = Out(M * nh * hd), Out(M * nkv * hd), Out(M * nkv * hd)
     pr = QkvPairs(w, pos, q, k, v, H, nh, nkv, hd, attrs["theta"])
     P = (nh + 2 * nkv) * (hd // 2)
     inv = None
-    for name, grid, block in plan:
+    for name, grid, block, smem, _ in plan:
+        assert smem == 0
         grid = _cap(grid, cap)
         if "_gemv_" in name:
             emulate_pair_gemv(d, NormRow(x, g, H, attrs["eps"]), pr, M, H, P, vec, x.vec, grid)
@@ -930,10 +933,11 @@ def emulate_gemm_swiglu(inputs, dtype, cap=None, aligned=True):
     d = _defines(NEW_CU["gemm_swiglu"])
     M, H = inputs["x"].shape
     I = inputs["w_gate"].shape[0]
-    vec, plan = mod.launch_plan(M, H, I, dtype, aligned)
+    chosen = mod.launch_plan(M, H, I, dtype, aligned)
+    vec, plan = chosen.switches["vec"], chosen.launches
     x, wg, wu = (Mem(inputs[k], dtype) for k in ("x", "w_gate", "w_up"))
     y = Out(M * I)
-    (name, grid, _), = plan
+    (name, grid, _, _, _), = plan
     grid = _cap(grid, cap)
     pr = SwigluPairs(wg, wu, y, H, I)
     if "_gemv_" in name:
@@ -1028,19 +1032,24 @@ def emulate_onchip(d, x, wg, wu, wd, act, y, H, I, G):
 
 
 def emulate_swiglu_ffn(inputs, dtype, cap=None, aligned=True, sms=132):
+    from dataclasses import replace
+
+    from harness.cuda_launch import H200
+
     mod = _impl_module("swiglu_ffn")
     d = _defines(NEW_CU["swiglu_ffn"])
     M, H = inputs["x"].shape
     I = inputs["w_gate"].shape[0]
-    (vec_up, vec_down), plan = mod.launch_plan(M, H, I, dtype, aligned, sms)
+    chosen = mod.launch_plan(M, H, I, dtype, aligned, replace(H200, sm_count=sms))
+    (vec_up, vec_down), plan = (chosen.switches["vec_up"], chosen.switches["vec_down"]), chosen.launches
     x, wg, wu, wd = (Mem(inputs[k], dtype) for k in ("x", "w_gate", "w_up", "w_down"))
     act, y = Out(M * I), Out(M * H)
     if len(plan) == 1:
-        (name, grid, block), = plan
+        (name, grid, block, _, _), = plan
         assert "_onchip_" in name and block == (d["FB_ONCHIP_THREADS"],)
         emulate_onchip(d, x, wg, wu, wd, act, y, H, I, grid[0])
         return act, y, (vec_up, vec_down), plan
-    (up, g_up, _), (down, g_down, _) = plan
+    (up, g_up, *_), (down, g_down, *_) = plan
     pr_up = SwigluPairs(wg, wu, act, H, I)
     if "_gemv_" in up:
         emulate_pair_gemv(d, PlainRow(x, H), pr_up, M, H, I, vec_up, x.vec, _cap(g_up, cap))
@@ -1098,7 +1107,7 @@ def test_onchip_plan_only_where_it_applies():
     assert (mod.ONCHIP_THREADS, mod.ONCHIP_UNIT, mod.ONCHIP_MAX_UNITS, mod.ONCHIP_MAX_H) == tuple(
         d[k] for k in ("FB_ONCHIP_THREADS", "FB_ONCHIP_UNIT", "FB_ONCHIP_MAX_UNITS", "FB_ONCHIP_MAX_H"))
     assert 4 * (d["FB_ONCHIP_MAX_H"] + d["FB_ONCHIP_UNIT"] * d["FB_ONCHIP_MAX_UNITS"]) + 4 <= 48 * 1024
-    one = lambda *a, **k: [name for name, _, _ in mod.launch_plan(*a, **k)[1]]
+    one = lambda *a, **k: mod.launch_plan(*a, **k).kernels
     assert one(1, 4096, 14336, "bfloat16") == ["swiglu_ffn_onchip_bf16"]       # Llama-3-8B decode
     assert one(8, 4096, 14336, "bfloat16")[0] == "swiglu_ffn_gemv_up_bf16"     # M = 8: two kernels
     assert one(1, 4096 + 4, 14336, "bfloat16")[0] == "swiglu_ffn_gemv_up_bf16"  # H % 8 != 0
@@ -1125,19 +1134,24 @@ def test_emulated_swiglu_ffn_indexing(M, H, I, dtype, cap):
 
 
 # ---- add_rmsnorm ----------------------------------------------------------------------------
-def emulate_add_rmsnorm(inputs, dtype, eps, cap=None, aligned=True):
+def emulate_add_rmsnorm(inputs, dtype, eps, cap=None, aligned=True, limits=None):
+    from harness.cuda_launch import H200, check
+
+    limits = limits or H200
     mod = _impl_module("add_rmsnorm")
     d = _defines(NEW_CU["add_rmsnorm"])
     THREADS = d["FB_ADD_THREADS"]
     M, H = inputs["x"].shape
-    vec, cache, smem, plan = mod.launch_plan(M, H, dtype, aligned)
-    (name, grid, block), = plan
+    chosen = mod.launch_plan(M, H, dtype, aligned, limits)
+    check(chosen, limits)
+    vec, cache = chosen.switches["vec"], chosen.switches["cache"]
+    (name, grid, block, smem, _), = chosen.launches
     if cap:
         grid = (min(grid[0], cap),)
     x, r, g = (Mem(inputs[k], dtype) for k in ("x", "residual", "gamma"))
     VEC = x.vec
     h, y = VOut(M * H), VOut(M * H)
-    assert smem == (4 * H if cache else 0) and smem <= 48 * 1024
+    assert smem == (4 * H if cache else 0)
     for bx in range(grid[0]):
         hs = np.full(smem // 4, np.nan)
         owner = np.full(smem // 4, -1)
@@ -1190,26 +1204,40 @@ def emulate_add_rmsnorm(inputs, dtype, eps, cap=None, aligned=True):
     return h, y, vec, cache
 
 
+def _small_shared_device():
+    """H200's limits with 192 bytes of shared memory per block: add_rmsnorm caches rows up to
+    H = 40 there, so the recompute path can be emulated on small rows."""
+    from dataclasses import replace
+
+    from harness.cuda_launch import H200
+
+    return replace(H200, name="a device with 192 bytes of shared memory a block", shared_per_block=192,
+                   shared_per_block_optin=192)
+
+
 ADD_EMU_CASES = [
-    # (M, H, dtype, grid cap)
-    (1, 8, "float16", None),
-    (3, 12, "float32", None),
-    (2, 13, "bfloat16", None),              # scalar
-    (5, 24, "bfloat16", 2),                 # vec, blocks loop over rows
-    (4, 100, "float32", 3),
-    (1, 12288, "float32", None),            # h cached in exactly 48 KiB
-    (2, 12288 + 8, "float16", None),        # too wide to cache: pass 2 recomputes h
-    (2, 12288 + 1, "float32", None),        # too wide, scalar
+    # (M, H, dtype, grid cap, h kept in shared memory, on a device with little shared memory)
+    (1, 8, "float16", None, True, False),
+    (3, 12, "float32", None, True, False),
+    (2, 13, "bfloat16", None, True, False),      # scalar
+    (5, 24, "bfloat16", 2, True, False),         # vec, blocks loop over rows
+    (4, 100, "float32", 3, True, False),
+    (1, 12288, "float32", None, True, False),    # 48 KiB of h + 32 static bytes: the opt-in
+    (2, 16384, "float16", None, True, False),    # Llama-3.1-405B's hidden size: 64 KiB, the opt-in
+    (1, 28920 + 1, "float32", None, False, False),  # two blocks no longer fit an SM: recompute, scalar
+    (2, 40, "float32", None, True, True),        # exactly the small device's 192 bytes
+    (2, 48, "float16", None, False, True),       # too wide to cache: pass 2 recomputes h, vec
+    (3, 41, "float32", 2, False, True),          # too wide, scalar, blocks loop over rows
 ]
 
 
-@pytest.mark.parametrize("M,H,dtype,cap", ADD_EMU_CASES)
-def test_emulated_add_rmsnorm_indexing(M, H, dtype, cap):
+@pytest.mark.parametrize("M,H,dtype,cap,cached,small", ADD_EMU_CASES)
+def test_emulated_add_rmsnorm_indexing(M, H, dtype, cap, cached, small):
     from impls.add_rmsnorm import SPEC
 
     inputs = SPEC.make_inputs({"M": M, "H": H}, dtype, seed=M + H)
-    h, y, vec, cache = emulate_add_rmsnorm(inputs, dtype, 1e-5, cap)
-    assert cache == (H <= 12288)
+    h, y, vec, cache = emulate_add_rmsnorm(inputs, dtype, 1e-5, cap, limits=_small_shared_device() if small else None)
+    assert cache == cached
     _check_written_once(h=h, y=y)
     ref = _ref("add_rmsnorm", inputs, {"eps": 1e-5})
     _close(h.v, ref["h"])
@@ -1218,30 +1246,30 @@ def test_emulated_add_rmsnorm_indexing(M, H, dtype, cap):
 
 def test_new_unaligned_pointers_use_scalar_loads():
     m = _impl_module("gemm_swiglu")
-    assert m.launch_plan(2, 16, 8, "float32", aligned=False)[0] == 0
+    assert m.launch_plan(2, 16, 8, "float32", aligned=False).switches == {"vec": 0}
     m = _impl_module("rmsnorm_qkv_rope")
-    assert m.launch_plan(2, 16, 2, 1, 4, "float16", aligned=False)[0] == 0
+    assert m.launch_plan(2, 16, 2, 1, 4, "float16", aligned=False).switches == {"vec": 0}
     m = _impl_module("swiglu_ffn")
-    assert m.launch_plan(2, 16, 8, "float32", aligned=False)[0] == (0, 0)
+    assert m.launch_plan(2, 16, 8, "float32", aligned=False).switches == {"vec_up": 0, "vec_down": 0}
     m = _impl_module("add_rmsnorm")
-    assert m.launch_plan(2, 16, "float32", aligned=False)[0] == 0
+    assert m.launch_plan(2, 16, "float32", aligned=False).switches["vec"] == 0
 
 
 def test_emulated_gemv_down_uses_whole_chain():
     """Decode of swiglu_ffn: one launch at M = 1 (the onchip kernel, 896 units of 16 over 132
     blocks), two at M = 8 and no third (no host work between them)."""
     m = _impl_module("swiglu_ffn")
-    _, plan = m.launch_plan(1, 4096, 14336, "bfloat16")
-    assert [p[0] for p in plan] == ["swiglu_ffn_onchip_bf16"] and plan[0][1] == (132,)
-    _, plan = m.launch_plan(8, 4096, 14336, "bfloat16")
-    assert [p[0] for p in plan] == ["swiglu_ffn_gemv_up_bf16", "swiglu_ffn_gemv_down_bf16"]
-    assert plan[0][1] == (14336 // 8, 8) and plan[1][1] == (4096 // 2 // 8, 8)
+    plan = m.launch_plan(1, 4096, 14336, "bfloat16")
+    assert plan.kernels == ["swiglu_ffn_onchip_bf16"] and plan.launches[0].grid == (132,)
+    plan = m.launch_plan(8, 4096, 14336, "bfloat16")
+    assert plan.kernels == ["swiglu_ffn_gemv_up_bf16", "swiglu_ffn_gemv_down_bf16"]
+    assert plan.launches[0].grid == (14336 // 8, 8) and plan.launches[1].grid == (4096 // 2 // 8, 8)
 
 
 # ---- GPU tests for the new fusions (skipped without a usable device) -------------------------
 NEW_GPU_CASES = {
     "add_rmsnorm": [{"M": 1, "H": 4096}, {"M": 3, "H": 13}, {"M": 8, "H": 12289}, {"M": 130, "H": 4097},
-                    {"M": 5, "H": 12288}],
+                    {"M": 5, "H": 12288}, {"M": 3, "H": 16384}, {"M": 2, "H": 28921}, {"M": 2, "H": 28928}],
     "rmsnorm_qkv_rope": [
         {"M": 1, "H": 4096, "n_heads": 32, "n_kv_heads": 8, "head_dim": 128},
         {"M": 3, "H": 130, "n_heads": 4, "n_kv_heads": 2, "head_dim": 6},

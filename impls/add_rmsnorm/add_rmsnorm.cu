@@ -7,15 +7,18 @@
 // bit operations (round to nearest even). One kernel per storage dtype:
 //
 //   add_rmsnorm_{f32,f16,bf16}   grid min(M, 65535) (blocks loop over rows), 256 threads,
-//                                dynamic shared memory H floats when `cache` (H <= 12288),
-//                                else none. Pass 1 reads x and residual once (16-byte loads
-//                                when `vec`), forms h in float32, writes h, keeps the float32
-//                                h in shared memory and sums h^2; a block reduction gives the
-//                                inverse RMS; pass 2 reads h back from shared memory (each
-//                                thread only the slots it wrote itself, so no barrier is
-//                                needed between rows) and writes y. Without `cache` (very wide
-//                                rows) pass 2 recomputes h = x + residual from global memory
-//                                (an L2 hit: the row was just read), which gives the same value.
+//                                dynamic shared memory H floats when `cache`, else none (the
+//                                launch plan in cuda.py decides: while the row leaves two
+//                                blocks resident per multiprocessor, opting in above 48 KiB).
+//                                Pass 1 reads x and residual once (16-byte loads when `vec`),
+//                                forms h in float32, writes h, keeps the float32 h in shared
+//                                memory and sums h^2; a block reduction gives the inverse RMS;
+//                                pass 2 reads h back from shared memory (each thread only the
+//                                slots it wrote itself, so no barrier is needed between rows)
+//                                and writes y. Without `cache` (very wide rows) pass 2
+//                                recomputes h = x + residual from global memory (an L2 hit
+//                                when the rows in flight fit in L2), which gives the same value.
+//                                Static shared memory: red[FB_ADD_WARPS] floats (32 bytes).
 //
 // y is computed from the float32 h, not from h rounded to the storage dtype: one rounding
 // per output.
@@ -23,7 +26,6 @@
 
 #define FB_ADD_THREADS 256
 #define FB_ADD_WARPS (FB_ADD_THREADS / 32)
-#define FB_ADD_CACHE_MAX 12288                  // floats of h kept in shared memory (48 KiB)
 
 template <class D>
 __device__ __forceinline__ void fb_add_rmsnorm(const typename D::T* __restrict__ x,
@@ -34,7 +36,7 @@ __device__ __forceinline__ void fb_add_rmsnorm(const typename D::T* __restrict__
                                                int M, int H, float eps, int vec, int cache) {
     typedef typename D::T T;
     enum { VEC = D::VEC };
-    extern __shared__ float hs[];               // H floats when cache, else unused
+    extern __shared__ float hs[];               // H floats when cache, else none
     __shared__ float red[FB_ADD_WARPS];
     const int tid = threadIdx.x;
 

@@ -23,6 +23,7 @@ import numpy as np
 from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
 from harness.backends.cuda import SUFFIX, KernelModule, cdiv, storage_dtype
+from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("attention_prefill.cu")
@@ -37,10 +38,14 @@ MAX_GRID_Y = 65535       # FB_ATT_MAX_GRID_Y: blocks loop over heads beyond it
 load_module = KernelModule(SOURCE_PATH)
 
 
-def launch_plan(B: int, Hq: int, S: int, d: int, dtype: str) -> list:
-    """[(kernel, grid, block)]; no CuPy needed."""
+def launch_plan(B: int, Hq: int, S: int, d: int, dtype: str, limits: DeviceLimits = H200) -> Plan:
+    """Plan(launches, {}) for q: (B, Hq, S, d); no CuPy needed. No launch when o is empty.
+    Static shared memory only (up to 41.5 KiB, at DMAX = 256)."""
+    if B * Hq * S == 0:
+        return Plan(())
     dmax = next(m for m in HEAD_DIMS if d <= m)
-    return [(f"attention_prefill_d{dmax}_{SUFFIX[dtype]}", (cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)), (THREADS,))]
+    return Plan((Launch(f"attention_prefill_d{dmax}_{SUFFIX[dtype]}", (cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)),
+                        (THREADS,)),))
 
 
 class AttentionPrefillCuda(Prepared):
@@ -63,16 +68,14 @@ class AttentionPrefillCuda(Prepared):
         if B * Hq >= 2**31:
             raise ValueError("attention_prefill/cuda: B * n_heads must be below 2**31")
         self.out = {"o": cp.empty((B, Hq, S, d), dtype=storage_dtype(dtype))}
-        (name, grid, block), = launch_plan(B, Hq, S, d, dtype)
-        self.kernel, self.grid, self.block = mod.get_function(name), grid, block
-        i32 = np.int32
-        self.args = (self.q, self.k, self.v, self.out["o"], i32(B), i32(Hq), i32(Hkv), i32(S), i32(d),
-                     np.float32(attrs["scale"]))
-        self.empty = B * Hq * S == 0
+        limits = device_limits()
+        plan = launch_plan(B, Hq, S, d, dtype, limits)
+        args = (self.q, self.k, self.v, self.out["o"], np.int32(B), np.int32(Hq), np.int32(Hkv), np.int32(S),
+                np.int32(d), np.float32(attrs["scale"]))
+        self.launches = bind(mod, plan, [args], limits, "attention_prefill/cuda")
 
     def run(self):
-        if not self.empty:
-            self.kernel(self.grid, self.block, self.args)
+        self.launches.run()
 
 
 register(Implementation("attention_prefill", "cuda", "fused", "fused", AttentionPrefillCuda,

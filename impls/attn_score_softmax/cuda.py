@@ -23,6 +23,7 @@ import numpy as np
 from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
 from harness.backends.cuda import SUFFIX, KernelModule, cdiv, storage_dtype
+from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("attn_score_softmax.cu")
@@ -36,9 +37,13 @@ MAX_GRID_Y = 65535       # FB_ATT_MAX_GRID_Y: blocks loop over heads beyond it
 load_module = KernelModule(SOURCE_PATH)
 
 
-def launch_plan(B: int, Hq: int, S: int, dtype: str) -> list:
-    """[(kernel, grid, block)]; no CuPy needed."""
-    return [(f"attn_score_softmax_{SUFFIX[dtype]}", (cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)), (THREADS,))]
+def launch_plan(B: int, Hq: int, S: int, dtype: str, limits: DeviceLimits = H200) -> Plan:
+    """Plan(launches, {}) for q: (B, Hq, S, d); no CuPy needed. No launch when p is empty.
+    Static shared memory only (8.5 KiB)."""
+    if B * Hq * S == 0:
+        return Plan(())
+    return Plan((Launch(f"attn_score_softmax_{SUFFIX[dtype]}", (cdiv(S, TILE), min(B * Hq, MAX_GRID_Y)),
+                        (THREADS,)),))
 
 
 class AttnScoreSoftmaxCuda(Prepared):
@@ -61,16 +66,14 @@ class AttnScoreSoftmaxCuda(Prepared):
         if B * Hq >= 2**31:
             raise ValueError("attn_score_softmax/cuda: B * n_heads must be below 2**31")
         self.out = {"p": cp.empty((B, Hq, S, S), dtype=storage_dtype(dtype))}
-        (name, grid, block), = launch_plan(B, Hq, S, dtype)
-        self.kernel, self.grid, self.block = mod.get_function(name), grid, block
-        i32 = np.int32
-        self.args = (self.q, self.k, self.out["p"], i32(B), i32(Hq), i32(Hkv), i32(S), i32(d),
-                     np.float32(attrs["scale"]))
-        self.empty = B * Hq * S == 0
+        limits = device_limits()
+        plan = launch_plan(B, Hq, S, dtype, limits)
+        args = (self.q, self.k, self.out["p"], np.int32(B), np.int32(Hq), np.int32(Hkv), np.int32(S), np.int32(d),
+                np.float32(attrs["scale"]))
+        self.launches = bind(mod, plan, [args], limits, "attn_score_softmax/cuda")
 
     def run(self):
-        if not self.empty:
-            self.kernel(self.grid, self.block, self.args)
+        self.launches.run()
 
 
 register(Implementation("attn_score_softmax", "cuda", "fused", "fused", AttnScoreSoftmaxCuda,

@@ -32,7 +32,9 @@ import numpy as np
 
 from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.backends.cuda import DEFAULT_SM_COUNT, SUFFIX, VEC, KernelModule, cdiv, sm_count, storage_dtype
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.cuda_launch import (H200, DeviceLimits, Launch, Plan, bind, device_limits, kernel_facts,
+                                 registers_per_block)
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("decode_attention.cu")
@@ -67,8 +69,7 @@ def resident_blocks(num_regs: int) -> int:
     handed out 256 at a time per warp); DEFAULT_BLOCKS_PER_SM when num_regs is unknown (0)."""
     if num_regs <= 0:
         return DEFAULT_BLOCKS_PER_SM
-    per_warp = cdiv(num_regs * 32, 256) * 256
-    return max(1, min(REGISTERS_PER_SM // per_warp, WARPS_PER_SM) // (THREADS // 32))
+    return max(1, min(REGISTERS_PER_SM // registers_per_block(num_regs, THREADS), WARPS_PER_SM // (THREADS // 32)))
 
 
 def choose_splits(rows: int, T: int, sm_count: int, blocks_per_sm: int = DEFAULT_BLOCKS_PER_SM) -> int:
@@ -79,21 +80,26 @@ def choose_splits(rows: int, T: int, sm_count: int, blocks_per_sm: int = DEFAULT
 
 
 def launch_plan(B: int, T: int, Hq: int, Hkv: int, d: int, dtype: str, aligned: bool = True,
-                sm_count: int = DEFAULT_SM_COUNT, blocks_per_sm: int = DEFAULT_BLOCKS_PER_SM,
-                nsplit: int | None = None):
-    """(vec, nsplit, G, [(kernel, grid, block), ...]); no CuPy needed. nsplit: None for
-    choose_splits' answer."""
+                limits: DeviceLimits = H200, blocks_per_sm: int = DEFAULT_BLOCKS_PER_SM,
+                nsplit: int | None = None) -> Plan:
+    """Plan(launches, {vec, nsplit, G}) for q: (B, Hq, d), k, v: (B, Hkv, T, d); no CuPy
+    needed. nsplit: None for choose_splits' answer (sized by limits.sm_count and the split
+    kernel's resident blocks_per_sm). No launch when o is empty. Static shared memory only
+    (up to 8.3 KiB, at G = 8)."""
     sfx = SUFFIX[dtype]
     vec = int(aligned and d % VEC[dtype] == 0)
     g = Hq // Hkv
     G = head_group(g)
     rows = B * Hkv * cdiv(g, G)
     if nsplit is None:
-        nsplit = choose_splits(rows, T, sm_count, blocks_per_sm)
-    plan = [(f"decode_attention_split_g{G}_{sfx}", (nsplit, min(rows, MAX_GRID)), (THREADS,))]
+        nsplit = choose_splits(rows, T, limits.sm_count, blocks_per_sm)
+    switches = {"vec": vec, "nsplit": nsplit, "G": G}
+    if B * Hq == 0:
+        return Plan((), switches)
+    launches = [Launch(f"decode_attention_split_g{G}_{sfx}", (nsplit, min(rows, MAX_GRID)), (THREADS,))]
     if nsplit > 1:
-        plan.append((f"decode_attention_combine_{sfx}", (min(B * Hq, MAX_GRID),), (COMBINE_THREADS,)))
-    return vec, nsplit, G, plan
+        launches.append(Launch(f"decode_attention_combine_{sfx}", (min(B * Hq, MAX_GRID),), (COMBINE_THREADS,)))
+    return Plan(tuple(launches), switches)
 
 
 class DecodeAttentionCuda(Prepared):
@@ -119,9 +125,11 @@ class DecodeAttentionCuda(Prepared):
             raise ValueError("decode_attention/cuda: B * n_heads and T must be below 2**31")
         self.out = {"o": cp.empty((B, Hq, d), dtype=storage_dtype(dtype))}
         aligned = all(a.data.ptr % 16 == 0 for a in (self.q, self.k, self.v))
+        limits = device_limits()
         split_kernel = mod.get_function(f"decode_attention_split_g{head_group(Hq // Hkv)}_{SUFFIX[dtype]}")
-        vec, nsplit, G, plan = launch_plan(B, T, Hq, Hkv, d, dtype, aligned, sm_count(),
-                                           resident_blocks(int(getattr(split_kernel, "num_regs", 0))))
+        plan = launch_plan(B, T, Hq, Hkv, d, dtype, aligned, limits,
+                           resident_blocks(kernel_facts(split_kernel).registers))
+        vec, nsplit, G = (plan.switches[k] for k in ("vec", "nsplit", "G"))
         parts = B * Hq * nsplit if nsplit > 1 else 1     # split partials (a dummy when nsplit = 1)
         self.pm = cp.empty(parts, dtype=cp.float32)
         self.pl = cp.empty(parts, dtype=cp.float32)
@@ -130,15 +138,11 @@ class DecodeAttentionCuda(Prepared):
         args = [(self.q, self.k, self.v, self.lens, self.out["o"], self.pm, self.pl, self.pacc, i32(B), i32(Hq),
                  i32(Hkv), i32(T), i32(d), np.float32(attrs["scale"]), i32(nsplit), i32(vec)),
                 (self.pm, self.pl, self.pacc, self.out["o"], i32(B * Hq), i32(nsplit), i32(d))]
-        self.launches = [(mod.get_function(name), grid, block, a) for (name, grid, block), a in zip(plan, args)]
+        self.launches = bind(mod, plan, args, limits, "decode_attention/cuda")
         self.vec, self.nsplit, self.heads_per_block = bool(vec), nsplit, G
-        self.empty = B * Hq == 0
 
     def run(self):
-        if self.empty:
-            return
-        for kernel, grid, block, args in self.launches:
-            kernel(grid, block, args)
+        self.launches.run()
 
 
 register(Implementation("decode_attention", "cuda", "fused", "fused", DecodeAttentionCuda,

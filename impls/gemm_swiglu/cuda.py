@@ -24,6 +24,7 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("gemm_swiglu.cu")
@@ -37,15 +38,20 @@ MAX_GRID_Y = 65535
 load_module = KernelModule(SOURCE_PATH)
 
 
-def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True) -> tuple[int, list]:
-    """(vec, [(kernel, grid, block)]); no CuPy needed."""
+def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True, limits: DeviceLimits = H200) -> Plan:
+    """Plan(launches, {vec}) for x: (M, H), w_gate, w_up: (I, H); no CuPy needed. No launch
+    when y is empty. Static shared memory only (16 KiB)."""
     sfx = SUFFIX[dtype]
     vec = int(aligned and H % VEC[dtype] == 0)
-    if M <= GEMV_MAX_M:
-        return vec, [(f"gemm_swiglu_gemv_{sfx}", (cdiv(I, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
-                      (GEMV_THREADS,))]
-    return vec, [(f"gemm_swiglu_tiled_{sfx}", (cdiv(I, TILE_PAIRS), min(cdiv(M, TILE_M), MAX_GRID_Y)),
-                  (TILED_THREADS,))]
+    if M == 0 or I == 0:
+        launches = ()
+    elif M <= GEMV_MAX_M:
+        launches = (Launch(f"gemm_swiglu_gemv_{sfx}", (cdiv(I, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
+                           (GEMV_THREADS,)),)
+    else:
+        launches = (Launch(f"gemm_swiglu_tiled_{sfx}", (cdiv(I, TILE_PAIRS), min(cdiv(M, TILE_M), MAX_GRID_Y)),
+                           (TILED_THREADS,)),)
+    return Plan(launches, {"vec": vec})
 
 
 class GemmSwigluCuda(Prepared):
@@ -66,16 +72,15 @@ class GemmSwigluCuda(Prepared):
             raise ValueError("gemm_swiglu/cuda: sizes must be below 2**31 elements")
         self.out = {"y": cp.empty((M, I), dtype=storage_dtype(dtype))}
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu))
-        vec, plan = launch_plan(M, H, I, dtype, aligned)
-        (name, grid, block), = plan
-        self.kernel, self.grid, self.block = mod.get_function(name), grid, block
-        self.args = (self.x, self.wg, self.wu, self.out["y"], np.int32(M), np.int32(H), np.int32(I), np.int32(vec))
+        limits = device_limits()
+        plan = launch_plan(M, H, I, dtype, aligned, limits)
+        vec = plan.switches["vec"]
+        args = (self.x, self.wg, self.wu, self.out["y"], np.int32(M), np.int32(H), np.int32(I), np.int32(vec))
+        self.launches = bind(mod, plan, [args], limits, "gemm_swiglu/cuda")
         self.vec = bool(vec)
-        self.empty = M == 0 or I == 0
 
     def run(self):
-        if not self.empty:
-            self.kernel(self.grid, self.block, self.args)
+        self.launches.run()
 
 
 register(Implementation("gemm_swiglu", "cuda", "fused", "fused", GemmSwigluCuda,

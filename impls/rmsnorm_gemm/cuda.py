@@ -30,6 +30,7 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("rmsnorm_gemm.cu")
@@ -45,19 +46,24 @@ MAX_GRID_Y = 65535      # the kernels loop over blockIdx.y beyond this
 load_module = KernelModule(SOURCE_PATH)
 
 
-def launch_plan(M: int, H: int, N: int, dtype: str, aligned: bool = True) -> tuple[int, list]:
-    """(vec, [(kernel name, grid, block), ...]) for one problem; no CuPy needed, so the
-    tests can check the geometry (and emulate the kernels) without a GPU. `aligned`: all
-    base pointers are 16-byte aligned."""
+def launch_plan(M: int, H: int, N: int, dtype: str, aligned: bool = True, limits: DeviceLimits = H200) -> Plan:
+    """Plan(launches, {vec}) for x: (M, H), w: (N, H); no CuPy needed, so the tests can
+    check the geometry (and emulate the kernels) without a GPU. `aligned`: all base pointers
+    are 16-byte aligned. No launch when y is empty. Static shared memory only (16 KiB)."""
     sfx = SUFFIX[dtype]
     vec = int(aligned and H % VEC[dtype] == 0)
-    if M <= GEMV_MAX_M:
-        return vec, [(f"rmsnorm_gemm_gemv_{sfx}", (cdiv(N, GEMV_ROWS_PER_BLOCK), min(M, MAX_GRID_Y)),
-                      (GEMV_THREADS,))]
-    return vec, [
-        (f"rmsnorm_gemm_rms_{sfx}", (cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
-        (f"rmsnorm_gemm_tiled_{sfx}", (cdiv(N, TILE_N), min(cdiv(M, TILE_M), MAX_GRID_Y)), (TILED_THREADS,)),
-    ]
+    if M == 0 or N == 0:
+        launches = ()
+    elif M <= GEMV_MAX_M:
+        launches = (Launch(f"rmsnorm_gemm_gemv_{sfx}", (cdiv(N, GEMV_ROWS_PER_BLOCK), min(M, MAX_GRID_Y)),
+                           (GEMV_THREADS,)),)
+    else:
+        launches = (
+            Launch(f"rmsnorm_gemm_rms_{sfx}", (cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
+            Launch(f"rmsnorm_gemm_tiled_{sfx}", (cdiv(N, TILE_N), min(cdiv(M, TILE_M), MAX_GRID_Y)),
+                   (TILED_THREADS,)),
+        )
+    return Plan(launches, {"vec": vec})
 
 
 class RmsNormGemmCuda(Prepared):
@@ -78,22 +84,22 @@ class RmsNormGemmCuda(Prepared):
             raise ValueError("rmsnorm_gemm/cuda: dimensions must be below 2**31")
         self.out = {"y": cp.empty((M, N), dtype=storage_dtype(dtype))}
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.gamma, self.w))
-        vec, plan = launch_plan(M, H, N, dtype, aligned)
+        limits = device_limits()
+        plan = launch_plan(M, H, N, dtype, aligned, limits)
+        vec = plan.switches["vec"]
         eps, i32 = np.float32(attrs["eps"]), np.int32
         y = self.out["y"]
-        if len(plan) == 1:  # decode: one GEMV kernel
+        if M <= GEMV_MAX_M:          # decode: one GEMV kernel
             args = [(self.x, self.gamma, self.w, y, i32(M), i32(H), i32(N), eps, i32(vec))]
-        else:               # prefill: inverse RMS, then the tiled kernel
+        else:                        # prefill: inverse RMS, then the tiled kernel
             self.inv_rms = cp.empty(M, dtype=cp.float32)
             args = [(self.x, self.inv_rms, i32(M), i32(H), eps),
                     (self.x, self.gamma, self.w, self.inv_rms, y, i32(M), i32(H), i32(N), i32(vec))]
-        self.launches = [(mod.get_function(name), grid, block, a)
-                         for (name, grid, block), a in zip(plan, args)]
+        self.launches = bind(mod, plan, args, limits, "rmsnorm_gemm/cuda")
         self.vec = bool(vec)
 
     def run(self):
-        for kernel, grid, block, args in self.launches:
-            kernel(grid, block, args)
+        self.launches.run()
 
 
 register(Implementation("rmsnorm_gemm", "cuda", "fused", "fused", RmsNormGemmCuda,

@@ -28,6 +28,7 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("rmsnorm_qkv_rope.cu")
@@ -44,19 +45,24 @@ load_module = KernelModule(SOURCE_PATH)
 
 
 def launch_plan(M: int, H: int, n_heads: int, n_kv_heads: int, head_dim: int, dtype: str,
-                aligned: bool = True) -> tuple[int, list]:
-    """(vec, [(kernel, grid, block), ...]); no CuPy needed."""
+                aligned: bool = True, limits: DeviceLimits = H200) -> Plan:
+    """Plan(launches, {vec}) for x: (M, H) and (n_heads + 2·n_kv_heads)·head_dim/2 rotation
+    pairs; no CuPy needed. No launch when M = 0. Static shared memory only (16 KiB)."""
     sfx = SUFFIX[dtype]
     vec = int(aligned and H % VEC[dtype] == 0)
     P = (n_heads + 2 * n_kv_heads) * (head_dim // 2)
-    if M <= GEMV_MAX_M:
-        return vec, [(f"rmsnorm_qkv_rope_gemv_{sfx}", (cdiv(P, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
-                      (GEMV_THREADS,))]
-    return vec, [
-        (f"rmsnorm_qkv_rope_rms_{sfx}", (cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
-        (f"rmsnorm_qkv_rope_tiled_{sfx}", (cdiv(P, TILE_PAIRS), min(cdiv(M, TILE_M), MAX_GRID_Y)),
-         (TILED_THREADS,)),
-    ]
+    if M == 0 or P == 0:
+        launches = ()
+    elif M <= GEMV_MAX_M:
+        launches = (Launch(f"rmsnorm_qkv_rope_gemv_{sfx}", (cdiv(P, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
+                           (GEMV_THREADS,)),)
+    else:
+        launches = (
+            Launch(f"rmsnorm_qkv_rope_rms_{sfx}", (cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
+            Launch(f"rmsnorm_qkv_rope_tiled_{sfx}", (cdiv(P, TILE_PAIRS), min(cdiv(M, TILE_M), MAX_GRID_Y)),
+                   (TILED_THREADS,)),
+        )
+    return Plan(launches, {"vec": vec})
 
 
 class RmsNormQkvRopeCuda(Prepared):
@@ -85,10 +91,12 @@ class RmsNormQkvRopeCuda(Prepared):
         self.out = {"q": cp.empty((M, nh, d), dtype=st), "k": cp.empty((M, nkv, d), dtype=st),
                     "v": cp.empty((M, nkv, d), dtype=st)}
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.gamma, self.w))
-        vec, plan = launch_plan(M, H, nh, nkv, d, dtype, aligned)
+        limits = device_limits()
+        plan = launch_plan(M, H, nh, nkv, d, dtype, aligned, limits)
+        vec = plan.switches["vec"]
         i32, eps, theta = np.int32, np.float32(attrs["eps"]), np.float64(attrs["theta"])
         q, k, v = self.out["q"], self.out["k"], self.out["v"]
-        if len(plan) == 1:
+        if M <= GEMV_MAX_M:
             args = [(self.x, self.gamma, self.w, self.pos, q, k, v, i32(M), i32(H), i32(nh), i32(nkv), i32(d),
                      eps, theta, i32(vec))]
         else:
@@ -96,15 +104,11 @@ class RmsNormQkvRopeCuda(Prepared):
             args = [(self.x, self.inv_rms, i32(M), i32(H), eps),
                     (self.x, self.gamma, self.w, self.inv_rms, self.pos, q, k, v, i32(M), i32(H), i32(nh),
                      i32(nkv), i32(d), theta, i32(vec))]
-        self.launches = [(mod.get_function(name), grid, block, a) for (name, grid, block), a in zip(plan, args)]
+        self.launches = bind(mod, plan, args, limits, "rmsnorm_qkv_rope/cuda")
         self.vec = bool(vec)
-        self.empty = M == 0
 
     def run(self):
-        if self.empty:
-            return
-        for kernel, grid, block, args in self.launches:
-            kernel(grid, block, args)
+        self.launches.run()
 
 
 register(Implementation("rmsnorm_qkv_rope", "cuda", "fused", "fused", RmsNormQkvRopeCuda,

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.backends.cuda import DEFAULT_SM_COUNT, SUFFIX, VEC, KernelModule, cdiv, sm_count, storage_dtype
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("swiglu_ffn.cu")
@@ -57,28 +58,33 @@ def onchip_grid(I: int, sms: int) -> int:
     return min(units, max(sms, cdiv(units, ONCHIP_MAX_UNITS)))
 
 
-def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True,
-                sms: int = DEFAULT_SM_COUNT) -> tuple[tuple[int, int], list]:
-    """((vec_up, vec_down), [(kernel, grid, block), ...]); no CuPy needed. One launch (the
-    onchip kernel) at M = 1 where both halves vectorise and H <= ONCHIP_MAX_H, else two.
-    vec_up: H % VEC == 0 (x, W_gate, W_up rows); vec_down: I % VEC == 0 (scratch, W_down rows)."""
+def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True, limits: DeviceLimits = H200) -> Plan:
+    """Plan(launches, {vec_up, vec_down}) for x: (M, H), w_gate, w_up: (I, H), w_down: (H, I);
+    no CuPy needed. One launch (the onchip kernel) at M = 1 where both halves vectorise and
+    H <= ONCHIP_MAX_H, else two; none when y is empty. vec_up: H % VEC == 0 (x, W_gate,
+    W_up rows); vec_down: I % VEC == 0 (scratch, W_down rows). Static shared memory only
+    (the onchip kernel's 33 KiB: ONCHIP_MAX_H floats of x and its activation slice)."""
     sfx = SUFFIX[dtype]
     vec_up = int(aligned and H % VEC[dtype] == 0)
     vec_down = int(aligned and I % VEC[dtype] == 0)
+    switches = {"vec_up": vec_up, "vec_down": vec_down}
     pairs_down = cdiv(H, 2)
+    if M == 0 or H == 0 or I == 0:
+        return Plan((), switches)
     if M == 1 and vec_up and vec_down and H <= ONCHIP_MAX_H:
-        return (vec_up, vec_down), [(f"swiglu_ffn_onchip_{sfx}", (onchip_grid(I, sms),), (ONCHIP_THREADS,))]
+        return Plan((Launch(f"swiglu_ffn_onchip_{sfx}", (onchip_grid(I, limits.sm_count),), (ONCHIP_THREADS,)),),
+                    switches)
     if M <= GEMV_MAX_M:
         gy = min(M, MAX_GRID_Y)
-        return (vec_up, vec_down), [
-            (f"swiglu_ffn_gemv_up_{sfx}", (cdiv(I, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
-            (f"swiglu_ffn_gemv_down_{sfx}", (cdiv(pairs_down, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
-        ]
+        return Plan((
+            Launch(f"swiglu_ffn_gemv_up_{sfx}", (cdiv(I, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
+            Launch(f"swiglu_ffn_gemv_down_{sfx}", (cdiv(pairs_down, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
+        ), switches)
     gy = min(cdiv(M, TILE_M), MAX_GRID_Y)
-    return (vec_up, vec_down), [
-        (f"swiglu_ffn_tiled_up_{sfx}", (cdiv(I, TILE_PAIRS), gy), (TILED_THREADS,)),
-        (f"swiglu_ffn_tiled_down_{sfx}", (cdiv(pairs_down, TILE_PAIRS), gy), (TILED_THREADS,)),
-    ]
+    return Plan((
+        Launch(f"swiglu_ffn_tiled_up_{sfx}", (cdiv(I, TILE_PAIRS), gy), (TILED_THREADS,)),
+        Launch(f"swiglu_ffn_tiled_down_{sfx}", (cdiv(pairs_down, TILE_PAIRS), gy), (TILED_THREADS,)),
+    ), switches)
 
 
 class SwigluFfnCuda(Prepared):
@@ -99,9 +105,12 @@ class SwigluFfnCuda(Prepared):
             raise ValueError("swiglu_ffn/cuda: sizes must be below 2**31 elements")
         self.out = {"y": cp.empty((M, H), dtype=storage_dtype(dtype))}
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu, self.wd))
-        (vec_up, vec_down), plan = launch_plan(M, H, I, dtype, aligned, sm_count())
+        limits = device_limits()
+        plan = launch_plan(M, H, I, dtype, aligned, limits)
+        vec_up, vec_down = plan.switches["vec_up"], plan.switches["vec_down"]
         i32 = np.int32
-        if len(plan) == 1:  # onchip: the accumulator and the ticket start zeroed, and each run leaves them so
+        if plan.kernels == [f"swiglu_ffn_onchip_{SUFFIX[dtype]}"]:
+            # the accumulator and the ticket start zeroed, and each run leaves them so
             self.acc = cp.zeros(H, dtype=cp.float32)
             self.ticket = cp.zeros(1, dtype=cp.uint32)
             args = [(self.x, self.wg, self.wu, self.wd, self.out["y"], self.acc, self.ticket, i32(H), i32(I))]
@@ -109,15 +118,11 @@ class SwigluFfnCuda(Prepared):
             self.act = cp.empty((M, I), dtype=cp.float32)  # the activation scratch (device only, 16-byte aligned)
             args = [(self.x, self.wg, self.wu, self.act, i32(M), i32(H), i32(I), i32(vec_up)),
                     (self.act, self.wd, self.out["y"], i32(M), i32(I), i32(H), i32(vec_down))]
-        self.launches = [(mod.get_function(name), grid, block, a) for (name, grid, block), a in zip(plan, args)]
+        self.launches = bind(mod, plan, args, limits, "swiglu_ffn/cuda")
         self.vec = (bool(vec_up), bool(vec_down))
-        self.empty = M == 0 or H == 0 or I == 0
 
     def run(self):
-        if self.empty:
-            return
-        for kernel, grid, block, args in self.launches:  # same stream, no sync between
-            kernel(grid, block, args)
+        self.launches.run()  # same stream, no sync between
 
 
 register(Implementation("swiglu_ffn", "cuda", "fused", "fused", SwigluFfnCuda,
