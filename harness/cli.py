@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from harness.backends import BACKEND_MODULES, get_backend
 from harness.cases import SUITES, CaseError, load_cases, select
@@ -52,7 +53,12 @@ def _fraction(text: str) -> float:
 
 
 def _csv(s: str) -> list[str]:
-    return [p.strip() for p in s.split(",") if p.strip()]
+    """Comma-separated names; a value that names nothing ('', ',') is refused rather than
+    read as no filter at all."""
+    names = [p.strip() for p in s.split(",") if p.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a name or comma-separated names, got {s!r}")
+    return names
 
 
 def _add_filters(p: argparse.ArgumentParser, suite_default: str | None = "quick") -> None:
@@ -94,6 +100,12 @@ def _add_isolation(p: argparse.ArgumentParser) -> None:
                    help="run every kernel in this process (faster to start, for debugging; a crash ends the run)")
 
 
+def _add_allow_empty(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-empty", action="store_true",
+                   help="exit 0 when nothing was checked (every case skipped, every implementation unavailable); "
+                        "by default such a run is not a pass")
+
+
 def _positive(text: str) -> float:
     try:
         v = float(text)
@@ -120,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
     p.add_argument("--out", "-o", metavar="FILE",
                    help="also append the records (verdicts and errors, no timings) to this results file")
+    _add_allow_empty(p)
 
     p = sub.add_parser("bench", help="time implementations into a results file")
     _add_filters(p)
@@ -140,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timing(p)
     p.add_argument("--report", default=None, help="HTML file to write (default reports/report-<time>.html)")
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
+    _add_allow_empty(p)
 
     p = sub.add_parser("compare", help="BASE vs NEW results: accuracy changes, speed beyond noise; exit 1 on a regression")
     p.add_argument("base", metavar="BASE", help="results file or folder (JSON lines) to compare against")
@@ -266,7 +280,16 @@ def _default_results_path(info) -> Path:
     return Path("reports") / "runs" / f"{stamp}-{info.machine}.jsonl"
 
 
-def _execute(args, bench: bool, write: bool = False) -> tuple[list[dict], Path | None]:
+class Outcome(NamedTuple):
+    """What _execute leaves: the records (earlier ones of a resumed run first), the results
+    file they went to (or None), and the registry's problems (plugins that failed to load)."""
+
+    records: list[dict]
+    path: Path | None
+    problems: list[str]
+
+
+def _execute(args, bench: bool, write: bool = False) -> Outcome:
     """Run the jobs with a progress bar, each backend's kernels in its worker process
     (harness.workers) unless --no-isolation; with `write`, records go to the results file
     (args.out, else reports/runs/<time>-<machine>.jsonl) as they finish, and --resume
@@ -338,7 +361,7 @@ def _execute(args, bench: bool, write: bool = False) -> tuple[list[dict], Path |
             isolated.close()
         if writer:
             writer.close()
-    return records, results_path
+    return Outcome(records, results_path, reg.problems)
 
 
 class _FailFast(Exception):
@@ -415,6 +438,9 @@ def _print_check_table(records: list[dict]) -> None:
         if r["status"] == "unavailable":
             t.add_row(r["case"], r["dtype"], r["impl"], "[yellow]unavailable[/]", "", "", "", r["reason"])
             continue
+        if r["status"] == "skipped":  # never run (too large for this machine): neither a pass nor a failure
+            t.add_row(r["case"], r["dtype"], r["impl"], "[yellow]skipped[/]", "", "", "", r.get("reason", ""))
+            continue
         v = "[green]pass[/]" if r.get("verdict") == "pass" else "[bold red]FAIL[/]"
         t.add_row(r["case"], r["dtype"], r["impl"], v, _g(r.get("nmse")), _g(r.get("max_ulp")),
                   _g(r.get("chain_nmse")), r.get("reason", ""))
@@ -427,6 +453,31 @@ def _g(x) -> str:
 
 def _failures(records) -> list[dict]:
     return [r for r in records if r["status"] in ("fail", "error")]
+
+
+JUDGED = ("ok", "fail", "error")
+
+
+def _gate(outcome: Outcome, allow_empty: bool) -> tuple[int, list[str]]:
+    """The gate's exit status and summary lines: 1 when an implementation failed, when the
+    registry has problems (a plugin that failed to load or was refused: what it registered
+    went unchecked), or when nothing was checked (every case skipped, every implementation
+    unavailable) unless `allow_empty`; else 0."""
+    records = outcome.records
+    bad = _failures(records)
+    judged = sum(r["status"] in JUDGED for r in records)
+    skipped = sum(r["status"] == "skipped" for r in records)
+    lines = [f"{judged - len(bad)} passed, {len(bad)} failed" + (f", {skipped} skipped" if skipped else "")]
+    code = 1 if bad else 0
+    if outcome.problems:
+        lines.append(f"the gate cannot pass: {len(outcome.problems)} plugin problem(s), each in a warning above")
+        code = 1
+    if not any(r["status"] in JUDGED and r.get("kind") != "reference" for r in records) and not allow_empty:
+        unavailable = sum(r["status"] == "unavailable" for r in records)
+        lines.append(f"nothing was checked ({skipped} skipped, {unavailable} unavailable): not a pass; "
+                     f"--allow-empty accepts a run that checks nothing")
+        code = 1
+    return code, lines
 
 
 def _write_junit(args, records: list[dict], stream=None) -> None:
@@ -443,17 +494,20 @@ def _write_junit(args, records: list[dict], stream=None) -> None:
 
 
 def cmd_check(args) -> int:
-    records, _ = _execute(args, bench=False, write=bool(args.out))
+    outcome = _execute(args, bench=False, write=bool(args.out))
+    records = outcome.records
+    code, summary = _gate(outcome, args.allow_empty)
     if args.json:
         slim = [{k: v for k, v in r.items() if k not in ("fingerprint", "versions", "traceback")} for r in records]
-        print(json.dumps({"passed": not _failures(records), "records": slim}, indent=2, default=str))
+        print(json.dumps({"passed": code == 0, "problems": outcome.problems, "records": slim}, indent=2,
+                         default=str))
     else:
         _print_check_table(records)
-    _write_junit(args, records, sys.stderr if args.json else sys.stdout)
-    bad = _failures(records)
-    n = sum(r["status"] in ("ok", "fail", "error") for r in records)
-    print(f"{n - len(bad)} passed, {len(bad)} failed", file=sys.stderr if args.json else sys.stdout)
-    return 1 if bad else 0
+    stream = sys.stderr if args.json else sys.stdout
+    _write_junit(args, records, stream)
+    for line in summary:
+        print(line, file=stream)
+    return code
 
 
 def _print_bench_table(records: list[dict]) -> None:
@@ -480,7 +534,7 @@ def _ms(s: float) -> str:
 
 
 def cmd_bench(args) -> int:
-    records, path = _execute(args, bench=True, write=True)
+    records, path, _ = _execute(args, bench=True, write=True)
     _print_bench_table(records)
     print(f"results: {path}")
     return 0
@@ -511,17 +565,18 @@ def cmd_report(args) -> int:
 def cmd_run(args) -> int:
     from harness.report import write_report
 
-    records, path = _execute(args, bench=True, write=True)
+    outcome = _execute(args, bench=True, write=True)
+    records, path = outcome.records, outcome.path
     _print_check_table(records)
     _print_bench_table(records)
     report_path = Path(args.report) if args.report else path.parent.parent / f"report-{path.stem}.html"
     out = write_report([path], report_path, include_committed=True, on_problem=_warn)
-    bad = _failures(records)
     print(f"results: {path}")
     print(f"report: {out.resolve()}")
     _write_junit(args, records)
-    print(f"{sum(r['status'] in ('ok', 'fail', 'error') for r in records) - len(bad)} passed, {len(bad)} failed")
-    return 1 if bad else 0
+    code, summary = _gate(outcome, args.allow_empty)
+    print("\n".join(summary))
+    return code
 
 
 def cmd_compare(args) -> int:

@@ -89,7 +89,22 @@ def test_case_too_large_for_memory_is_skipped_before_allocation(tmp_path):
     cases.write_text('model = "Huge"\nsource = "a test"\n\n[[case]]\nfusion = "add_rmsnorm"\nname = "huge"\n'
                      'M = 1048576\nH = 1048576\ndtypes = ["float32"]\nsuites = ["smoke"]\n')
     r = fusebench("check", "--json", "--cases", str(cases), "--suite", "smoke", "--backend", "cpu,reference",
-                  "--variant", "unfused,float64", cwd=tmp_path)
+                  "--variant", "unfused,float64", "--allow-empty", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     recs = _records(r.stdout)
     assert recs and all(x["status"] == "skipped" and "too large for this machine" in x["reason"] for x in recs)
+
+
+def test_a_check_that_checked_nothing_is_not_a_pass(tmp_path):
+    """Every case skipped (M = 10**9: too large, refused before allocating): the table says
+    "skipped", never FAIL, and the gate exits 1 unless --allow-empty."""
+    cases = tmp_path / "huge.toml"
+    cases.write_text('model = "Huge"\n[[case]]\nfusion = "add_rmsnorm"\nname = "huge"\nM = 1000000000\n'
+                     'H = 4096\ndtypes = ["float32"]\n')
+    args = ["check", "--cases", str(cases), "--backend", "cpu", "--variant", "fused,unfused", "--no-isolation"]
+    r = fusebench(*args, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    rows = [line for line in r.stdout.splitlines() if "huge.huge" in line]
+    assert len(rows) == 2 and all("skipped" in line and "FAIL" not in line for line in rows), r.stdout
+    assert "0 passed, 0 failed, 2 skipped" in r.stdout and "nothing was checked" in r.stdout
+    assert fusebench(*args, "--allow-empty", cwd=tmp_path).returncode == 0
