@@ -6,12 +6,14 @@ with status "fail" becomes a <failure> whose text gives the failing figures, "er
 <error> with the reason and traceback, "unavailable" a <skipped>; each failure and error
 carries a one-line `fusebench check ...` command that reproduces it, seed included.
 
-The file is written atomically (temporary file in the same folder, then replace), and
-every text is stripped of the characters XML 1.0 cannot hold.
+The file is written by harness.results.write_output (atomically over a regular file,
+through a symbolic link to its target, directly into a device or a pipe), and every text
+is stripped of the characters XML 1.0 cannot hold.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
@@ -20,7 +22,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness.registry import PLUGINS_ENV
-from harness.results import REPO_ROOT
+from harness.results import REPO_ROOT, write_output
 
 # Characters XML 1.0 does not allow (even escaped): C0 controls but tab, LF, CR; surrogates; U+FFFE/F.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -170,15 +172,8 @@ def build_junit(records: list[dict], seed: int = 0) -> ET.Element:
 
 def write_junit(path: str | os.PathLike, records: list[dict], seed: int = 0) -> Path:
     """Write the JUnit XML for `records` to `path` atomically; `seed` is the run's --seed."""
-    path = Path(path)
     tree = ET.ElementTree(build_junit(records, seed))
     ET.indent(tree)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tree.write(tmp, encoding="utf-8", xml_declaration=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    xml = io.BytesIO()
+    tree.write(xml, encoding="utf-8", xml_declaration=True)
+    return write_output(path, xml.getvalue())

@@ -17,7 +17,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.backends import TORCH_PEER_OF
-from harness.results import REPO_ROOT, merge, read_records
+from harness.results import REPO_ROOT, merge, read_records, write_output
 
 COMMITTED_DATA = REPO_ROOT / "reports" / "data"
 IDENTITY = ("machine", "commit", "fusion", "case", "dtype", "backend", "variant")
@@ -222,8 +222,4 @@ def write_report(paths, output: Path, include_committed: bool = True, on_problem
         unavailable=sorted(_latest([r for r in records if r.get("status") == "unavailable"]),
                            key=lambda r: (r["machine"], r["impl"])),
         machines=_machines(records))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(output)
-    return output
+    return write_output(output, page)

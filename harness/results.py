@@ -9,11 +9,13 @@ parse, such as a truncated last line, or whose fields have the wrong types (reco
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
 import os
 import platform
 import re
+import stat
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -123,6 +125,67 @@ class ResultsWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def write_output(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write a whole output file (an HTML report, JUnit XML) where the user pointed it, the
+    one way every writer does:
+
+    - a new path or a regular file: atomically, through a temporary file beside it and a
+      rename, so that no reader sees half a file; an existing file keeps its permissions;
+    - a symbolic link: the same at the file it leads to, which may be new (the link stays);
+    - a character device, a FIFO or a socket (/dev/null, /dev/full, a named pipe), and any
+      path under /dev or /proc (/dev/stdout): written directly, never replaced.
+
+    Raises OSError (IsADirectoryError for a folder, ENOSPC from /dev/full...)."""
+    path = Path(path)
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        st = os.stat(path)  # through links
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if _written_in_place(path, st):
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+    target = Path(os.path.realpath(path))  # a link's file, or the path itself
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        try:
+            if st is not None:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _written_in_place(path: Path, st: os.stat_result | None) -> bool:
+    """Whether write_output writes `path` directly rather than replacing it: anything but a
+    regular file or a new path, and any path under /dev or /proc (/dev/stdout leads through
+    /proc/self/fd to whatever the shell opened, which a rename would cut off)."""
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return True
+    return Path(os.path.abspath(path)).parts[1:2] in (("dev",), ("proc",))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written; a write that writes nothing is a full disk."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
 
 
 def jsonable(o):

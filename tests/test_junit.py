@@ -153,6 +153,27 @@ def test_write_is_atomic_and_replaces(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml"]  # no temporary file left
 
 
+def test_write_goes_through_a_symlink_and_into_a_pipe(tmp_path):
+    """--junit LINK writes the file the link leads to (the link stays a link); a FIFO is
+    written into, never replaced by a regular file (harness.results.write_output)."""
+    import threading
+
+    target, link = tmp_path / "ci" / "junit.xml", tmp_path / "link.xml"
+    target.parent.mkdir()
+    target.write_text("old")
+    link.symlink_to(target)
+    write_junit(link, [_rec(status="ok", verdict="pass", reason="")])
+    assert link.is_symlink() and ET.parse(target).getroot().get("tests") == "1"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_junit(fifo, [_rec(status="ok", verdict="pass", reason="")])
+    reader.join(30)
+    assert got and got[0].startswith(b"<?xml") and fifo.is_fifo()
+
+
 # --- end to end ------------------------------------------------------------------------
 
 def test_check_junit_passing_in_process(tmp_path, monkeypatch):

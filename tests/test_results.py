@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from harness.results import ResultsWriter, RunInfo, machine_name, merge, read_records
+import os
+import stat
+
+import pytest
+
+from harness.results import ResultsWriter, RunInfo, machine_name, merge, read_records, write_output
 
 
 def _rec(i):
@@ -69,3 +74,50 @@ def test_report_gives_each_speedup_its_interval_from_the_run(tmp_path):
 def _write(path, recs):
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return path
+
+
+def test_write_output_follows_links_keeps_modes_and_leaves_devices_in_place(tmp_path):
+    """Every whole-file output (report -o, --junit) goes through write_output: through a
+    link to its target, into a device directly, atomically only over a regular file."""
+    real = tmp_path / "real.html"
+    real.write_text("old")
+    real.chmod(0o640)
+    link = tmp_path / "link.html"
+    link.symlink_to(real)
+    write_output(link, "new")
+    assert link.is_symlink() and real.read_text() == "new" and stat.S_IMODE(real.stat().st_mode) == 0o640
+    dangling = tmp_path / "to-be.html"
+    dangling.symlink_to(tmp_path / "made" / "later.html")
+    write_output(dangling, "made")
+    assert dangling.is_symlink() and (tmp_path / "made" / "later.html").read_text() == "made"
+    write_output("/dev/null", "nothing")  # a character device: written, never replaced
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    with pytest.raises(IsADirectoryError):
+        write_output(tmp_path, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.html", "made", "real.html", "to-be.html"]  # no temporary file
+
+
+def test_write_output_into_a_full_device_fails_and_keeps_the_node(tmp_path):
+    """As root, `-o /dev/full` once replaced the device node with a regular file; here a
+    copy of /dev/full (the same device numbers) made in a temporary folder."""
+    full = tmp_path / "full"
+    try:
+        os.mknod(full, stat.S_IFCHR | 0o666, os.stat("/dev/full").st_rdev)
+    except (PermissionError, OSError) as e:
+        pytest.skip(f"cannot make a device node here: {e}")
+    with pytest.raises(OSError) as e:
+        write_output(full, "report")
+    assert e.value.errno == 28 and stat.S_ISCHR(full.lstat().st_mode)  # ENOSPC, and still the device
+
+
+def test_report_output_through_a_symlink(tmp_path, capsys):
+    from harness.cli import main
+    from tests.test_bad_input import make_record
+
+    results = _write(tmp_path / "r.jsonl", [make_record()])
+    real, link = tmp_path / "site" / "index.html", tmp_path / "report.html"
+    real.parent.mkdir()
+    real.write_text("old")
+    link.symlink_to(real)
+    assert main(["report", str(results), "-o", str(link), "--no-committed"]) == 0
+    assert link.is_symlink() and "rmsnorm_gemm" in real.read_text()
