@@ -19,6 +19,7 @@ from typing import NamedTuple
 from harness.backends import BACKEND_MODULES, get_backend
 from harness.cases import SUITES, CaseError, load_cases, select
 from harness.dtypes import DTYPES
+from harness.results import ResultsWriteError
 
 
 class UsageError(Exception):
@@ -178,6 +179,9 @@ def main(argv=None) -> int:
     except (UsageError, CaseError) as e:
         print(f"fusebench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except ResultsWriteError as e:  # a full disk: say what is kept and how to go on
+        print(f"fusebench {args.command}: error: {_write_failure(args, e)}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `fusebench list | head`: the reader has gone, so stop quietly as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 141  # 128 + SIGPIPE
@@ -188,6 +192,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"fusebench {args.command}: interrupted; finished records are kept", file=sys.stderr)
         return 130
+
+
+def _write_failure(args, e: ResultsWriteError) -> str:
+    """What a results file that could not be written means for this run, and what to do."""
+    kept = f"the {e.written} record(s) written before it are kept" if e.written else "no record of this run was written"
+    if args.command in ("bench", "run"):
+        then = f"free some space, then continue with `fusebench {args.command} --resume {e.filename}` (and the same " \
+               f"filters)"
+    else:
+        then = "free some space and run it again"
+    return f"cannot write results file {e.filename}: {e.strerror}; {kept}; {then}"
 
 
 # --- selection -------------------------------------------------------------------------
@@ -319,6 +334,10 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
             results_path = _resume_path(args, info)
             records, jobs, missing = _resume(results_path, jobs, missing, opts)
         writer = ResultsWriter(results_path)
+        if writer.partial_line:
+            _warn(f"{writer.partial_line}: the file ended inside this line (a write cut short: an interruption or a "
+                  f"full disk); it is ended there, so that new records start on a line of their own, and skipped "
+                  f"as unreadable")
     isolated = None if args.no_isolation else IsolatedRunner(args.timeout)
     run = isolated.run_job if isolated else lambda *a: run_job(*a)
 

@@ -104,18 +104,64 @@ class RunInfo:
                 **record, "fingerprint": self.fingerprint, "versions": self.versions}
 
 
+class ResultsWriteError(OSError):
+    """A record could not be written whole (a full disk: ENOSPC, or a write cut short);
+    the records before it are in the file. `written`: records this writer wrote."""
+
+    def __init__(self, path: Path, cause: OSError, written: int, detail: str = ""):
+        super().__init__(cause.errno, (cause.strerror or str(cause)) + detail, str(path))
+        self.written = written
+
+
 class ResultsWriter:
-    """Appends records to a JSON-lines file, one write + fsync per record."""
+    """Appends records to a JSON-lines file, one write + fsync per record.
+
+    A file that ends inside a line (a write cut short by a crash or a full disk) gets that
+    line ended first, so that the next record starts on a line of its own instead of
+    joining the fragment in one unreadable line; `partial_line` then says where it was
+    ("file:line", else ""). The fragment is kept (nothing is ever cut from the file) and
+    the reader skips it as it skips any unreadable line. A record that cannot be written
+    whole raises ResultsWriteError."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.written = 0
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)  # not /dev/null, a pipe...
+        self.partial_line = self._end_partial_line()
+
+    def _end_partial_line(self) -> str:
+        if not self._regular or os.fstat(self._fd).st_size == 0:
+            return ""
+        try:
+            data = self.path.read_bytes()
+        except OSError:  # a file this user may append to but not read: nothing to tell
+            return ""
+        if not data or data.endswith(b"\n"):
+            return ""
+        self._write(b"\n", "ending its partial last line")
+        line = data.count(b"\n") + 1
+        return f"{self.path}:{line}"
 
     def write(self, record: dict) -> None:
         line = (json.dumps(record, default=jsonable, allow_nan=True) + "\n").encode()
-        os.write(self._fd, line)
-        os.fsync(self._fd)
+        self._write(line, f"record {self.written + 1} of this run")
+        self.written += 1
+
+    def _write(self, data: bytes, what: str) -> None:
+        done = 0
+        try:
+            while done < len(data):
+                n = os.write(self._fd, data[done:])
+                if n == 0:  # a short write that writes nothing: no room left
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+            if self._regular:  # fsync of a pipe or a character device fails with EINVAL
+                os.fsync(self._fd)
+        except OSError as e:
+            cut = f" ({what} cut short after {done} of {len(data)} bytes)" if done else f" ({what})"
+            raise ResultsWriteError(self.path, e, self.written, cut) from e
 
     def close(self) -> None:
         os.close(self._fd)

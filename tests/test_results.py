@@ -121,3 +121,68 @@ def test_report_output_through_a_symlink(tmp_path, capsys):
     link.symlink_to(real)
     assert main(["report", str(results), "-o", str(link), "--no-committed"]) == 0
     assert link.is_symlink() and "rmsnorm_gemm" in real.read_text()
+
+
+def test_append_after_a_partial_last_line_keeps_every_record(tmp_path):
+    """A truncated last line (a write cut short) is ended before the next record, so the
+    record does not join it in one unreadable line."""
+    info = RunInfo.collect()
+    path = tmp_path / "r.jsonl"
+    with ResultsWriter(path) as w:
+        w.write(info.stamp(_rec(0)))
+        w.write(info.stamp(_rec(1)))
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole.splitlines(keepends=True)[0][:40])  # a third record cut short
+    with ResultsWriter(path) as w:
+        assert w.partial_line == f"{path}:3"
+        w.write(info.stamp(_rec(3)))
+    loaded = read_records([path])
+    assert [r["case"] for r in loaded.records] == ["c0", "c1", "c3"]
+    assert len(loaded.problems) == 1 and loaded.problems[0].startswith(f"{path}:3: not a JSON record")
+    with ResultsWriter(path) as w:  # a file that ends with a whole line is left alone
+        assert w.partial_line == ""
+
+
+def test_a_short_write_is_a_full_disk_named_with_its_file(tmp_path, monkeypatch):
+    import errno
+
+    import harness.results
+
+    path = tmp_path / "r.jsonl"
+    real_write = os.write
+    writes = []
+
+    def short(fd, data):  # the first call writes half the record, the next ones nothing
+        writes.append(len(data))
+        return real_write(fd, bytes(data[:len(data) // 2])) if len(writes) == 1 else 0
+
+    w = ResultsWriter(path)
+    w.write(_rec(0))
+    monkeypatch.setattr(harness.results.os, "write", short)
+    with pytest.raises(harness.results.ResultsWriteError) as e:
+        w.write(_rec(1))
+    monkeypatch.undo()
+    w.close()
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path) and e.value.written == 1
+    assert f"record 2 of this run cut short after {writes[0] // 2} of {writes[0]} bytes" in e.value.strerror
+    with ResultsWriter(path) as again:  # resumed later: the fragment is ended, the next record whole
+        assert again.partial_line == f"{path}:2"
+        again.write(_rec(2))
+    assert [r["case"] for r in read_records([path]).records] == ["c0", "c2"]
+
+
+@pytest.mark.parametrize("command, then", [
+    ("check", "free some space and run it again"),
+    ("bench", "free some space, then continue with `fusebench bench --resume {path}` (and the same filters)")])
+def test_a_full_disk_ends_the_run_with_the_file_and_how_to_go_on(tmp_path, capsys, command, then):
+    from tests.test_bad_input import run_cli
+
+    full = "/dev/full"  # every write fails with ENOSPC
+    argv = [command, "--fusion", "add_rmsnorm", "--backend", "cpu", "--variant", "unfused", "--case", "smoke.awkward",
+            "--dtype", "float32", "--no-isolation", "-o", full]
+    if command == "bench":
+        argv += ["--budget", "0.01", "--min-samples", "2"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"error: cannot write results file {full}: No space left on device (record 1 of this run); no record of " \
+           f"this run was written; {then.format(path=full)}" in err, err
