@@ -85,8 +85,11 @@ def _add_timing(p: argparse.ArgumentParser) -> None:
                         "(default 4; 1: one after the other)")
     p.add_argument("--out", "-o", help="results file (JSON lines); default reports/runs/<time>-<machine>.jsonl")
     p.add_argument("--resume", nargs="?", const="latest", metavar="FILE",
-                   help="continue an interrupted run: append to FILE (default: -o, else this machine's newest "
-                        "results file), skipping what it already holds")
+                   help="continue an interrupted run: the last run in FILE (default: -o, else this machine's "
+                        "newest results file), appending what that run has not finished (earlier runs in the "
+                        "file are left alone)")
+    p.add_argument("--resume-run", metavar="ID",
+                   help="continue the run with this run_id instead of the file's last run (implies --resume)")
 
 
 def _add_isolation(p: argparse.ArgumentParser) -> None:
@@ -330,9 +333,10 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
     records: list[dict] = []
     if write:
         results_path = Path(args.out) if args.out else _default_results_path(info)
-        if getattr(args, "resume", None):
+        if getattr(args, "resume", None) or getattr(args, "resume_run", None):
             results_path = _resume_path(args, info)
-            records, jobs, missing = _resume(results_path, jobs, missing, opts)
+            records, jobs, missing, run_id = _resume(results_path, jobs, missing, opts, args.resume_run, info)
+            info.run_id = run_id
         writer = ResultsWriter(results_path)
         if writer.partial_line:
             _warn(f"{writer.partial_line}: the file ended inside this line (a write cut short: an interruption or a "
@@ -390,7 +394,7 @@ class _FailFast(Exception):
 
 
 def _resume_path(args, info) -> Path:
-    if args.resume != "latest":
+    if args.resume not in (None, "latest"):
         path = Path(args.resume)
     elif args.out:
         path = Path(args.out)
@@ -399,20 +403,35 @@ def _resume_path(args, info) -> Path:
         if not found:
             raise UsageError(f"--resume: no earlier results file of machine {info.machine} in reports/runs/")
         path = found[-1]
+    if path.is_dir():
+        inside = sorted(path.glob("*.jsonl"), key=lambda f: f.stat().st_mtime)
+        example = f" (the newest here: {inside[-1]})" if inside else ""
+        raise UsageError(f"--resume: {str(path)!r} is a directory; give the results file to continue{example}")
     if not path.is_file():
         raise UsageError(f"--resume: results file {str(path)!r} does not exist")
     return path
 
 
-def _resume(path: Path, jobs, missing, opts):
-    """(earlier records of this selection, the jobs left to run, unavailable records not yet written)."""
-    from harness.results import read_records
+def _resume(path: Path, jobs, missing, opts, run_id: str | None, info):
+    """(the resumed run's finished records of this selection, the jobs left to run,
+    unavailable records not yet written, the run's id). The run is the file's last one
+    (that of its last record), or `run_id`; other runs in the file are left alone. A
+    record counts as finished for the same implementation, case, parameters (params_id),
+    dtype and seed."""
+    from harness.results import params_id, read_records, workload_of
     from harness.runner import case_seed
 
     loaded = read_records([path])
     for problem in loaded.problems:
         _warn(problem)
-    finished = {(r.get("impl"), r.get("case"), r.get("dtype"), r.get("seed")): r for r in loaded.records
+    runs = list(dict.fromkeys(r.get("run_id") for r in loaded.records))
+    if run_id is not None and run_id not in runs:
+        known = ", ".join(map(str, runs)) or "none"
+        raise UsageError(f"--resume-run: no run {run_id!r} in {path}; its runs: {known}")
+    if run_id is None:
+        run_id = loaded.records[-1].get("run_id") if loaded.records else info.run_id
+    mine = [r for r in loaded.records if r.get("run_id") == run_id]
+    finished = {(r.get("impl"), r.get("case"), workload_of(r), r.get("dtype"), r.get("seed")): r for r in mine
                 if r.get("status") in ("ok", "fail", "error", "skipped")
                 and (not opts.bench or "median_s" in r or r.get("status") != "ok")}
     earlier, left = [], []
@@ -420,14 +439,20 @@ def _resume(path: Path, jobs, missing, opts):
         seed = case_seed(job.case, job.dtype, opts.seed)
         todo = []
         for impl in job.impls:
-            rec = finished.get((impl.key, job.case.id, job.dtype, seed))
+            rec = finished.get((impl.key, job.case.id, params_id(job.case.params), job.dtype, seed))
             (earlier.append(rec) if rec else todo.append(impl))
         if todo:
             left.append(type(job)(job.case, job.dtype, todo))
-    written = {r.get("impl") for r in loaded.records if r.get("status") == "unavailable"}
-    print(f"resuming {path}: {len(earlier)} finished records kept, "
-          f"{sum(len(j.impls) for j in left)} to run", file=sys.stderr)
-    return earlier, left, [r for r in missing if r["impl"] not in written]
+    written = {r.get("impl") for r in mine if r.get("status") == "unavailable"}
+    others = len(runs) - (run_id in runs)
+    commits = {r.get("commit") for r in mine}
+    if mine and info.commit not in commits:
+        _warn(f"run {run_id} in {path} was made at commit {', '.join(sorted(map(str, commits)))[:40]}; this is "
+              f"{info.commit}: the run will hold records of both")
+    print(f"resuming run {run_id} in {path}: {len(earlier)} finished records kept, "
+          f"{sum(len(j.impls) for j in left)} to run" + (f" ({others} earlier run(s) in the file left alone)"
+                                                           if others else ""), file=sys.stderr)
+    return earlier, left, [r for r in missing if r["impl"] not in written], run_id
 
 
 def _interrupt(signum, frame):

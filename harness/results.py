@@ -1,15 +1,18 @@
 """Result records: machine fingerprint, atomic JSON-lines writing, tolerant reading, merge.
 
-One long-format record per (machine, commit, fusion, implementation, case, dtype). Each
-record is appended as one line in a single write and flushed to disk, so an interrupted
-run leaves every finished record readable; the reader skips (and reports) lines it cannot
-parse, such as a truncated last line, or whose fields have the wrong types (record_problem).
+One long-format record per (machine, commit, fusion, implementation, case with its
+parameters (params_id), dtype). Each record is appended as one line in a single write and
+flushed to disk, so an interrupted run leaves every finished record readable; the reader
+skips (and reports) lines it cannot parse, such as a truncated last line, or whose fields
+have the wrong types (record_problem). Whole output files (reports, JUnit XML) are written
+by write_output.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import errno
+import hashlib
 import json
 import math
 import os
@@ -99,9 +102,26 @@ class RunInfo:
         return cls(machine_name(fp), fp, commit, dirty, package_versions())
 
     def stamp(self, record: dict) -> dict:
+        """The record with the run's fields, and the `params_id` of its case's parameters."""
+        workload = {"params_id": params_id(record["params"])} if isinstance(record.get("params"), dict) else {}
         return {"schema": SCHEMA, "run_id": self.run_id, "machine": self.machine, "commit": self.commit,
                 "dirty": self.dirty, "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                **record, "fingerprint": self.fingerprint, "versions": self.versions}
+                **record, **workload, "fingerprint": self.fingerprint, "versions": self.versions}
+
+
+def params_id(params: dict) -> str:
+    """A short hash of a case's parameters (its dimensions and attributes as the case file
+    gives them): part of a record's identity, since a case name alone does not say what
+    was measured (a user's case file may reuse a shipped name with other dimensions)."""
+    text = json.dumps(params, sort_keys=True, allow_nan=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def workload_of(record: dict) -> str | None:
+    """The params_id of the workload a record measured: from its parameters where it has
+    them (records written before params_id was stored too), else as stored, else None."""
+    params = record.get("params")
+    return params_id(params) if isinstance(params, dict) else record.get("params_id")
 
 
 class ResultsWriteError(OSError):
@@ -257,7 +277,7 @@ REQUIRED = ("fusion", "backend", "variant", "case", "dtype")
 # failing kernel), number? (or null), time (a finite number >= 0), table (an object).
 FIELD_KINDS = {
     **{k: "text" for k in ("machine", "commit", "run_id", "timestamp", "kind", "impl", "status", "model",
-                           "case_file", "traceback")},
+                           "case_file", "traceback", "params_id")},
     "verdict": "text?", "reason": "text?", "invalid_reason": "text?",
     "schema": "int", "seed": "int", "dirty": "bool", "invalid": "bool", "shape_ok": "bool",
     **{k: "count" for k in ("bytes", "flops", "n", "nonfinite_mismatch", "segments")},
@@ -405,10 +425,10 @@ RECORD_KEY = ("machine", "commit", "run_id", "fusion", "backend", "variant", "ca
 
 
 def merge(records: list[dict]) -> list[dict]:
-    """Concatenate, dropping exact repeats of the same record (same run, same key)."""
+    """Concatenate, dropping exact repeats of the same record (same run, same key, same workload)."""
     seen, out = set(), []
     for r in records:
-        k = tuple(str(r.get(f)) for f in RECORD_KEY)
+        k = (*(str(r.get(f)) for f in RECORD_KEY), workload_of(r))
         if k in seen:
             continue
         seen.add(k)
