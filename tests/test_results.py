@@ -186,3 +186,17 @@ def test_a_full_disk_ends_the_run_with_the_file_and_how_to_go_on(tmp_path, capsy
     assert code == 2 and "Traceback" not in err, err
     assert f"error: cannot write results file {full}: No space left on device (record 1 of this run); no record of " \
            f"this run was written; {then.format(path=full)}" in err, err
+
+
+def test_report_pairs_a_kernel_with_its_chain_only_on_the_same_parameters():
+    """A user's case file reusing a case name with other dimensions, in the same commit: the
+    fused kernel's speedup is not taken against a chain of another workload."""
+    from harness.report import build_rows
+    from tests.test_bad_input import make_record
+
+    fused = make_record(params={"M": 512, "H": 4096, "N": 6144, "eps": 1e-5}, median=40e-3)
+    chain = make_record(variant="unfused", kind="unfused", median=2e-3)  # M = 1
+    (row,) = [r for r in build_rows([fused, chain]) if r["variant"] == "fused"]
+    assert row["speedup_chain"] is None
+    (row,) = [r for r in build_rows([make_record(median=1e-3), chain]) if r["variant"] == "fused"]
+    assert row["speedup_chain"] == 2.0
