@@ -291,6 +291,10 @@ FIELD_KINDS = {
 TIME_KINDS = {"median": "time", "p20": "time", "p80": "time", "min": "time", "n": "count", "noise": "number",
               "mode": "text"}
 PEAK_LIMIT = 1e15  # GB/s or GFLOP/s: a million times any machine today, far from overflow when plotted
+# A timing sample is the seconds of one run: from a picosecond to a million seconds (11.6
+# days). Anything else is no measurement, and ratios of such figures overflow (compare died
+# on time.samples = [1e400], which JSON reads as inf, and called 1e308 UNSURE).
+SAMPLE_RANGE = (1e-12, 1e6)
 EXPECTED = {"text": "a string", "text?": "a string or null", "bool": "true or false",
             "count": "an integer from 0 to 2**63 - 1", "int": "a 64-bit integer", "number": "a number",
             "number?": "a number or null",
@@ -357,6 +361,10 @@ def record_problem(rec) -> str | None:
                 return f"field 'time.{k}' must be {EXPECTED[kind]}, got {_shown(t[k])}"
         if "samples" in t and not (isinstance(t["samples"], list) and all(_is_number(x) for x in t["samples"])):
             return f"field 'time.samples' must be a list of numbers, got {_shown(t['samples'])}"
+        lo, hi = SAMPLE_RANGE
+        wrong = next((x for x in t.get("samples", ()) if not lo <= x <= hi), None)  # NaN fails both
+        if wrong is not None:
+            return f"field 'time.samples' must hold seconds from {lo:g} to {hi:g}, got {_shown(wrong)}"
     for k, v in rec.get("peak", {}).items():  # a machine's measured GB/s and GFLOP/s (the roofline's ceilings)
         if v is not None and not (_fits("time", v) and v < PEAK_LIMIT):
             return f"field 'peak.{k}' must be a rate from 0 up to {PEAK_LIMIT:g}, or null, got {_shown(v)}"
