@@ -524,14 +524,15 @@ def _gate(outcome: Outcome, allow_empty: bool) -> tuple[int, list[str]]:
     return code, lines
 
 
-def _write_junit(args, records: list[dict], stream=None) -> None:
-    """With --junit FILE: the records as JUnit XML (harness.junit), path printed to `stream`."""
+def _write_junit(args, outcome: Outcome, stream=None) -> None:
+    """With --junit FILE: the records and the registry's problems as JUnit XML
+    (harness.junit), path printed to `stream`."""
     if not getattr(args, "junit", None):
         return
     from harness.junit import write_junit
 
     try:
-        out = write_junit(args.junit, records, seed=args.seed)
+        out = write_junit(args.junit, outcome.records, seed=args.seed, problems=outcome.problems)
     except OSError as e:
         raise UsageError(f"cannot write JUnit file {args.junit!r}: {e.strerror or e}") from None
     print(f"junit: {out}", file=stream or sys.stdout)
@@ -548,7 +549,7 @@ def cmd_check(args) -> int:
     else:
         _print_check_table(records)
     stream = sys.stderr if args.json else sys.stdout
-    _write_junit(args, records, stream)
+    _write_junit(args, outcome, stream)
     for line in summary:
         print(line, file=stream)
     return code
@@ -617,7 +618,7 @@ def cmd_run(args) -> int:
     out = write_report([path], report_path, include_committed=True, on_problem=_warn)
     print(f"results: {path}")
     print(f"report: {out.resolve()}")
-    _write_junit(args, records)
+    _write_junit(args, outcome)
     code, summary = _gate(outcome, args.allow_empty)
     print("\n".join(summary))
     return code
