@@ -311,7 +311,8 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
     """Run the jobs with a progress bar, each backend's kernels in its worker process
     (harness.workers) unless --no-isolation; with `write`, records go to the results file
     (args.out, else reports/runs/<time>-<machine>.jsonl) as they finish, and --resume
-    appends to an earlier file, skipping what it holds."""
+    continues the last run of an earlier file (or --resume-run's), skipping what that run
+    finished (_resume)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.results import ResultsWriter, RunInfo
@@ -514,7 +515,8 @@ def _gate(outcome: Outcome, allow_empty: bool) -> tuple[int, list[str]]:
     lines = [f"{judged - len(bad)} passed, {len(bad)} failed" + (f", {skipped} skipped" if skipped else "")]
     code = 1 if bad else 0
     if outcome.problems:
-        lines.append(f"the gate cannot pass: {len(outcome.problems)} plugin problem(s), each in a warning above")
+        lines.append(f"the gate cannot pass: {len(outcome.problems)} registry problem(s) (a plugin that failed to "
+                     f"load or was refused), each in a warning above")
         code = 1
     if not any(r["status"] in JUDGED and r.get("kind") != "reference" for r in records) and not allow_empty:
         unavailable = sum(r["status"] == "unavailable" for r in records)

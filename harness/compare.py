@@ -330,13 +330,10 @@ def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN,
             if mode_b and mode_n and mode_b != mode_n:
                 sp = Speed("UNSURE", sp.ratio, sp.lo, sp.hi, sp.margin, f"timing modes differ ({mode_b} vs {mode_n})")
         acc = accuracy(b, n)
-        rows.append({**dict(zip(KEY, k)), "impl": n.get("impl") or f"{k[1]}/{k[2]}/{k[3]}", "unpaired": None,
-                     "accuracy": acc, "reason": n.get("reason", "") if acc == "NEW FAILURE" else "",
-                     "base_verdict": b.get("verdict"), "new_verdict": n.get("verdict"),
-                     "base_nmse": b.get("nmse"), "new_nmse": n.get("nmse"),
-                     "base_s": sp.base_s if sp and sp.base_s else _median(b),
-                     "new_s": sp.new_s if sp and sp.new_s else _median(n), "speed": asdict(sp) if sp else None,
-                     "base_commit": b.get("commit"), "new_commit": n.get("commit")})
+        rows.append(_row(_name(k), b, n, unpaired=None, accuracy=acc,
+                         reason=n.get("reason", "") if acc == "NEW FAILURE" else "",
+                         base_s=sp.base_s if sp and sp.base_s else _median(b),
+                         new_s=sp.new_s if sp and sp.new_s else _median(n), speed=asdict(sp) if sp else None))
     rows += unpaired
     rows.sort(key=_sort_key)
     counts = {v: 0 for v in ORDER}
@@ -376,12 +373,16 @@ def unpaired_rows(lb: dict[tuple, dict], ln: dict[tuple, dict], common) -> list[
             what, why = "DIFFERENT WORKLOAD", f"parameters {_params(b)} vs {_params(n)}"
         else:
             what, why = "DIFFERENT API", f"{backend_api(b) or 'not named'} vs {backend_api(n) or 'not named'}"
-        rows.append({**dict(zip(KEY, name)), "impl": n.get("impl") or f"{name[1]}/{name[2]}/{name[3]}",
-                     "unpaired": what, "accuracy": None, "reason": why, "base_verdict": b.get("verdict"),
-                     "new_verdict": n.get("verdict"), "base_nmse": b.get("nmse"), "new_nmse": n.get("nmse"),
-                     "base_s": _median(b), "new_s": _median(n), "speed": None, "base_commit": b.get("commit"),
-                     "new_commit": n.get("commit")})
+        rows.append(_row(name, b, n, unpaired=what, accuracy=None, reason=why, base_s=_median(b), new_s=_median(n),
+                         speed=None))
     return rows
+
+
+def _row(name: tuple, b: dict, n: dict, **fields) -> dict:
+    """A row of the comparison of base record b and new record n, both of KEY `name`."""
+    return {**dict(zip(KEY, name)), "impl": n.get("impl") or f"{name[1]}/{name[2]}/{name[3]}",
+            "base_verdict": b.get("verdict"), "new_verdict": n.get("verdict"), "base_nmse": b.get("nmse"),
+            "new_nmse": n.get("nmse"), "base_commit": b.get("commit"), "new_commit": n.get("commit"), **fields}
 
 
 def _params(r: dict) -> str:

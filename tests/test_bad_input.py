@@ -650,6 +650,8 @@ def test_report_plots_take_extreme_records(tmp_path):
             make_record(case="tiny", median=5e-324, gbps=1e14, gflops=1e13,
                         peak={"copy_gbps": 1e14, "matmul_gflops": None}),
             make_record(case="nan", nmse=math.nan, max_ulp=math.inf, frac_peak=None, verdict=None)]
+    for rec, end in zip(recs[-3:-1], SAMPLE_RANGE[::-1]):  # the samples at the ends of what a record may hold
+        rec["time"]["samples"] = [end] * len(rec["time"]["samples"])
     path = tmp_path / "r.jsonl"
     path.write_bytes(b"\n".join(map(_dump, recs)) + b'\n{"fusion": "rmsnorm_gemm", "backe\n')
     from harness.report import write_report

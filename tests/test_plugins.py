@@ -42,7 +42,7 @@ def test_the_gate_fails_on_a_refused_plugin(tmp_path):
     r = fusebench("check", *ONE_CASE, cwd=tmp_path, plugins="tests.plugins.derived_override")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "warning: add_rmsnorm/cpu/unfused (tests.plugins.derived_override): refused" in r.stderr
-    assert "the gate cannot pass: 1 plugin problem" in r.stdout
+    assert "the gate cannot pass: 1 registry problem" in r.stdout
     assert "FAIL" not in r.stdout  # the derived chain itself ran, and passed
     assert "Traceback" not in r.stderr
 
