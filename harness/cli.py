@@ -14,10 +14,12 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from harness.backends import BACKEND_MODULES, get_backend
 from harness.cases import SUITES, CaseError, load_cases, select
 from harness.dtypes import DTYPES
+from harness.results import ResultsWriteError
 
 
 class UsageError(Exception):
@@ -52,7 +54,12 @@ def _fraction(text: str) -> float:
 
 
 def _csv(s: str) -> list[str]:
-    return [p.strip() for p in s.split(",") if p.strip()]
+    """Comma-separated names; a value that names nothing ('', ',') is refused rather than
+    read as no filter at all."""
+    names = [p.strip() for p in s.split(",") if p.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a name or comma-separated names, got {s!r}")
+    return names
 
 
 def _add_filters(p: argparse.ArgumentParser, suite_default: str | None = "quick") -> None:
@@ -78,8 +85,11 @@ def _add_timing(p: argparse.ArgumentParser) -> None:
                         "(default 4; 1: one after the other)")
     p.add_argument("--out", "-o", help="results file (JSON lines); default reports/runs/<time>-<machine>.jsonl")
     p.add_argument("--resume", nargs="?", const="latest", metavar="FILE",
-                   help="continue an interrupted run: append to FILE (default: -o, else this machine's newest "
-                        "results file), skipping what it already holds")
+                   help="continue an interrupted run: the last run in FILE (default: -o, else this machine's "
+                        "newest results file), appending what that run has not finished (earlier runs in the "
+                        "file are left alone)")
+    p.add_argument("--resume-run", metavar="ID",
+                   help="continue the run with this run_id instead of the file's last run (implies --resume)")
 
 
 def _add_isolation(p: argparse.ArgumentParser) -> None:
@@ -92,6 +102,12 @@ def _add_isolation(p: argparse.ArgumentParser) -> None:
     p.set_defaults(fail_fast=False)
     p.add_argument("--no-isolation", action="store_true",
                    help="run every kernel in this process (faster to start, for debugging; a crash ends the run)")
+
+
+def _add_allow_empty(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-empty", action="store_true",
+                   help="exit 0 when nothing was checked (every case skipped, every implementation unavailable); "
+                        "by default such a run is not a pass")
 
 
 def _positive(text: str) -> float:
@@ -120,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
     p.add_argument("--out", "-o", metavar="FILE",
                    help="also append the records (verdicts and errors, no timings) to this results file")
+    _add_allow_empty(p)
 
     p = sub.add_parser("bench", help="time implementations into a results file")
     _add_filters(p)
@@ -140,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timing(p)
     p.add_argument("--report", default=None, help="HTML file to write (default reports/report-<time>.html)")
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
+    _add_allow_empty(p)
 
     p = sub.add_parser("compare", help="BASE vs NEW results: accuracy changes, speed beyond noise; exit 1 on a regression")
     p.add_argument("base", metavar="BASE", help="results file or folder (JSON lines) to compare against")
@@ -164,6 +182,9 @@ def main(argv=None) -> int:
     except (UsageError, CaseError) as e:
         print(f"fusebench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except ResultsWriteError as e:  # a full disk: say what is kept and how to go on
+        print(f"fusebench {args.command}: error: {_write_failure(args, e)}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `fusebench list | head`: the reader has gone, so stop quietly as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 141  # 128 + SIGPIPE
@@ -174,6 +195,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"fusebench {args.command}: interrupted; finished records are kept", file=sys.stderr)
         return 130
+
+
+def _write_failure(args, e: ResultsWriteError) -> str:
+    """What a results file that could not be written means for this run, and what to do."""
+    kept = f"the {e.written} record(s) written before it are kept" if e.written else "no record of this run was written"
+    if args.command in ("bench", "run"):
+        then = f"free some space, then continue with `fusebench {args.command} --resume {e.filename}` (and the same " \
+               f"filters)"
+    else:
+        then = "free some space and run it again"
+    return f"cannot write results file {e.filename}: {e.strerror}; {kept}; {then}"
 
 
 # --- selection -------------------------------------------------------------------------
@@ -266,11 +298,21 @@ def _default_results_path(info) -> Path:
     return Path("reports") / "runs" / f"{stamp}-{info.machine}.jsonl"
 
 
-def _execute(args, bench: bool, write: bool = False) -> tuple[list[dict], Path | None]:
+class Outcome(NamedTuple):
+    """What _execute leaves: the records (earlier ones of a resumed run first), the results
+    file they went to (or None), and the registry's problems (plugins that failed to load)."""
+
+    records: list[dict]
+    path: Path | None
+    problems: list[str]
+
+
+def _execute(args, bench: bool, write: bool = False) -> Outcome:
     """Run the jobs with a progress bar, each backend's kernels in its worker process
     (harness.workers) unless --no-isolation; with `write`, records go to the results file
     (args.out, else reports/runs/<time>-<machine>.jsonl) as they finish, and --resume
-    appends to an earlier file, skipping what it holds."""
+    continues the last run of an earlier file (or --resume-run's), skipping what that run
+    finished (_resume)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.results import ResultsWriter, RunInfo
@@ -292,10 +334,15 @@ def _execute(args, bench: bool, write: bool = False) -> tuple[list[dict], Path |
     records: list[dict] = []
     if write:
         results_path = Path(args.out) if args.out else _default_results_path(info)
-        if getattr(args, "resume", None):
+        if getattr(args, "resume", None) or getattr(args, "resume_run", None):
             results_path = _resume_path(args, info)
-            records, jobs, missing = _resume(results_path, jobs, missing, opts)
+            records, jobs, missing, run_id = _resume(results_path, jobs, missing, opts, args.resume_run, info)
+            info.run_id = run_id
         writer = ResultsWriter(results_path)
+        if writer.partial_line:
+            _warn(f"{writer.partial_line}: the file ended inside this line (a write cut short: an interruption or a "
+                  f"full disk); it is ended there, so that new records start on a line of their own, and skipped "
+                  f"as unreadable")
     isolated = None if args.no_isolation else IsolatedRunner(args.timeout)
     run = isolated.run_job if isolated else lambda *a: run_job(*a)
 
@@ -338,7 +385,7 @@ def _execute(args, bench: bool, write: bool = False) -> tuple[list[dict], Path |
             isolated.close()
         if writer:
             writer.close()
-    return records, results_path
+    return Outcome(records, results_path, reg.problems)
 
 
 class _FailFast(Exception):
@@ -348,7 +395,7 @@ class _FailFast(Exception):
 
 
 def _resume_path(args, info) -> Path:
-    if args.resume != "latest":
+    if args.resume not in (None, "latest"):
         path = Path(args.resume)
     elif args.out:
         path = Path(args.out)
@@ -357,20 +404,35 @@ def _resume_path(args, info) -> Path:
         if not found:
             raise UsageError(f"--resume: no earlier results file of machine {info.machine} in reports/runs/")
         path = found[-1]
+    if path.is_dir():
+        inside = sorted(path.glob("*.jsonl"), key=lambda f: f.stat().st_mtime)
+        example = f" (the newest here: {inside[-1]})" if inside else ""
+        raise UsageError(f"--resume: {str(path)!r} is a directory; give the results file to continue{example}")
     if not path.is_file():
         raise UsageError(f"--resume: results file {str(path)!r} does not exist")
     return path
 
 
-def _resume(path: Path, jobs, missing, opts):
-    """(earlier records of this selection, the jobs left to run, unavailable records not yet written)."""
-    from harness.results import read_records
+def _resume(path: Path, jobs, missing, opts, run_id: str | None, info):
+    """(the resumed run's finished records of this selection, the jobs left to run,
+    unavailable records not yet written, the run's id). The run is the file's last one
+    (that of its last record), or `run_id`; other runs in the file are left alone. A
+    record counts as finished for the same implementation, case, parameters (params_id),
+    dtype and seed."""
+    from harness.results import params_id, read_records, workload_of
     from harness.runner import case_seed
 
     loaded = read_records([path])
     for problem in loaded.problems:
         _warn(problem)
-    finished = {(r.get("impl"), r.get("case"), r.get("dtype"), r.get("seed")): r for r in loaded.records
+    runs = list(dict.fromkeys(r.get("run_id") for r in loaded.records))
+    if run_id is not None and run_id not in runs:
+        known = ", ".join(map(str, runs)) or "none"
+        raise UsageError(f"--resume-run: no run {run_id!r} in {path}; its runs: {known}")
+    if run_id is None:
+        run_id = loaded.records[-1].get("run_id") if loaded.records else info.run_id
+    mine = [r for r in loaded.records if r.get("run_id") == run_id]
+    finished = {(r.get("impl"), r.get("case"), workload_of(r), r.get("dtype"), r.get("seed")): r for r in mine
                 if r.get("status") in ("ok", "fail", "error", "skipped")
                 and (not opts.bench or "median_s" in r or r.get("status") != "ok")}
     earlier, left = [], []
@@ -378,14 +440,20 @@ def _resume(path: Path, jobs, missing, opts):
         seed = case_seed(job.case, job.dtype, opts.seed)
         todo = []
         for impl in job.impls:
-            rec = finished.get((impl.key, job.case.id, job.dtype, seed))
+            rec = finished.get((impl.key, job.case.id, params_id(job.case.params), job.dtype, seed))
             (earlier.append(rec) if rec else todo.append(impl))
         if todo:
             left.append(type(job)(job.case, job.dtype, todo))
-    written = {r.get("impl") for r in loaded.records if r.get("status") == "unavailable"}
-    print(f"resuming {path}: {len(earlier)} finished records kept, "
-          f"{sum(len(j.impls) for j in left)} to run", file=sys.stderr)
-    return earlier, left, [r for r in missing if r["impl"] not in written]
+    written = {r.get("impl") for r in mine if r.get("status") == "unavailable"}
+    others = len(runs) - (run_id in runs)
+    commits = {r.get("commit") for r in mine}
+    if mine and info.commit not in commits:
+        _warn(f"run {run_id} in {path} was made at commit {', '.join(sorted(map(str, commits)))[:40]}; this is "
+              f"{info.commit}: the run will hold records of both")
+    print(f"resuming run {run_id} in {path}: {len(earlier)} finished records kept, "
+          f"{sum(len(j.impls) for j in left)} to run" + (f" ({others} earlier run(s) in the file left alone)"
+                                                           if others else ""), file=sys.stderr)
+    return earlier, left, [r for r in missing if r["impl"] not in written], run_id
 
 
 def _interrupt(signum, frame):
@@ -415,6 +483,9 @@ def _print_check_table(records: list[dict]) -> None:
         if r["status"] in ("unavailable", "skipped"):  # not run here: not a failure
             t.add_row(r["case"], r["dtype"], r["impl"], f"[yellow]{r['status']}[/]", "", "", "", r["reason"])
             continue
+        if r["status"] == "skipped":  # never run (too large for this machine): neither a pass nor a failure
+            t.add_row(r["case"], r["dtype"], r["impl"], "[yellow]skipped[/]", "", "", "", r.get("reason", ""))
+            continue
         v = "[green]pass[/]" if r.get("verdict") == "pass" else "[bold red]FAIL[/]"
         t.add_row(r["case"], r["dtype"], r["impl"], v, _g(r.get("nmse")), _g(r.get("max_ulp")),
                   _g(r.get("chain_nmse")), r.get("reason", ""))
@@ -429,31 +500,61 @@ def _failures(records) -> list[dict]:
     return [r for r in records if r["status"] in ("fail", "error")]
 
 
-def _write_junit(args, records: list[dict], stream=None) -> None:
-    """With --junit FILE: the records as JUnit XML (harness.junit), path printed to `stream`."""
+JUDGED = ("ok", "fail", "error")
+
+
+def _gate(outcome: Outcome, allow_empty: bool) -> tuple[int, list[str]]:
+    """The gate's exit status and summary lines: 1 when an implementation failed, when the
+    registry has problems (a plugin that failed to load or was refused: what it registered
+    went unchecked), or when nothing was checked (every case skipped, every implementation
+    unavailable) unless `allow_empty`; else 0."""
+    records = outcome.records
+    bad = _failures(records)
+    judged = sum(r["status"] in JUDGED for r in records)
+    skipped = sum(r["status"] == "skipped" for r in records)
+    lines = [f"{judged - len(bad)} passed, {len(bad)} failed" + (f", {skipped} skipped" if skipped else "")]
+    code = 1 if bad else 0
+    if outcome.problems:
+        lines.append(f"the gate cannot pass: {len(outcome.problems)} registry problem(s) (a plugin that failed to "
+                     f"load or was refused), each in a warning above")
+        code = 1
+    if not any(r["status"] in JUDGED and r.get("kind") != "reference" for r in records) and not allow_empty:
+        unavailable = sum(r["status"] == "unavailable" for r in records)
+        lines.append(f"nothing was checked ({skipped} skipped, {unavailable} unavailable): not a pass; "
+                     f"--allow-empty accepts a run that checks nothing")
+        code = 1
+    return code, lines
+
+
+def _write_junit(args, outcome: Outcome, stream=None) -> None:
+    """With --junit FILE: the records and the registry's problems as JUnit XML
+    (harness.junit), path printed to `stream`."""
     if not getattr(args, "junit", None):
         return
     from harness.junit import write_junit
 
     try:
-        out = write_junit(args.junit, records, seed=args.seed)
+        out = write_junit(args.junit, outcome.records, seed=args.seed, problems=outcome.problems)
     except OSError as e:
         raise UsageError(f"cannot write JUnit file {args.junit!r}: {e.strerror or e}") from None
     print(f"junit: {out}", file=stream or sys.stdout)
 
 
 def cmd_check(args) -> int:
-    records, _ = _execute(args, bench=False, write=bool(args.out))
+    outcome = _execute(args, bench=False, write=bool(args.out))
+    records = outcome.records
+    code, summary = _gate(outcome, args.allow_empty)
     if args.json:
         slim = [{k: v for k, v in r.items() if k not in ("fingerprint", "versions", "traceback")} for r in records]
-        print(json.dumps({"passed": not _failures(records), "records": slim}, indent=2, default=str))
+        print(json.dumps({"passed": code == 0, "problems": outcome.problems, "records": slim}, indent=2,
+                         default=str))
     else:
         _print_check_table(records)
-    _write_junit(args, records, sys.stderr if args.json else sys.stdout)
-    bad = _failures(records)
-    n = sum(r["status"] in ("ok", "fail", "error") for r in records)
-    print(f"{n - len(bad)} passed, {len(bad)} failed", file=sys.stderr if args.json else sys.stdout)
-    return 1 if bad else 0
+    stream = sys.stderr if args.json else sys.stdout
+    _write_junit(args, outcome, stream)
+    for line in summary:
+        print(line, file=stream)
+    return code
 
 
 def _print_bench_table(records: list[dict]) -> None:
@@ -480,7 +581,7 @@ def _ms(s: float) -> str:
 
 
 def cmd_bench(args) -> int:
-    records, path = _execute(args, bench=True, write=True)
+    records, path, _ = _execute(args, bench=True, write=True)
     _print_bench_table(records)
     print(f"results: {path}")
     return 0
@@ -511,17 +612,18 @@ def cmd_report(args) -> int:
 def cmd_run(args) -> int:
     from harness.report import write_report
 
-    records, path = _execute(args, bench=True, write=True)
+    outcome = _execute(args, bench=True, write=True)
+    records, path = outcome.records, outcome.path
     _print_check_table(records)
     _print_bench_table(records)
     report_path = Path(args.report) if args.report else path.parent.parent / f"report-{path.stem}.html"
     out = write_report([path], report_path, include_committed=True, on_problem=_warn)
-    bad = _failures(records)
     print(f"results: {path}")
     print(f"report: {out.resolve()}")
-    _write_junit(args, records)
-    print(f"{sum(r['status'] in ('ok', 'fail', 'error') for r in records) - len(bad)} passed, {len(bad)} failed")
-    return 1 if bad else 0
+    _write_junit(args, outcome)
+    code, summary = _gate(outcome, args.allow_empty)
+    print("\n".join(summary))
+    return code
 
 
 def cmd_compare(args) -> int:

@@ -1,8 +1,14 @@
 """Two results -> what changed: accuracy verdicts, then speed beyond noise (`fusebench compare`).
 
-Records are matched by (machine, fusion, backend, variant, case, dtype), the newest of each
-side by timestamp; only runs from the same machine are compared. Unavailable records are
-left out (they count as "only in one side").
+Records are matched by (machine, fusion, backend, variant, case, dtype) and what was
+measured: the case's parameters (params_id: a user case file may reuse a shipped case name
+with other dimensions) and the backend's API where it has one (wgpu on Vulkan or, without
+a Vulkan driver, on OpenGL: not the same machine). The newest record of each side wins, by
+timestamp; only runs from the same machine are compared. Records of one name whose
+parameters or API differ are not compared: their row says DIFFERENT WORKLOAD or DIFFERENT
+API. Unavailable records are left out (they count as "only in one side"), and so is the
+float64 reference (kind "reference"): it is the yardstick the verdicts are measured
+against, never a contender, so it has no verdict and no say in the exit status.
 
 Accuracy: verdict pass -> fail is a NEW FAILURE, fail -> pass is FIXED, and a passing
 record whose NMSE grew more than DRIFT_FACTOR (10x) is an ACCURACY DRIFT (reported, never
@@ -47,7 +53,8 @@ a side) and, for a measured s, one degree of freedom per run beyond the first of
 (the drift moves whole runs: records of one run are not independent draws of it; a given s
 is taken as known), widened to hold the bootstrap's: a drift of s is then noise, not
 change. Without it (one run a side and no --drift) the verdicts rest on the within-run noise
-alone, and the summary says so.
+alone and cannot see between-run drift, and the summary says so (a slowdown beyond that
+noise still counts).
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.results import read_records
+from harness.results import read_records, workload_of
 from harness.timing import summarize
 
 KEY = ("machine", "fusion", "backend", "variant", "case", "dtype")
@@ -70,7 +77,9 @@ SAME_WITHIN = 0.05
 MIN_SAMPLES = 5
 DRIFT_FACTOR = 10.0
 DRIFT_MIN_DF = 3  # records' worth of repeated runs before the between-run spread is trusted
-ORDER = {"NEW FAILURE": 0, "ACCURACY DRIFT": 1, "FIXED": 2, "SLOWER": 3, "FASTER": 4, "SAME": 5, "UNSURE": 6}
+ORDER = {"NEW FAILURE": 0, "ACCURACY DRIFT": 1, "FIXED": 2, "SLOWER": 3, "FASTER": 4, "SAME": 5, "UNSURE": 6,
+         "DIFFERENT WORKLOAD": 7, "DIFFERENT API": 8}
+UNPAIRED = ("DIFFERENT WORKLOAD", "DIFFERENT API")
 
 
 class CompareError(Exception):
@@ -197,13 +206,34 @@ def _clean(samples) -> np.ndarray:
     return s[np.isfinite(s) & (s > 0)]
 
 
+def backend_api(r: dict) -> str | None:
+    """The graphics API the record's backend ran on, where its fingerprint names one (wgsl:
+    Vulkan, OpenGL, Metal, D3D12); None elsewhere."""
+    fp = r.get("fingerprint")
+    backends = fp.get("backends") if isinstance(fp, dict) else None
+    mine = backends.get(r.get("backend")) if isinstance(backends, dict) else None
+    api = mine.get("api", mine.get("backend_type")) if isinstance(mine, dict) else None
+    return None if api in (None, "") else str(api)
+
+
+def identity(r: dict) -> tuple:
+    """KEY and what was measured: the case's parameters and the backend's API."""
+    return (*(r.get(f) for f in KEY), workload_of(r), backend_api(r))
+
+
+def _compared(records: list[dict]) -> list[dict]:
+    """The records compare looks at: neither unavailable nor the float64 reference."""
+    return [r for r in records if r.get("status") != "unavailable"
+            and r.get("kind") != "reference" and r.get("backend") != "reference"]
+
+
 def runs_of(records: list[dict]) -> dict[tuple, list[dict]]:
-    """Per KEY, the newest record of each run (run_id), oldest run first; unavailable left out."""
+    """Per identity, the newest record of each run (run_id), oldest run first; unavailable left out."""
     per: dict[tuple, dict[str, dict]] = {}
     for r in records:
         if r.get("status") == "unavailable":
             continue
-        k = tuple(r.get(f) for f in KEY)
+        k = identity(r)
         run = str(r.get("run_id") or id(r))
         have = per.setdefault(k, {}).get(run)
         if have is None or str(r.get("timestamp", "")) >= str(have.get("timestamp", "")):
@@ -212,12 +242,12 @@ def runs_of(records: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def latest(records: list[dict]) -> dict[tuple, dict]:
-    """The newest record (by timestamp) per KEY, unavailable ones left out."""
+    """The newest record (by timestamp) per identity, unavailable ones left out."""
     best: dict[tuple, dict] = {}
     for r in records:
         if r.get("status") == "unavailable":
             continue
-        k = tuple(r.get(f) for f in KEY)
+        k = identity(r)
         if k not in best or str(r.get("timestamp", "")) >= str(best[k].get("timestamp", "")):
             best[k] = r
     return best
@@ -256,7 +286,9 @@ class Comparison:
 def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN,
             drift: float | None = None) -> Comparison:
     """Matched rows, sorted: accuracy changes, slower, faster, then the rest. `drift`: the
-    machine's between-run spread, if known (else measured from repeated runs, if any)."""
+    machine's between-run spread, if known (else measured from repeated runs, if any).
+    Records of the float64 reference are left out (a yardstick, not a contender)."""
+    base, new = _compared(base), _compared(new)
     lb, ln = latest(base), latest(new)
     rb, rn = runs_of(base), runs_of(new)
     measured, df = between_run_spread(rb, rn)
@@ -267,14 +299,21 @@ def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN,
     runs_df = None if source != "measured" else \
         max(1, sum(max((len(v) for v in side.values()), default=1) - 1 for side in (rb, rn)))
     if not lb or not ln:
-        raise CompareError(f"{'BASE' if not lb else 'NEW'} has no usable records (only unavailable ones, or none)")
+        raise CompareError(f"{'BASE' if not lb else 'NEW'} has no usable records (only unavailable ones, the "
+                           f"float64 reference, or none)")
     common = lb.keys() & ln.keys()
+    unpaired = unpaired_rows(lb, ln, common)
     if not common:
         mb, mn = {k[0] for k in lb}, {k[0] for k in ln}
         if not mb & mn:
             raise CompareError(f"nothing matches: BASE is from machine(s) {', '.join(map(str, sorted(mb, key=str)))}"
                                f", NEW from {', '.join(map(str, sorted(mn, key=str)))}; only runs from the same "
                                "machine are compared")
+        if unpaired:
+            first = unpaired[0]
+            raise CompareError(f"nothing matches: {len(unpaired)} record(s) share a name with the other side but not "
+                               f"what was measured, e.g. {first['impl']} {first['case']} {first['dtype']}: "
+                               f"{first['unpaired'].lower()} ({first['reason']})")
         raise CompareError("nothing matches: no (fusion, backend, variant, case, dtype) is in both BASE and NEW")
     rows = []
     for k in common:
@@ -291,30 +330,73 @@ def compare(base: list[dict], new: list[dict], same_within: float = SAME_WITHIN,
             if mode_b and mode_n and mode_b != mode_n:
                 sp = Speed("UNSURE", sp.ratio, sp.lo, sp.hi, sp.margin, f"timing modes differ ({mode_b} vs {mode_n})")
         acc = accuracy(b, n)
-        rows.append({**dict(zip(KEY, k)), "impl": n.get("impl") or f"{k[1]}/{k[2]}/{k[3]}",
-                     "accuracy": acc, "reason": n.get("reason", "") if acc == "NEW FAILURE" else "",
-                     "base_verdict": b.get("verdict"), "new_verdict": n.get("verdict"),
-                     "base_nmse": b.get("nmse"), "new_nmse": n.get("nmse"),
-                     "base_s": sp.base_s if sp and sp.base_s else _median(b),
-                     "new_s": sp.new_s if sp and sp.new_s else _median(n), "speed": asdict(sp) if sp else None,
-                     "base_commit": b.get("commit"), "new_commit": n.get("commit")})
+        rows.append(_row(_name(k), b, n, unpaired=None, accuracy=acc,
+                         reason=n.get("reason", "") if acc == "NEW FAILURE" else "",
+                         base_s=sp.base_s if sp and sp.base_s else _median(b),
+                         new_s=sp.new_s if sp and sp.new_s else _median(n), speed=asdict(sp) if sp else None))
+    rows += unpaired
     rows.sort(key=_sort_key)
     counts = {v: 0 for v in ORDER}
     for r in rows:
-        for v in (r["accuracy"], (r["speed"] or {}).get("verdict")):
+        for v in (r["accuracy"], (r["speed"] or {}).get("verdict"), r["unpaired"]):
             if v:
                 counts[v] += 1
-    counts["untimed"] = sum(r["speed"] is None for r in rows)
+    counts["untimed"] = sum(r["speed"] is None and not r["unpaired"] for r in rows)
     most = (max((len(rb[k]) for k in common), default=1), max((len(rn[k]) for k in common), default=1))
-    return Comparison(rows, len(lb.keys() - common), len(ln.keys() - common), counts, drift, source,
-                      runs_df or 0, most)
+    named = {_name(r) for r in unpaired}
+    only_base = sum(_name(k) not in named for k in lb.keys() - common)
+    only_new = sum(_name(k) not in named for k in ln.keys() - common)
+    return Comparison(rows, only_base, only_new, counts, drift, source, runs_df or 0, most)
+
+
+def _name(k) -> tuple:
+    """The KEY part of an identity (or of a row)."""
+    return tuple(k[f] for f in KEY) if isinstance(k, dict) else k[:len(KEY)]
+
+
+def unpaired_rows(lb: dict[tuple, dict], ln: dict[tuple, dict], common) -> list[dict]:
+    """A row for each KEY in both sides with no identity in common: the same name, but other
+    case parameters (DIFFERENT WORKLOAD) or another backend API (DIFFERENT API)."""
+    paired = {_name(k) for k in common}
+    newest_b: dict[tuple, dict] = {}
+    newest_n: dict[tuple, dict] = {}
+    for side, newest in ((lb, newest_b), (ln, newest_n)):
+        for k, r in side.items():
+            have = newest.get(_name(k))
+            newer = have is None or str(r.get("timestamp", "")) >= str(have.get("timestamp", ""))
+            if _name(k) not in paired and newer:
+                newest[_name(k)] = r
+    rows = []
+    for name in newest_b.keys() & newest_n.keys():
+        b, n = newest_b[name], newest_n[name]
+        if workload_of(b) != workload_of(n):
+            what, why = "DIFFERENT WORKLOAD", f"parameters {_params(b)} vs {_params(n)}"
+        else:
+            what, why = "DIFFERENT API", f"{backend_api(b) or 'not named'} vs {backend_api(n) or 'not named'}"
+        rows.append(_row(name, b, n, unpaired=what, accuracy=None, reason=why, base_s=_median(b), new_s=_median(n),
+                         speed=None))
+    return rows
+
+
+def _row(name: tuple, b: dict, n: dict, **fields) -> dict:
+    """A row of the comparison of base record b and new record n, both of KEY `name`."""
+    return {**dict(zip(KEY, name)), "impl": n.get("impl") or f"{name[1]}/{name[2]}/{name[3]}",
+            "base_verdict": b.get("verdict"), "new_verdict": n.get("verdict"), "base_nmse": b.get("nmse"),
+            "new_nmse": n.get("nmse"), "base_commit": b.get("commit"), "new_commit": n.get("commit"), **fields}
+
+
+def _params(r: dict) -> str:
+    params = r.get("params")
+    if not isinstance(params, dict):
+        return f"(params_id {r.get('params_id')})"
+    return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
 def _sort_key(r: dict) -> tuple:
     """Accuracy changes first, then slower (worst first), faster (best first), same, unsure."""
     sp = r["speed"] or {}
     ratio = sp.get("ratio") or 1.0
-    return (ORDER[r["accuracy"]] if r["accuracy"] else 9, ORDER.get(sp.get("verdict"), 9),
+    return (ORDER[r["accuracy"]] if r["accuracy"] else 9, ORDER.get(sp.get("verdict") or r["unpaired"], 9),
             -ratio if sp.get("verdict") == "SLOWER" else ratio, [str(r[f]) for f in KEY])
 
 
@@ -331,9 +413,12 @@ def load(path: str) -> list[dict]:
 
 def summary_line(c: Comparison) -> str:
     k = c.counts
-    return (f"{len(c.rows)} matched: {k['NEW FAILURE']} new failures, {k['FIXED']} fixed, "
+    matched = len(c.rows) - k["DIFFERENT WORKLOAD"] - k["DIFFERENT API"]
+    return (f"{matched} matched: {k['NEW FAILURE']} new failures, {k['FIXED']} fixed, "
             f"{k['ACCURACY DRIFT']} accuracy drift; {k['SLOWER']} slower, {k['FASTER']} faster, {k['SAME']} same, "
-            f"{k['UNSURE']} unsure, {k['untimed']} untimed; {c.only_base} only in BASE, {c.only_new} only in NEW")
+            f"{k['UNSURE']} unsure, {k['untimed']} untimed; {c.only_base} only in BASE, {c.only_new} only in NEW"
+            + (f"; {k['DIFFERENT WORKLOAD']} different workload, {k['DIFFERENT API']} different API (not compared)"
+               if k["DIFFERENT WORKLOAD"] or k["DIFFERENT API"] else ""))
 
 
 def drift_line(c: Comparison) -> str:
@@ -343,8 +428,11 @@ def drift_line(c: Comparison) -> str:
                 f"{c.runs[1]} a record: {c.drift_df} degrees of freedom); the verdicts include it")
     if c.drift_source == "given":
         return f"between-run spread given: {c.drift:.1%} (--drift); the verdicts include it"
-    return ("one run a side: the verdicts see only the noise within each run; on a machine that drifts between "
-            "runs, give each side two or more runs (append several bench runs to one file, or a folder) or --drift")
+    moved = c.counts["SLOWER"] + c.counts["FASTER"]
+    return ("one run a side: the verdicts cannot see between-run drift, only the noise within each run"
+            + (f" ({moved} SLOWER/FASTER may be the machine's drift between the two runs)" if moved else "")
+            + "; on a machine that drifts between runs, give each side two or more runs (append several bench runs "
+              "to one file, or a folder) or --drift")
 
 
 def _ms(s) -> str:
@@ -355,6 +443,8 @@ def _verdict_cell(r: dict) -> str:
     style = {"NEW FAILURE": "bold red", "ACCURACY DRIFT": "yellow", "FIXED": "green", "SLOWER": "bold red",
              "FASTER": "green", "SAME": "dim", "UNSURE": "yellow"}
     parts = []
+    if r["unpaired"]:
+        return f"[yellow]{r['unpaired']}[/]: {r['reason']} (not compared)"
     if r["accuracy"]:
         extra = f": {r['reason']}" if r["reason"] else ""
         if r["accuracy"] == "ACCURACY DRIFT":
@@ -399,7 +489,7 @@ def main(base: str, new: str, *, as_json: bool = False, fail_on_slower: bool = T
                           "same_level": SAME_LEVEL, "min_margin": MIN_MARGIN, "same_within": same_within, "min_samples": MIN_SAMPLES, "drift_factor": DRIFT_FACTOR,
                                    "between_run_spread": c.drift, "spread_source": c.drift_source or None,
                                    "spread_df": c.drift_df},
-                          "counts": c.counts, "only_base": c.only_base, "only_new": c.only_new,
+                          "counts": c.counts, "only_base": c.only_base, "only_new": c.only_new, "note": drift_line(c),
                           "failed": failed, "rows": c.rows}, indent=2, default=str))
     else:
         if console is None:

@@ -6,12 +6,14 @@ with status "fail" becomes a <failure> whose text gives the failing figures, "er
 <error> with the reason and traceback, "unavailable" a <skipped>; each failure and error
 carries a one-line `fusebench check ...` command that reproduces it, seed included.
 
-The file is written atomically (temporary file in the same folder, then replace), and
-every text is stripped of the characters XML 1.0 cannot hold.
+The file is written by harness.results.write_output (atomically over a regular file,
+through a symbolic link to its target, directly into a device or a pipe), and every text
+is stripped of the characters XML 1.0 cannot hold.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
@@ -20,7 +22,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness.registry import PLUGINS_ENV
-from harness.results import REPO_ROOT
+from harness.results import REPO_ROOT, write_output
 
 # Characters XML 1.0 does not allow (even escaped): C0 controls but tab, LF, CR; surrogates; U+FFFE/F.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -106,8 +108,8 @@ def _testcase(rec: dict, seed: int) -> tuple[ET.Element, str]:
     reason = str(rec.get("reason") or "")
     if status == "ok":
         return el, "passed"
-    if status == "unavailable":
-        ET.SubElement(el, "skipped", {"message": _clean(reason or "unavailable")})
+    if status in ("unavailable", "skipped"):  # skipped: a case too large for this machine, never run
+        ET.SubElement(el, "skipped", {"message": _clean(reason or status)})
         return el, "skipped"
     if status == "fail":
         lines = _figures(rec) + [f"reason: {reason}"] + _context(rec, seed)
@@ -124,8 +126,10 @@ def _testcase(rec: dict, seed: int) -> tuple[ET.Element, str]:
     return el, "error"
 
 
-def build_junit(records: list[dict], seed: int = 0) -> ET.Element:
-    """The <testsuites> element for these records (one <testsuite> per fusion)."""
+def build_junit(records: list[dict], seed: int = 0, problems=()) -> ET.Element:
+    """The <testsuites> element for these records (one <testsuite> per fusion), and one
+    "registry" suite with an error per registry problem (a plugin that failed to load or was
+    refused), so that CI shows why the gate cannot pass."""
     root = ET.Element("testsuites", {"name": "fusebench"})
     suites: dict[str, dict] = {}
     for rec in records:
@@ -163,22 +167,25 @@ def build_junit(records: list[dict], seed: int = 0) -> ET.Element:
         totals["errors"] += s["error"]
         totals["skipped"] += s["skipped"]
         totals["time"] += s["time"]
+    if problems:
+        el = ET.SubElement(root, "testsuite", {"name": "registry", "tests": str(len(problems)), "failures": "0",
+                                               "errors": str(len(problems)), "skipped": "0", "time": "0.000"})
+        for i, problem in enumerate(problems, 1):
+            tc = ET.SubElement(el, "testcase", {"classname": "fusebench.registry", "name": f"plugin problem {i}",
+                                                "time": "0.000"})
+            ET.SubElement(tc, "error", {"message": _clean(problem), "type": "plugin"}).text = _clean(problem)
+        totals["tests"] += len(problems)
+        totals["errors"] += len(problems)
     for k, v in totals.items():
         root.set(k, f"{v:.3f}" if k == "time" else str(v))
     return root
 
 
-def write_junit(path: str | os.PathLike, records: list[dict], seed: int = 0) -> Path:
-    """Write the JUnit XML for `records` to `path` atomically; `seed` is the run's --seed."""
-    path = Path(path)
-    tree = ET.ElementTree(build_junit(records, seed))
+def write_junit(path: str | os.PathLike, records: list[dict], seed: int = 0, problems=()) -> Path:
+    """Write the JUnit XML for `records` (and the registry's `problems`) to `path`; `seed`
+    is the run's --seed."""
+    tree = ET.ElementTree(build_junit(records, seed, problems))
     ET.indent(tree)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tree.write(tmp, encoding="utf-8", xml_declaration=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    xml = io.BytesIO()
+    tree.write(xml, encoding="utf-8", xml_declaration=True)
+    return write_output(path, xml.getvalue())

@@ -11,7 +11,9 @@ Derived implementations are added for every fusion without any per-fusion code:
 `reference/float64` (the decomposition in float64 NumPy), `<backend>/unfused` for each
 backend with primitive ops (the chain the fused kernels replace), and the torch peers
 `torch/eager`, `torch/compile` (and `torch_cuda/...` where a GPU is), plus any peer the
-spec writes directly in torch (`spec.torch_peers`, e.g. `torch/sdpa`).
+spec writes directly in torch (`spec.torch_peers`, e.g. `torch/sdpa`). Their keys are
+fusebench's own: an implementation registered under one (by a plugin or a kernel file) is
+refused and reported, since the verdicts and speedups are measured against them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import functools
 import importlib
 import os
 import pkgutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable
@@ -31,6 +35,11 @@ ENTRY_POINT_GROUP = "fusebench.impls"
 # Extra plugin modules without packaging: "pkg.module" or "pkg.module:function", comma-separated.
 PLUGINS_ENV = "FUSEBENCH_PLUGINS"
 KINDS = ("reference", "fused", "unfused", "peer")
+# The origin of the implementations _add_derived makes; no plugin or kernel file may take their keys.
+DERIVED = "derived"
+DERIVED_ROLES = {"reference": "float64 reference every verdict is measured against",
+                 "unfused": "unfused chain the fused kernels' speedups are measured against",
+                 "peer": "torch peer the fused kernels are compared with"}
 
 
 @dataclass
@@ -143,9 +152,13 @@ def _add_derived(reg: Registry, spec: FusionSpec) -> None:
             derived.append((peer, variant, "peer", spec.dtypes, _function_factory(fn)))
     for backend, variant, kind, dtypes, factory in derived:
         key = f"{spec.name}/{backend}/{variant}"
-        if key not in reg.impls:
-            reg.add(Implementation(spec.name, backend, variant, kind, factory,
-                                   tuple(d for d in dtypes if d in spec.dtypes), origin="derived"))
+        taken = reg.impls.pop(key, None)
+        if taken is not None and taken.origin != DERIVED:
+            reg.problems.append(f"{key} ({taken.origin}): refused: {backend}/{variant} is derived from the spec by "
+                                f"fusebench (the {DERIVED_ROLES[kind]}) and cannot be replaced; register the kernel "
+                                f"under a variant name of its own")
+        reg.add(Implementation(spec.name, backend, variant, kind, factory,
+                               tuple(d for d in dtypes if d in spec.dtypes), origin=DERIVED))
 
 
 def _function_factory(peer):
@@ -170,11 +183,43 @@ def _load_object(spec: str):
     return getattr(obj, attr) if attr else obj
 
 
+class _CtrlC:
+    """Tells a real Ctrl-C from a KeyboardInterrupt that plugin code raises itself: while
+    active (in the main thread, where Python delivers signals), a SIGINT sets `pressed`
+    before it interrupts as usual; an ignored SIGINT stays ignored."""
+
+    def __init__(self):
+        self.pressed = False
+        self._old = None
+        self._installed = False
+
+    def __enter__(self) -> "_CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            if self._old is not None and self._old is not signal.SIG_IGN:
+                signal.signal(signal.SIGINT, self._on_sigint)
+                self._installed = True
+        return self
+
+    def _on_sigint(self, signum, frame):
+        self.pressed = True
+        if callable(self._old):
+            self._old(signum, frame)
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
 def discover(entry_points: bool = True) -> Registry:
     """Build the registry: built-in fusions, then plugins, then the derived implementations.
 
-    A plugin that fails to load, or declares something inconsistent, is recorded in
-    `problems` and skipped; the rest of the registry still loads."""
+    A plugin that fails to load (an exception, a sys.exit() or a KeyboardInterrupt of its
+    own while it loads), declares something inconsistent, or takes the key of a derived
+    implementation, is recorded in `problems` and skipped; the rest of the registry still
+    loads, and the accuracy gate (`fusebench check`, `run`) cannot pass while it has problems."""
     import impls
 
     problems: list[str] = []
@@ -199,12 +244,20 @@ def discover(entry_points: bool = True) -> Registry:
     for name in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
         plugins.append((f"plugin {name} (from ${PLUGINS_ENV})", lambda name=name: _load_object(name)))
     for label, load in plugins:
-        try:
-            obj = load()
-            if callable(obj):
-                obj()
-        except Exception as e:  # a broken plugin must not take the registry down
-            problems.append(f"{label}: {type(e).__name__}: {e}")
+        with _CtrlC() as ctrl_c:
+            try:
+                obj = load()
+                if callable(obj):
+                    obj()
+            except Exception as e:  # a broken plugin must not take the registry down
+                problems.append(f"{label}: {type(e).__name__}: {e}")
+            except SystemExit as e:  # nor end the program, least of all with a status of its choosing
+                problems.append(f"{label}: called sys.exit({e.code!r}) while loading; a plugin may not end the "
+                                f"program")
+            except KeyboardInterrupt:
+                if ctrl_c.pressed:  # a real Ctrl-C (or SIGINT) stops the program as anywhere else
+                    raise
+                problems.append(f"{label}: raised KeyboardInterrupt while loading, with no Ctrl-C pressed")
     reg = Registry(problems=problems)
     for spec in _declared_fusions.values():
         reg.add_fusion(spec)

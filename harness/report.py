@@ -1,9 +1,10 @@
 """Results files -> one self-contained HTML report (no network needed to view it).
 
 Runs from any number of machines and commits are merged; for each (machine, commit,
-fusion, case, dtype, implementation) the newest record is shown, so no commit's figures
-are hidden by another's. Speedups compare medians from the same machine and commit: over the unfused chain on the same backend, and over the torch peers
-on the same device class (harness.backends.TORCH_PEER_OF). Committed runs from real
+fusion, case with its parameters, dtype, implementation) the newest record is shown, so
+no commit's figures are hidden by another's. Speedups compare medians from the same
+machine, commit and case parameters: over the unfused chain on the same backend, and over
+the torch peers on the same device class (harness.backends.TORCH_PEER_OF). Committed runs from real
 hardware under reports/data/ are merged in unless asked not to.
 """
 
@@ -17,16 +18,23 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from harness.backends import TORCH_PEER_OF
-from harness.results import REPO_ROOT, merge, read_records
+from harness.results import REPO_ROOT, merge, read_records, workload_of, write_output
 
 COMMITTED_DATA = REPO_ROOT / "reports" / "data"
 IDENTITY = ("machine", "commit", "fusion", "case", "dtype", "backend", "variant")
 
 
+def _identity(r: dict, backend: str | None = None, variant: str | None = None) -> tuple:
+    """IDENTITY and the case's parameters (a case name may stand for other dimensions in a
+    user's case file); with `backend`/`variant`, the identity of r's baseline there."""
+    fields = {**r, **({"backend": backend, "variant": variant} if backend else {})}
+    return (*(fields.get(f) for f in IDENTITY), workload_of(r))
+
+
 def _latest(records: list[dict]) -> list[dict]:
     best: dict[tuple, dict] = {}
     for r in records:
-        k = tuple(r.get(f) for f in IDENTITY)
+        k = _identity(r)
         if k not in best or str(r.get("timestamp", "")) >= str(best[k].get("timestamp", "")):
             best[k] = r
     return list(best.values())
@@ -73,10 +81,10 @@ def timing_class(r: dict) -> str | None:
 def build_rows(records: list[dict]) -> list[dict]:
     """Measured/checked rows with their speedups over the chain and the torch peers."""
     latest = _latest([r for r in records if r.get("status") != "unavailable"])
-    index = {tuple(r.get(f) for f in IDENTITY): r for r in latest}
+    index = {_identity(r): r for r in latest}
 
     def baseline(r, backend, variant):
-        other = index.get((r["machine"], r.get("commit"), r["fusion"], r["case"], r["dtype"], backend, variant))
+        other = index.get(_identity(r, backend, variant))
         ok = other and other.get("verdict") == "pass" and not other.get("invalid") and other.get("median_s")
         return other if ok and timing_class(other) == timing_class(r) else None  # never mix the classes
 
@@ -249,8 +257,4 @@ def write_report(paths, output: Path, include_committed: bool = True, on_problem
         unavailable=sorted(_latest([r for r in records if r.get("status") == "unavailable"]),
                            key=lambda r: (r["machine"], r["impl"])),
         machines=_machines(records))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(output)
-    return output
+    return write_output(output, page)

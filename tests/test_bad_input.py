@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from harness.cases import MAX_DIM, CaseError, load_cases, load_file, shipped_case_files
 from harness.cli import main
-from harness.results import FIELD_KINDS, REQUIRED, read_records, record_problem
+from harness.results import FIELD_KINDS, REQUIRED, SAMPLE_RANGE, read_records, record_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -276,6 +276,9 @@ BAD_ARGUMENTS = [
     (["check", "--case", "no_such_case"], "no case matches the filters (--case no_such_case; --suite quick)"),
     (["check", "--case", "zz*"], "no case matches the filters (--case zz*"),
     (["check", "--fusion", "rmsnorm_gemm", "--case", "*prefill2048"], "--fusion rmsnorm_gemm"),
+    (["check", "--case", ""], "argument --case: expected a name or comma-separated names, got ''"),
+    (["check", "--dtype", ""], "argument --dtype: expected a name or comma-separated names, got ''"),
+    (["check", "--fusion", " , "], "argument --fusion: expected a name or comma-separated names, got ' , '"),
     (["check", "--cases", "missing.toml"], "case file 'missing.toml' does not exist"),
     (["check", "--cases", "{dir}"], "is a directory; give the .toml files in it"),
     (["check", "--cases"], "argument --cases: expected at least one argument"),
@@ -488,6 +491,8 @@ WRONG = {"text": [1, None, [], {}, True, 1.5, "\ud800"], "text?": [1, [], {}, Fa
                                                          10**400, -1e-9],
          "table": [None, [], "x", 1, True]}
 NESTED_WRONG = [("time", "samples", ["a"]), ("time", "samples", 3), ("time", "samples", [None]),
+                ("time", "samples", [1e-3, math.inf]), ("time", "samples", [math.nan]), ("time", "samples", [0.0]),
+                ("time", "samples", [-1e-3]), ("time", "samples", [1e308]), ("time", "samples", [10**400]),
                 ("time", "mode", 3), ("time", "median", math.nan), ("time", "n", -1), ("time", "noise", None),
                 ("peak", "copy_gbps", "x"), ("peak", "matmul_gflops", 1e300), ("peak", "matmul_gflops", -1.0),
                 ("peak", "matmul_gflops", math.inf), ("fingerprint", "backends", []),
@@ -607,7 +612,7 @@ def accepted_variation(draw) -> list[dict]:
                 continue  # their contents are checked below / an unavailable record stays one
             rec[k] = draw(values[FIELD_KINDS[k]])
         if "time" in rec and draw(st.booleans()):
-            rec["time"]["samples"] = draw(st.lists(st.floats() | st.integers(-5, 5), max_size=30))
+            rec["time"]["samples"] = draw(st.lists(st.floats(*SAMPLE_RANGE) | st.integers(1, 5), max_size=30))
             rec["time"]["mode"] = draw(st.sampled_from(["cold", "hot", "", "x"]))
         if "peak" in rec and draw(st.booleans()):
             rec["peak"] = draw(st.dictionaries(st.sampled_from(["copy_gbps", "matmul_gflops", "matmul_gflops_float16"]),
@@ -645,6 +650,8 @@ def test_report_plots_take_extreme_records(tmp_path):
             make_record(case="tiny", median=5e-324, gbps=1e14, gflops=1e13,
                         peak={"copy_gbps": 1e14, "matmul_gflops": None}),
             make_record(case="nan", nmse=math.nan, max_ulp=math.inf, frac_peak=None, verdict=None)]
+    for rec, end in zip(recs[-3:-1], SAMPLE_RANGE[::-1]):  # the samples at the ends of what a record may hold
+        rec["time"]["samples"] = [end] * len(rec["time"]["samples"])
     path = tmp_path / "r.jsonl"
     path.write_bytes(b"\n".join(map(_dump, recs)) + b'\n{"fusion": "rmsnorm_gemm", "backe\n')
     from harness.report import write_report
@@ -677,6 +684,24 @@ def test_report_and_compare_cli_on_a_corrupt_file(tmp_path, capsys):
     code, out, err = run_cli(["compare", path, path], capsys)
     assert code == 0 and "Traceback" not in err
     assert f"{path}:3: field 'median_s'" in err and f"{path}:4: not a JSON record" in err
+
+
+@pytest.mark.parametrize("samples, shown", [("[1e400, 0.001]", "Infinity"), ("[1e308]", "1e+308"),
+                                            ("[0.001, -0.001]", "-0.001"), ("[0]", "0")])
+def test_compare_rejects_samples_that_are_no_measurement(tmp_path, capsys, samples, shown):
+    """time.samples = [1e400] (inf once read) killed compare with an OverflowError, and 1e308
+    was UNSURE: samples must be finite seconds in harness.results.SAMPLE_RANGE, else the
+    record is skipped with a warning naming file:line, as any unreadable line is."""
+    good = [make_record(), make_record(case="llama3_8b.prefill")]
+    base = tmp_path / "base.jsonl"
+    base.write_bytes(b"\n".join(map(_dump, good)) + b"\n")
+    bad = _dump(good[1]).replace(json.dumps(good[1]["time"]["samples"]).encode(), samples.encode())
+    new = tmp_path / "new.jsonl"
+    new.write_bytes(_dump(good[0]) + b"\n" + bad + b"\n")
+    code, out, err = run_cli(["compare", base, new], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert f"warning: {new}:2: field 'time.samples' must hold seconds from 1e-12 to 1e+06, got {shown}" in err
+    assert "1 matched" in out and "1 only in BASE" in out
 
 
 # Valid records the reader keeps that once crashed the report (found by the tests above).

@@ -182,3 +182,71 @@ def test_missing_path_and_no_match_exit_2(tmp_path, capsys):
     assert main(["compare", base, other]) == 2
     err = capsys.readouterr().err
     assert "m1" in err and "m2" in err and "same machine" in err
+
+
+LLAMA = {"M": 1, "H": 4096, "N": 6144, "eps": 1e-5}
+
+
+def test_same_name_other_parameters_is_a_different_workload(tmp_path, capsys, monkeypatch):
+    """A user case file reusing a shipped case name with other dimensions: those records are
+    not compared (they once gave SLOWER up to 74x and exit 1)."""
+    monkeypatch.setenv("COLUMNS", "250")
+    base = _write(tmp_path / "base.jsonl", [_rec("decode", _samples(0), params=LLAMA),
+                                            _rec("prefill", _samples(1), params={**LLAMA, "M": 512})])
+    new = _write(tmp_path / "new.jsonl", [_rec("decode", _samples(2, median=74e-3), params={**LLAMA, "M": 64}),
+                                          _rec("prefill", _samples(3), params={**LLAMA, "M": 512})])
+    assert main(["compare", base, new]) == 0
+    out = capsys.readouterr().out
+    assert "DIFFERENT WORKLOAD" in out and "M=1, H=4096" in out and "M=64, H=4096" in out and "SLOWER" not in out
+    assert "1 matched" in out and "1 different workload" in out and "0 only in BASE, 0 only in NEW" in out
+    only = _write(tmp_path / "only.jsonl", [_rec("decode", _samples(2), params={**LLAMA, "M": 64})])
+    assert main(["compare", base, only]) == 2
+    assert "different workload" in capsys.readouterr().err
+
+
+def test_records_without_parameters_still_pair():
+    c = compare([_rec("c0", _samples(0))], [_rec("c0", _samples(1))])
+    assert [r["speed"]["verdict"] for r in c.rows] == ["SAME"]
+
+
+def test_the_reference_is_never_a_contender(tmp_path, capsys, monkeypatch):
+    """An A/A comparison (two runs of one commit) once exited 1 on the float64 reference's
+    "SLOWER" record: the yardstick gets no verdict and no say in the exit status."""
+    monkeypatch.setenv("COLUMNS", "250")
+    ref = dict(backend="reference", variant="float64", kind="reference", impl="rmsnorm_gemm/reference/float64")
+    base = _write(tmp_path / "base.jsonl", [_rec("c0", _samples(0)), _rec("c0", _samples(1), dtype="bfloat16", **ref)])
+    new = _write(tmp_path / "new.jsonl", [_rec("c0", _samples(2)),
+                                          _rec("c0", _samples(3, median=1.3e-3), dtype="bfloat16", **ref)])
+    assert main(["compare", base, new]) == 0
+    out = capsys.readouterr().out
+    assert "float64" not in out and "SLOWER" not in out and "1 matched" in out
+
+
+def test_one_run_a_side_says_the_verdicts_cannot_see_drift_and_a_slowdown_still_fails(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    base = _write(tmp_path / "base.jsonl", [_rec("c0", _samples(0))])
+    new = _write(tmp_path / "new.jsonl", [_rec("c0", _samples(1, median=1.3e-3))])
+    assert main(["compare", base, new]) == 1
+    out = capsys.readouterr().out
+    assert "one run a side: the verdicts cannot see between-run drift" in out
+    assert "1 SLOWER/FASTER may be the machine's drift between the two runs" in out
+    assert main(["compare", base, new, "--json"]) == 1
+    assert "cannot see between-run drift" in json.loads(capsys.readouterr().out)["note"]
+
+
+def _wgsl(case, samples, api):
+    return _rec(case, samples, backend="wgsl", impl="rmsnorm_gemm/wgsl/fused",
+                fingerprint={"backends": {"wgsl": {"adapter_device": "llvmpipe (LLVM 15.0.6, 256 bits)",
+                                                   "backend_type": api, "api": api}}})
+
+
+def test_vulkan_and_opengl_records_are_not_paired(tmp_path, capsys, monkeypatch):
+    """Without a Vulkan driver wgpu falls back to OpenGL on llvmpipe: another machine, as far
+    as the figures go."""
+    monkeypatch.setenv("COLUMNS", "250")
+    base = _write(tmp_path / "base.jsonl", [_wgsl("c0", _samples(0), "Vulkan"), _wgsl("c1", _samples(1), "Vulkan")])
+    new = _write(tmp_path / "new.jsonl", [_wgsl("c0", _samples(2, median=2e-3), "OpenGL"),
+                                          _wgsl("c1", _samples(3), "Vulkan")])
+    assert main(["compare", base, new]) == 0
+    out = capsys.readouterr().out
+    assert "DIFFERENT API" in out and "Vulkan vs OpenGL" in out and "SLOWER" not in out and "1 same" in out

@@ -153,6 +153,27 @@ def test_write_is_atomic_and_replaces(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml"]  # no temporary file left
 
 
+def test_write_goes_through_a_symlink_and_into_a_pipe(tmp_path):
+    """--junit LINK writes the file the link leads to (the link stays a link); a FIFO is
+    written into, never replaced by a regular file (harness.results.write_output)."""
+    import threading
+
+    target, link = tmp_path / "ci" / "junit.xml", tmp_path / "link.xml"
+    target.parent.mkdir()
+    target.write_text("old")
+    link.symlink_to(target)
+    write_junit(link, [_rec(status="ok", verdict="pass", reason="")])
+    assert link.is_symlink() and ET.parse(target).getroot().get("tests") == "1"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_junit(fifo, [_rec(status="ok", verdict="pass", reason="")])
+    reader.join(30)
+    assert got and got[0].startswith(b"<?xml") and fifo.is_fifo()
+
+
 # --- end to end ------------------------------------------------------------------------
 
 def test_check_junit_passing_in_process(tmp_path, monkeypatch):
@@ -205,3 +226,18 @@ def test_check_junit_with_broken_kernels_and_the_command_reproduces(tmp_path):
     tcs = list(ET.parse(again).iter("testcase"))
     assert [(tc.get("classname"), tc.get("name"), [c.tag for c in tc]) for tc in tcs] == [
         ("fusebench.rmsnorm_gemm.cpu.broken_zeros", "smoke.row[float32]", ["failure"])]
+
+
+def test_a_skipped_case_is_skipped_and_plugin_problems_are_errors():
+    """A case too large for the machine was never run: <skipped>, not an error. A plugin
+    that failed to load (or was refused) is an error of a "registry" suite, so that CI shows
+    why the gate did not pass."""
+    from harness.junit import build_junit
+
+    skipped = _rec(status="skipped", reason="too large for this machine: needs about 15.1 GiB of RAM")
+    root = build_junit([skipped], problems=["plugin my.plugin (from $FUSEBENCH_PLUGINS): called sys.exit(0)"])
+    (tc,) = [tc for tc in root.iter("testcase") if tc.get("classname").startswith("fusebench.rmsnorm_gemm")]
+    assert [c.tag for c in tc] == ["skipped"] and "too large" in tc[0].get("message")
+    (registry,) = [s for s in root.iter("testsuite") if s.get("name") == "registry"]
+    assert registry.get("errors") == "1" and "sys.exit(0)" in registry.find("testcase/error").get("message")
+    assert (root.get("tests"), root.get("errors"), root.get("skipped")) == ("2", "1", "1")

@@ -263,3 +263,17 @@ def test_block_fusions_pass_the_gate(reg, fusion, dtype):
             out = p.outputs()
             v = yard.judge(out)
             assert v.passed, (fusion, dims, dtype, b.mode(dtype), v.reasons)
+
+
+# --- fingerprint ----------------------------------------------------------------------
+
+
+def test_fingerprint_names_the_api():
+    """Without a Vulkan driver wgpu falls back to OpenGL on llvmpipe: the record must say
+    which API ran (harness.compare does not pair the two)."""
+    from harness.backends.wgsl import adapter_api
+
+    fp = BACKEND.fingerprint()
+    assert fp["api"] == fp["backend_type"] and fp["api"] in ("Vulkan", "OpenGL", "OpenGLES", "Metal", "D3D12")
+    assert adapter_api({"backend_type": "OpenGL"}) == "OpenGL" and adapter_api({"backend_type": 6}) == "Vulkan"
+    assert adapter_api({}) == "unknown"

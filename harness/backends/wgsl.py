@@ -529,6 +529,19 @@ class _Minimal(Prepared):
         self.backend.fill_words(self.buf, 0x3F800000)
 
 
+# wgpu-native's WGPUBackendType, for an adapter info that gives the number, not the name
+BACKEND_TYPES = {1: "Null", 2: "WebGPU", 3: "D3D11", 4: "D3D12", 5: "Metal", 6: "Vulkan", 7: "OpenGL", 8: "OpenGLES"}
+
+
+def adapter_api(info: dict) -> str:
+    """The graphics API of a wgpu adapter, from its info's backend_type: "Vulkan", "OpenGL",
+    "Metal", "D3D12"..., or "unknown" where the info does not say."""
+    api = info.get("backend_type")
+    if isinstance(api, int) and not isinstance(api, bool):
+        return BACKEND_TYPES.get(api, "unknown")
+    return str(api) if api else "unknown"
+
+
 class WgslBackend(Backend):
     name = "wgsl"
     device_kind = "gpu"
@@ -573,12 +586,16 @@ class WgslBackend(Backend):
         return self._adapter
 
     def fingerprint(self):
+        """The adapter and the API wgpu drives it through (`api`): llvmpipe under Vulkan
+        (lavapipe) and under OpenGL (wgpu's fallback without a Vulkan driver) are not the
+        same machine for the figures (harness.compare does not pair them)."""
         self.require()
         wgpu = _import_wgpu()
         info = dict(self._get_adapter().info)
         self.device  # noqa: B018  (creates it: features used are the device's)
         return {
             "wgpu": wgpu.__version__,
+            "api": adapter_api(info),
             "adapter_vendor": info.get("vendor", ""),
             "adapter_device": info.get("device", ""),
             "adapter_description": info.get("description", ""),
