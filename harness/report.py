@@ -104,12 +104,27 @@ def build_rows(records: list[dict]) -> list[dict]:
             base = {}  # a figure flagged invalid (beyond the peak, work the timer missed) is no speedup
         row = {**r, "commit_short": _commit(r), "details": _details(r), "timing_class": timing_class(r)}
         for k in ("chain", "eager", "compile"):
+            noisy = bool(base.get(k)) and (too_noisy(r) or too_noisy(base[k]))
+            row[f"speedup_{k}_noisy"] = noisy  # said so, never drawn as a speedup
+            if noisy:
+                base[k] = None
             row[f"speedup_{k}"] = base[k]["median_s"] / med if base.get(k) else None
             row[f"speedup_{k}_ci"] = speedup_interval(base[k], r) if base.get(k) else None
         rows.append(row)
     rows.sort(key=lambda r: (r["fusion"], r["case"], r["dtype"], r["machine"], r["backend"], r["variant"],
                              str(r.get("timestamp"))))
     return rows
+
+
+# A median whose relative standard error is above this cannot rank two implementations
+# (bimodal samples on a loaded machine gave intervals such as 0.00–1435x): no speedup is
+# drawn from it; the tables say "noisy".
+NOISE_LIMIT = 0.10
+
+
+def too_noisy(r: dict) -> bool:
+    n = r.get("noise")
+    return _num(n) and not n <= NOISE_LIMIT
 
 
 CI_Z = 2.5758  # the normal's 99.5 % quantile: a two-sided 99 % interval

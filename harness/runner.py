@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from harness.accuracy import Yardstick
-from harness.backends import BackendUnavailable, get_backend
+from harness.backends import BackendUnavailable, Prepared, get_backend
 from harness.cases import Case
 from harness.registry import Implementation, Registry
 
@@ -152,12 +152,25 @@ class _JobContext:
         self.first = _Set(spec, inputs, attrs, dtype)
         self.again = self.first.again(self.pristine)
         self.second = None  # drawn for the first timing
+        self.spots = None  # spot sets, made for the first timing
         self.cost = spec.cost(dims, dtype)
 
     def fresh(self) -> "_Set":
         if self.second is None:
             self.second = self.first.fresh(self.dims, self.seed, self.opts.value_shape)
         return self.second
+
+    def spot_sets(self) -> list["_Set"]:
+        """The job's spot sets (harness.rotation): the first set's rotated inputs shuffled,
+        with their references; made once, for the first implementation timed."""
+        if self.spots is None:
+            from harness.rotation import SPOT_SETS, shuffled_set
+
+            rng = np.random.default_rng(self.seed ^ 0x5B01)
+            names = self.spec.rotated_inputs()
+            self.spots = [_Set(self.spec, {**self.first.inputs, **shuffled_set({k: self.pristine[k] for k in names}, rng)},
+                               self.attrs, self.dtype, names) for _ in range(SPOT_SETS)]
+        return self.spots
 
     def fits(self, n: int, backend) -> bool:
         """Whether n implementations' buffers fit in `backend`'s memory at once."""
@@ -174,6 +187,7 @@ class _Trial:
                     "dtype": ctx.dtype, "seed": ctx.seed, "bytes": ctx.cost.bytes, "flops": ctx.cost.flops,
                     "case_file": case.where}
         self.prepared = None
+        self.rotation = None  # harness.rotation.Rotation: inputs between samples, spot checks
         self.timed = None  # what the timing loop runs: prepared, or a graph of it (Backend.timing_target)
         self.backend = None
         self.sampler = None
@@ -204,7 +218,8 @@ class _Trial:
 
     def check(self) -> bool:
         """Prepare, run once on poisoned outputs, judge. True when it is to be timed."""
-        return self._guard(self._check) and self.ctx.opts.bench
+        # the float64 reference is the yardstick, not a contender: checked, never timed
+        return self._guard(self._check) and self.ctx.opts.bench and self.impl.kind != "reference"
 
     def _check(self):
         ctx = self.ctx
@@ -240,11 +255,13 @@ class _Trial:
             self.sets = (ctx.fresh(), ctx.again)
             self.timed, self.rec["timing_method"] = self.backend.timing_target(self.prepared)
             self.rec["launches"] = self.backend.launches(self.timed)  # before other trials run
-            between, why = _rotation(self.timed, self.sets)
+            self.rotation, why = _rotation(self.timed, self.sets, ctx, opts)
             if why:
                 self.reasons.append(why)
-            self.rotated = between is not None
-            self.sampler = Sampler(self.backend, self.timed, cold=opts.cold, between=between)
+            self.rotated = self.rotation is not None
+            self.sampler = Sampler(self.backend, self.timed, cold=opts.cold,
+                                   between=self.rotation.before if self.rotated else None,
+                                   after=self.rotation.after if self.rotated else None)
         settle(opts.settle_s)
         share = opts.budget_s / rounds
         # Later rounds warm up with one run only where a run is cheap against their share
@@ -273,11 +290,13 @@ class _Trial:
         # Both input sets checked again, the fresh one first (a kernel that kept the result
         # of its first call fails it), then the first set, left in place.
         ctx, sets, prepared = self.ctx, self.sets, self.timed  # what was timed is what is checked
+        if self.rotated:
+            self.reasons += self.rotation.problems
         for label, current in (("fresh inputs", sets[0]), ("the first inputs", sets[1])):
             if not self.rotated and current is sets[0]:
                 continue
             if self.rotated:
-                prepared.refresh(current.rotated)
+                Prepared.refresh(prepared, current.rotated)  # inputs written, nothing else
             prepared.poison()
             prepared.run()
             after = current.judge(prepared)
@@ -285,7 +304,8 @@ class _Trial:
                 self.reasons.append(f"after the timing loop, on {label}: " + "; ".join(after.reasons))
         self.reasons += [f"after the timing loop: {r}" for r in _device_inputs_changed(prepared, ctx.pristine, [])]
         t = self.sampler.timing()
-        self.rec.update(_timing_fields(t, ctx.cost, self.backend, ctx.dtype, self.impl.kind))
+        self.rec.update(_timing_fields(t, ctx.cost, self.backend, ctx.dtype, self.impl.kind,
+                                       self.rotation.invalid if self.rotated else []))
         self.rec["segments"] = self.sampler.segments
         self.rec["latency_s"] = self._latency(t)
 
@@ -341,19 +361,18 @@ class _Set:
         return _Set(self.spec, inputs, self.attrs, self.dtype, self.spec.rotated_inputs(), yard=self.yard)
 
 
-def _rotation(prepared, sets):
-    """(between, problem): the callback the timing loop runs before each sample, writing set
-    i % 2 into the kernel's input buffers; None and the reason where the implementation
-    does not declare them (its figures then cannot rule out a cached result)."""
-    missing = [k for k in sets[0].rotated if k not in prepared.inputs]
+def _rotation(timed, sets, ctx, opts):
+    """(Rotation, problem): what the timing loop writes into the kernel's input buffers
+    before each sample and checks after some (harness.rotation); None and the reason where
+    the implementation does not declare its input buffers (its figures then cannot rule
+    out a kept result)."""
+    from harness.rotation import Rotation
+
+    missing = [k for k in sets[0].rotated if k not in timed.inputs]
     if missing:
         return None, (f"cannot rotate fresh inputs between timed runs: the implementation does not declare its "
                       f"input buffer(s) {', '.join(missing)} (Prepared.bind_inputs)")
-
-    def between(i):
-        prepared.refresh(sets[i % 2].rotated)
-
-    return between, ""
+    return Rotation(timed, sets, ctx.spot_sets(), ctx.seed ^ 0x5B07, max(1, opts.min_samples // opts.rounds)), ""
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -415,7 +434,9 @@ UNSEEN_OVERHEADS = 3.0
 PEAK_MARGIN = 0.02
 
 
-def _timing_fields(t, cost, backend, dtype: str, kind: str) -> dict:
+def _timing_fields(t, cost, backend, dtype: str, kind: str, seen: list[str] = ()) -> dict:
+    """The record's timing figures; `seen`: what the loop's checks found that makes the
+    figure invalid (harness.rotation)."""
     peak = backend.peak()
     gbps = cost.bytes / t.median / 1e9
     gflops = cost.flops / t.median / 1e9
@@ -427,6 +448,10 @@ def _timing_fields(t, cost, backend, dtype: str, kind: str) -> dict:
     why = []
     if kind != "reference" and fracs and max(fracs) > 1.0 + max(PEAK_MARGIN, 3 * t.noise):
         why.append(f"{100 * max(fracs):.0f}% of the measured peak")
+    why += list(seen)
+    if t.threads_left:
+        why.append(f"run() left a thread running after it returned ({t.threads_left} of {t.n} samples): work the "
+                   f"timer did not see")
     overhead = t.overhead  # None together with t.unaccounted: a host-timed backend
     if overhead is not None and t.unaccounted > max(UNSEEN_FRACTION * t.median, UNSEEN_OVERHEADS * overhead):
         why.append(f"the host clock saw {t.unaccounted * 1e3:.3g} ms per run beyond the launch, the "

@@ -22,6 +22,8 @@ def _x(v) -> str:
 
 def speedup_text(r: dict, base: str) -> str:
     """A speedup and its 99 % interval from this run: "1.06 (0.91–1.21)"."""
+    if r.get(f"speedup_{base}_noisy"):
+        return "noisy"
     v, ci = r[f"speedup_{base}"], r.get(f"speedup_{base}_ci")
     return _x(v) + (f" ({interval_text(ci)})" if v is not None and ci else "")
 

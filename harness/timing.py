@@ -10,10 +10,12 @@ Noise is the standard error of the median relative to the median, estimated robu
 from the inter-quartile range: 1.2533 * (IQR / 1.349) / sqrt(n) / median.
 
 Two guards against results that are too good to be true:
-- `between(i)` runs before sample i, outside the timed region: the runner uses it to
-  write fresh inputs into the kernel's input buffers, alternating two input sets, so a
-  kernel that caches its result across calls does its work anyway (and fails the check
-  after the loop).
+- `between(i)` runs before sample i and `after(i, seconds)` after it, both outside the
+  timed region: the runner writes inputs never seen before into the kernel's input
+  buffers, and checks the outputs of a few samples drawn at random (harness.rotation),
+  so a kernel that keeps results across calls must do its work anyway.
+- A sample after which the process has more threads than before the run left work
+  running beyond run()'s return (`threads_left`); the runner flags the figure.
 - On a device-timed backend the host clock runs around every sample too. What it sees
   beyond the launch (the host time inside run(), and the encoding of its dispatches
   where the backend records them at submission, Backend.last_encode_s) and the reported
@@ -30,7 +32,9 @@ Two guards against results that are too good to be true:
 
 from __future__ import annotations
 
+import os
 import resource
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -53,6 +57,9 @@ class Timing:
     # median host seconds the timer's minimal probe cost beyond its own device time and
     # launch, measured in the same loop (device-timed backends only)
     overhead: float | None = None
+    # samples after which the process had more threads than before the run: work left
+    # running after run() returned
+    threads_left: int = 0
 
     def as_dict(self, with_samples: bool = True) -> dict:
         d = asdict(self)
@@ -62,13 +69,13 @@ class Timing:
 
 
 def summarize(samples: list[float], mode: str, unaccounted: float | None = None,
-              overhead: float | None = None) -> Timing:
+              overhead: float | None = None, threads_left: int = 0) -> Timing:
     s = np.asarray(samples, dtype=np.float64)
     med = float(np.median(s))
     q25, q75 = np.percentile(s, [25, 75])
     noise = 1.2533 * (float(q75 - q25) / 1.349) / np.sqrt(len(s)) / med if med > 0 else float("inf")
     return Timing(med, float(np.percentile(s, 20)), float(np.percentile(s, 80)), float(s.min()), len(s),
-                  float(noise), mode, [float(x) for x in s], unaccounted, overhead)
+                  float(noise), mode, [float(x) for x in s], unaccounted, overhead, threads_left)
 
 
 class _Launch:
@@ -89,6 +96,14 @@ def _timed(backend, launch: _Launch) -> tuple[float, float]:
     t0 = time.perf_counter()
     d = backend.time_run(launch)
     return d, time.perf_counter() - t0 - launch.seconds - backend.last_encode_s - d
+
+
+def thread_count() -> int:
+    """Threads of this process now (Linux: /proc/self/task; elsewhere Python's own)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 def _cpu_seconds() -> float:
@@ -125,14 +140,15 @@ class Sampler:
     falls on all of them alike instead of on whichever ran last. Inputs rotate by sample
     number across segments; `timing()` summarises every sample taken."""
 
-    def __init__(self, backend, prepared, *, cold: bool = True, between=None):
-        self.backend, self.cold, self.between = backend, cold, between
+    def __init__(self, backend, prepared, *, cold: bool = True, between=None, after=None):
+        self.backend, self.cold, self.between, self.after = backend, cold, between, after
         self.launch = _Launch(prepared)
         self.probe = _Launch(backend.minimal_prepared()) if backend.device_timed else None
         self.samples: list[float] = []
         self.beyond: list[float] = []  # the kernel's host remainder minus the probe's, per sample
         self.probed: list[float] = []
         self.segments = 0
+        self.threads_left = 0
 
     def take(self, *, budget_s: float, warmup_s: float | None, min_samples: int, max_samples: int,
              target_noise: float) -> None:
@@ -156,10 +172,14 @@ class Sampler:
                 backend.flush_cache()
             if probe is not None:
                 self.probed.append(_timed(backend, probe)[1])
+            threads = thread_count()
             d, spare = _timed(backend, self.launch)
+            self.threads_left += thread_count() > threads
             self.samples.append(d)
             if probe is not None:
                 self.beyond.append(spare - self.probed[-1])
+            if self.after is not None:
+                self.after(len(self.samples) - 1, d)
             if len(self.samples) - first >= min_samples:
                 if time.perf_counter() >= t_end or summarize(self.samples, "").noise <= target_noise:
                     break
@@ -168,7 +188,7 @@ class Sampler:
     def timing(self) -> Timing:
         unaccounted = float(np.median(self.beyond)) if self.beyond else None
         overhead = float(np.median(self.probed)) if self.probed else None
-        return summarize(self.samples, "cold" if self.cold else "hot", unaccounted, overhead)
+        return summarize(self.samples, "cold" if self.cold else "hot", unaccounted, overhead, self.threads_left)
 
     def close(self) -> None:
         if self.probe is not None:

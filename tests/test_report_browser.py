@@ -34,7 +34,7 @@ def report(tmp_path_factory):
     first = tmp / "first.jsonl"
     code = main(["bench", "--fusion", "add_rmsnorm,gemm_swiglu", "--backend", "reference,cpu,torch",
                  "--variant", "float64,fused,unfused,eager", "--case", "smoke.*", "--dtype", "float32,bfloat16",
-                 "--budget", "0.02", "--min-samples", "5", "-o", str(first)])
+                 "--budget", "0.1", "--min-samples", "8", "-o", str(first)])
     assert code == 0
     records = [json.loads(line) for line in first.read_text().splitlines()]
     assert any(r.get("median_s") for r in records)
@@ -95,7 +95,9 @@ def test_report_in_a_browser(report):
         assert machine in head and SECOND_MACHINE in head
         _check_sorts(driver, cross[0], "cpu", exact=False)
 
-        for kind, least in (("roofline", 2), ("speedup", 2), ("error", 2)):
+        # a fusion's speedup bars are drawn only where its medians are steady enough to rank
+        # (report.NOISE_LIMIT); on a busy machine one of the two may have none
+        for kind, least in (("roofline", 2), ("speedup", 1), ("error", 2)):
             imgs = driver.find_elements(By.CSS_SELECTOR, f"img.plot.{kind}")
             assert len(imgs) >= least, kind
             for img in imgs:

@@ -201,7 +201,9 @@ class Prepared:
         return bufs
 
     def refresh(self, values: dict[str, np.ndarray]) -> None:
-        """Write new input values into the buffers the kernel reads (never timed)."""
+        """Write new input values into the buffers the kernel reads (never timed). The
+        timing loop calls this method itself, never an override: a kernel that derives
+        data from a rotated input must derive it in run()."""
         missing = [k for k in values if k not in self.inputs]
         if missing:
             raise NotRotatable(f"the implementation does not declare its input buffer(s) {', '.join(missing)} "
@@ -235,8 +237,9 @@ class Prepared:
 class Replay(Prepared):
     """A prepared run captured once (a CUDA graph) and replayed: run() issues the whole
     captured run with one call. It reads the prepared's input buffers (refresh() writes
-    them in place, where the captured kernels read them) and writes the outputs of the
-    captured run, which it keeps alive with whatever else the graph needs (`keep`)."""
+    them in place, where the captured kernels read them: `inputs` is the prepared's) and
+    writes the outputs of the captured run, which it keeps alive with whatever else the
+    graph needs (`keep`)."""
 
     def __init__(self, prepared: Prepared, replay, outputs: dict, launches: dict[str, int], keep=()) -> None:
         super().__init__(prepared.backend, prepared.spec, {}, prepared.attrs, prepared.dtype)
@@ -246,9 +249,6 @@ class Replay(Prepared):
         self.launch_count = sum(launches.values())
         self.launch_kinds = launches
         self._replay, self._keep = replay, keep
-
-    def refresh(self, values: dict[str, np.ndarray]) -> None:
-        self.prepared.refresh(values)
 
     def run(self) -> None:
         self._replay()

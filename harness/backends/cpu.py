@@ -97,13 +97,15 @@ class CpuBackend(Backend):
 
     # 3. synchronise: numba kernels return when done (Backend default)
 
-    # 4. timer: host clock (Backend default); cold cache = write over 2x the LLC
+    # 4. timer: host clock (Backend default); cold cache = write over 2x the LLC, then the
+    # thread pool woken, so that the kernel pays for cold data and nothing else
     def flush_cache(self):
         # read-modify-write, so every line passes through the caches (a plain fill of a
         # large buffer may use streaming stores that bypass them)
         if self._flush_buf is None:
             self._flush_buf = np.zeros(2 * last_level_cache_bytes() // 8, dtype=np.float64)
         np.add(self._flush_buf, 1.0, out=self._flush_buf)
+        wake_threads()
 
     # 5. primitive ops
     def ops(self, dtype):
@@ -112,6 +114,34 @@ class CpuBackend(Backend):
     # 6. peak probe
     def measure_peak(self):
         return host_peak()
+
+
+_wake = None
+
+
+def wake_threads() -> None:
+    """One tiny parallel numba loop over as many chunks as numba has threads. The flush
+    keeps one core busy for milliseconds (2x the last-level cache: 16 MiB here, up to a
+    gigabyte where a host reports a large shared cache), long enough for numba's OpenMP
+    workers to stop spinning and sleep; the kernel timed next would otherwise pay for
+    waking them, not only for cold data. Touches a few bytes: the caches stay cold."""
+    global _wake
+    if _wake is None:
+        try:
+            import numba
+        except ImportError:
+            _wake = lambda: None  # noqa: E731  (no numba: no pool to wake)
+        else:
+            @numba.njit(parallel=True, cache=True)
+            def pool_loop(n):
+                out = np.zeros(n)
+                for i in numba.prange(n):
+                    out[i] = i
+                return out[n - 1]
+
+            threads = numba.config.NUMBA_NUM_THREADS
+            _wake = lambda: pool_loop(threads)  # noqa: E731
+    _wake()
 
 
 def _best_of(fn, seconds: float, at_least: int = 5) -> float:

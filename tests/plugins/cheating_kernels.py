@@ -12,9 +12,16 @@ Loaded only by importing this module in a test (never shipped).
   in place (which is the harness's own input array).
 - cuda/side_stream: launches the real kernels on a non-blocking stream, which neither the
   current stream's events nor the legacy default stream wait for.
+- cpu/caches_by_content: keeps every result it computed, keyed on the first bytes of x,
+  and serves a timed run from it when it has seen those bytes (any number of input sets).
+- cpu/lazy_outputs: run() only notes that it was called; outputs() does the work.
+- cpu/thread_after_run: run() starts a thread that does the work; outputs() joins it.
+- cpu/work_in_refresh: refresh() (between timed runs) computes the result; run() copies it.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -65,7 +72,57 @@ class SideStream(RmsNormGemmCuda):
             super().run()
 
 
-for cls, backend, variant in [(CachesResult, "cpu", "caches_result"), (SideSubmission, "wgsl", "side_submission"),
+class CachesByContent(RmsNormGemmCpu):
+    def run(self):
+        self.kept = getattr(self, "kept", {})
+        key = self.inputs["x"].tobytes()[:64]
+        if key not in self.kept:
+            super().run()
+            self.kept[key] = self.out["y"].copy()
+        np.copyto(self.out["y"], self.kept[key])
+
+
+class LazyOutputs(RmsNormGemmCpu):
+    def run(self):
+        self.owed = True
+
+    def outputs(self):
+        if getattr(self, "owed", False):
+            super().run()
+            self.owed = False
+        return super().outputs()
+
+
+class ThreadAfterRun(RmsNormGemmCpu):
+    def run(self):
+        import threading
+
+        self.worker = threading.Thread(target=lambda: (time.sleep(0.002), super(ThreadAfterRun, self).run()))
+        self.worker.start()
+
+    def outputs(self):
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.join()
+        return super().outputs()
+
+
+class WorkInRefresh(RmsNormGemmCpu):
+    def refresh(self, values):
+        super().refresh(values)
+        super().run()
+        self.ready = self.out["y"].copy()
+
+    def run(self):
+        if not hasattr(self, "ready"):
+            super().run()
+            self.ready = self.out["y"].copy()
+        np.copyto(self.out["y"], self.ready)
+
+
+for cls, backend, variant in [(CachesByContent, "cpu", "caches_by_content"), (LazyOutputs, "cpu", "lazy_outputs"),
+                              (ThreadAfterRun, "cpu", "thread_after_run"), (WorkInRefresh, "cpu", "work_in_refresh"),
+                              (CachesResult, "cpu", "caches_result"), (SideSubmission, "wgsl", "side_submission"),
                               (EditsInput, "wgsl", "edits_input"), (EditsInputHost, "cpu", "edits_host_input"),
                               (SideStream, "cuda", "side_stream")]:
     register(Implementation("rmsnorm_gemm", backend, variant, "fused", cls, ("float32",), origin=__name__,
