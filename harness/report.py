@@ -122,9 +122,13 @@ def build_rows(records: list[dict]) -> list[dict]:
 NOISE_LIMIT = 0.10
 
 
+# ... nor one timed while other processes kept this share of the machine's cores busy
+BUSY_LIMIT = 0.25
+
+
 def too_noisy(r: dict) -> bool:
-    n = r.get("noise")
-    return _num(n) and not n <= NOISE_LIMIT
+    n, busy = r.get("noise"), r.get("machine_busy")
+    return (_num(n) and not n <= NOISE_LIMIT) or (_num(busy) and busy > BUSY_LIMIT)
 
 
 CI_Z = 2.5758  # the normal's 99.5 % quantile: a two-sided 99 % interval
@@ -171,7 +175,9 @@ def _details(r: dict) -> str:
     if r.get("n"):
         seg = r.get("segments")
         rounds = f", in {seg} interleaved rounds" if isinstance(seg, int) and seg > 1 else ""
-        parts.append(f"{r['n']} samples{rounds}, noise {100 * r.get('noise', 0):.2f}%, mode {r.get('time', {}).get('mode')}")
+        busy = r.get("machine_busy")
+        parts.append(f"{r['n']} samples{rounds}, noise {100 * r.get('noise', 0):.2f}%, mode {r.get('time', {}).get('mode')}"
+                     + (f", other processes used {100 * busy:.0f}% of the cores meanwhile" if _num(busy) else ""))
     parts.append(f"seed {r.get('seed')}, params {json.dumps(r.get('params'))}")
     if r.get("reason"):
         parts.append(f"reason: {r['reason']}")

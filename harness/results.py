@@ -285,7 +285,9 @@ FIELD_KINDS = {
     "noise": "number",
     **{k: "number?" for k in ("nmse", "max_abs", "max_rel", "max_ulp", "chain_nmse", "nmse_bound",
                               "frac_bw", "frac_flops", "frac_peak", "duration_s", "unaccounted_s",
-                              "timer_overhead_s")},
+                              "timer_overhead_s", "latency_s", "machine_busy")},
+    **{k: "text?" for k in ("timing_method", "path")},
+    "launches": "count?",
     **{k: "table" for k in ("params", "fingerprint", "versions", "peak", "time", "outputs")},
 }
 TIME_KINDS = {"median": "time", "p20": "time", "p80": "time", "min": "time", "n": "count", "noise": "number",
@@ -297,7 +299,7 @@ PEAK_LIMIT = 1e15  # GB/s or GFLOP/s: a million times any machine today, far fro
 SAMPLE_RANGE = (1e-12, 1e6)
 EXPECTED = {"text": "a string", "text?": "a string or null", "bool": "true or false",
             "count": "an integer from 0 to 2**63 - 1", "int": "a 64-bit integer", "number": "a number",
-            "number?": "a number or null",
+            "number?": "a number or null", "count?": "an integer from 0 to 2**63 - 1 or null",
             "time": "a finite number >= 0", "table": "an object"}
 
 

@@ -457,7 +457,7 @@ def _timing_fields(t, cost, backend, dtype: str, kind: str, seen: list[str] = ()
         why.append(f"the host clock saw {t.unaccounted * 1e3:.3g} ms per run beyond the launch, the "
                    f"{t.median * 1e3:.3g} ms of device time and the timer's {overhead * 1e3:.2g} ms overhead: "
                    f"work the device timer did not see (another stream, a side submission)")
-    return {"time": t.as_dict(), "median_s": t.median, "p20_s": t.p20, "p80_s": t.p80, "min_s": t.min,
+    return {"time": t.as_dict(), "median_s": t.median, "machine_busy": t.busy_other, "p20_s": t.p20, "p80_s": t.p80, "min_s": t.min,
             "n": t.n, "noise": t.noise, "gbps": gbps, "gflops": gflops, "peak": peak, "frac_bw": frac_bw,
             "frac_flops": frac_flops, "frac_peak": max(fracs) if fracs else None,
             "unaccounted_s": t.unaccounted, "timer_overhead_s": overhead,

@@ -60,6 +60,9 @@ class Timing:
     # samples after which the process had more threads than before the run: work left
     # running after run() returned
     threads_left: int = 0
+    # the share of the machine's cores that other processes used while the samples were
+    # taken (Linux /proc/stat; None where unknown): a busy machine makes figures noisy
+    busy_other: float | None = None
 
     def as_dict(self, with_samples: bool = True) -> dict:
         d = asdict(self)
@@ -69,13 +72,13 @@ class Timing:
 
 
 def summarize(samples: list[float], mode: str, unaccounted: float | None = None,
-              overhead: float | None = None, threads_left: int = 0) -> Timing:
+              overhead: float | None = None, threads_left: int = 0, busy_other: float | None = None) -> Timing:
     s = np.asarray(samples, dtype=np.float64)
     med = float(np.median(s))
     q25, q75 = np.percentile(s, [25, 75])
     noise = 1.2533 * (float(q75 - q25) / 1.349) / np.sqrt(len(s)) / med if med > 0 else float("inf")
     return Timing(med, float(np.percentile(s, 20)), float(np.percentile(s, 80)), float(s.min()), len(s),
-                  float(noise), mode, [float(x) for x in s], unaccounted, overhead, threads_left)
+                  float(noise), mode, [float(x) for x in s], unaccounted, overhead, threads_left, busy_other)
 
 
 class _Launch:
@@ -104,6 +107,44 @@ def thread_count() -> int:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return threading.active_count()
+
+
+class OtherLoad:
+    """CPU time the rest of the machine used while this process sampled, as a share of
+    all cores: the whole machine's busy time (/proc/stat, steal included) minus this
+    process's own (getrusage), accumulated over the windows between start() and stop()."""
+
+    def __init__(self):
+        self.other = self.wall = 0.0
+        self._mark = None
+        self._cores = os.cpu_count() or 1
+
+    @staticmethod
+    def _machine_busy() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        busy = self._machine_busy()
+        self._mark = None if busy is None else (busy, _cpu_seconds(), time.perf_counter())
+
+    def stop(self) -> None:
+        busy = self._machine_busy()
+        if self._mark is None or busy is None:
+            return
+        b0, own0, t0 = self._mark
+        self.other += max(0.0, (busy - b0) - (_cpu_seconds() - own0))
+        self.wall += time.perf_counter() - t0
+        self._mark = None
+
+    @property
+    def share(self) -> float | None:
+        return self.other / (self.wall * self._cores) if self.wall > 0.05 else None
 
 
 def _cpu_seconds() -> float:
@@ -149,6 +190,7 @@ class Sampler:
         self.probed: list[float] = []
         self.segments = 0
         self.threads_left = 0
+        self.load = OtherLoad()
 
     def take(self, *, budget_s: float, warmup_s: float | None, min_samples: int, max_samples: int,
              target_noise: float) -> None:
@@ -165,6 +207,7 @@ class Sampler:
                 break
         first = len(self.samples)
         t_end = time.perf_counter() + budget_s
+        self.load.start()
         while len(self.samples) < max_samples:
             if self.between is not None:
                 self.between(len(self.samples))
@@ -183,12 +226,14 @@ class Sampler:
             if len(self.samples) - first >= min_samples:
                 if time.perf_counter() >= t_end or summarize(self.samples, "").noise <= target_noise:
                     break
+        self.load.stop()
         self.segments += 1
 
     def timing(self) -> Timing:
         unaccounted = float(np.median(self.beyond)) if self.beyond else None
         overhead = float(np.median(self.probed)) if self.probed else None
-        return summarize(self.samples, "cold" if self.cold else "hot", unaccounted, overhead, self.threads_left)
+        return summarize(self.samples, "cold" if self.cold else "hot", unaccounted, overhead, self.threads_left,
+                         self.load.share)
 
     def close(self) -> None:
         if self.probe is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from harness.backends import Backend
 from harness.timing import measure, summarize
 
@@ -104,3 +106,30 @@ def test_settle_waits_for_busy_threads_and_not_for_idle_ones():
     t.join()
     assert 0.05 <= capped < 0.1  # busy: it waits its limit (within a step), no longer
     assert 0.25 <= waited < 0.6  # until the spinning thread stopped
+
+
+def test_other_processes_keeping_a_core_busy_are_seen():
+    """A process spinning beside the sampler shows as a share of the machine's cores
+    (about 1 / cores); records carry it as machine_busy, and the report ranks no figure
+    timed on a machine that busy (report.BUSY_LIMIT)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from harness.timing import OtherLoad
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat here")
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 3\nwhile time.time() < t: pass"])
+    try:
+        time.sleep(0.3)
+        load = OtherLoad()
+        load.start()
+        time.sleep(1.0)
+        load.stop()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    cores = os.cpu_count() or 1
+    assert load.share is not None and load.share >= 0.6 / cores, (load.share, cores)
