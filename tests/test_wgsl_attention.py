@@ -190,15 +190,41 @@ def test_decode_split_rule_and_combine(reg):
         assert np.sqrt(_nmse(o, ref)) <= 2 * np.sqrt(_nmse(one, ref)) + 4 * ULP["float32"], p.splits
 
 
+# Gemma-2-2B's decode (cases/gemma2_2b.toml): 8 q heads on 4 kv heads, head_dim 256, a
+# 4096-token cache. Issue 19: with the key axis unsplit, 7 or 8 of its heads came out unwritten.
+GEMMA2_DECODE = {"B": 1, "T": 4096, "n_heads": 8, "n_kv_heads": 4, "head_dim": 256}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_long_cache_at_head_dim_256(reg, monkeypatch, dtype):
+    """GEMMA2_DECODE with occupancy asking for no split (as on a machine with B·Hkv >= 2 x its
+    cores): every head written and the gate passed, in every dtype and storage mode."""
+    import impls.decode_attention.wgsl as da
+
+    monkeypatch.setattr(da, "target_groups", lambda backend: 1)
+    spec = reg.fusions["decode_attention"]
+    inp = spec.make_inputs(GEMMA2_DECODE, dtype, seed=19)
+    _, attrs = spec.split(GEMMA2_DECODE)
+    yard = Yardstick.for_inputs(spec, inp, attrs, dtype)
+    for b in _backends(dtype):
+        out = _run(da.DecodeAttentionWgsl(b, spec, inp, attrs, dtype))
+        unwritten = int(np.isnan(out["o"].astype(np.float64)).any(axis=-1).sum())
+        assert unwritten == 0, f"{dtype} ({b.mode(dtype)}): {unwritten} of 8 heads not (wholly) written"
+        v = yard.judge(out)
+        assert v.passed, (dtype, b.mode(dtype), v.reasons)
+
+
 # --- long rows and causality ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fusion", ["attn_score_softmax", "attention_prefill"])
-def test_long_sequence_no_fixed_row_buffer(reg, fusion):
-    """S = 1100, past any power-of-two row buffer up to 1024: rows of P sum to 1 and are zero
-    past the diagonal; both kernels match the float64 reference."""
+@pytest.mark.parametrize("S, head_dim", [(1100, 4), (600, 256)])
+def test_long_sequence_no_fixed_row_buffer(reg, fusion, S, head_dim):
+    """S = 1100, past any power-of-two row buffer up to 1024, and S = 600 at head_dim 256 (each
+    row's loops run long there: issue 19): rows of P sum to 1 and are zero past the diagonal;
+    both kernels match the float64 reference."""
     spec = reg.fusions[fusion]
-    dims = {"B": 1, "S": 1100, "n_heads": 1, "n_kv_heads": 1, "head_dim": 4}
+    dims = {"B": 1, "S": S, "n_heads": 1, "n_kv_heads": 1, "head_dim": head_dim}
     inp = spec.make_inputs(dims, "float32", seed=51)
     _, attrs = spec.split(dims)
     out = _run(reg.impls[f"{fusion}/wgsl/fused"].factory(BACKEND, spec, inp, attrs, "float32"))
