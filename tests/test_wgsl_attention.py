@@ -198,7 +198,8 @@ GEMMA2_DECODE = {"B": 1, "T": 4096, "n_heads": 8, "n_kv_heads": 4, "head_dim": 2
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decode_long_cache_at_head_dim_256(reg, monkeypatch, dtype):
     """GEMMA2_DECODE with occupancy asking for no split (as on a machine with B·Hkv >= 2 x its
-    cores): every head written and the gate passed, in every dtype and storage mode."""
+    cores): the loop budget still splits the 4096 keys (one invocation cannot walk them on
+    llvmpipe), every head is written and the gate passed, in every dtype and storage mode."""
     import impls.decode_attention.wgsl as da
 
     monkeypatch.setattr(da, "target_groups", lambda backend: 1)
@@ -212,6 +213,42 @@ def test_decode_long_cache_at_head_dim_256(reg, monkeypatch, dtype):
         assert unwritten == 0, f"{dtype} ({b.mode(dtype)}): {unwritten} of 8 heads not (wholly) written"
         v = yard.judge(out)
         assert v.passed, (dtype, b.mode(dtype), v.reasons)
+
+
+def test_decode_plans_keep_the_loop_budget():
+    """No split of any plan asks one `attend` invocation for more loop iterations than
+    LOOP_BUDGET (llvmpipe ends longer loops silently), nor `combine`, whatever the head size,
+    grouping, cache length and occupancy; and a cache that fits stays unsplit."""
+    from harness.backends.wgsl import LOOP_BUDGET
+    from impls.decode_attention.wgsl import combine_loop_iterations, launch_plan, loop_iterations
+
+    for d in (1, 4, 64, 96, 128, 129, 192, 255, 256):
+        for Hq, Hkv in ((1, 1), (2, 1), (8, 4), (8, 1), (9, 1), (12, 1), (32, 8), (128, 8)):
+            for T in (1, 511, 512, 4096, 4097, 32768, 131072):
+                for B, target in ((1, 1), (1, 64), (16, 4), (3, 256)):
+                    plan = launch_plan(B, T, Hq, Hkv, d, target)
+                    where = (B, T, Hq, Hkv, d, target, plan)
+                    assert plan.chunk * plan.splits >= T > plan.chunk * (plan.splits - 1), where
+                    assert loop_iterations(plan.chunk, -(-d // 4), plan.bk, plan.gw) <= LOOP_BUDGET, where
+                    assert combine_loop_iterations(plan.splits, d) <= LOOP_BUDGET, where
+    assert launch_plan(1, 512, 32, 8, 128, 1).splits == 1
+    assert launch_plan(1, 4096, 8, 4, 256, 1).splits == 2  # GEMMA2_DECODE with no occupancy split: 2 x 2048
+
+
+def test_decode_longest_split_at_the_worst_grouping(reg):
+    """head_dim 256 with 8 q heads a workgroup runs the most loop iterations per key: the
+    longest split the plan allows there (max_keys_per_split positions, in one split) and one
+    position more (two splits) both pass, NaN past lens never read."""
+    from impls.decode_attention.wgsl import DecodeAttentionWgsl, keys_per_tile, launch_plan, max_keys_per_split
+
+    longest = max_keys_per_split(64, keys_per_tile(64, 8), 8)
+    for T, splits in ((longest, 1), (longest + 1, 2)):
+        dims = {"B": 1, "T": T, "n_heads": 8, "n_kv_heads": 1, "head_dim": 256}
+        assert launch_plan(1, T, 8, 1, 256, target=1).splits == splits
+        spec, inp = _decode_inputs(reg, dims, [T], "float32", seed=43)
+        _, attrs = spec.split(dims)
+        o = _run(DecodeAttentionWgsl(BACKEND, spec, inp, attrs, "float32", splits=splits))["o"]
+        assert np.sqrt(_nmse(o, _decode_reference(inp, attrs))) <= 8 * ULP["float32"], (T, splits)
 
 
 # --- long rows and causality ----------------------------------------------------------------
