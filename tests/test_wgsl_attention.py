@@ -251,6 +251,44 @@ def test_decode_longest_split_at_the_worst_grouping(reg):
         assert np.sqrt(_nmse(o, _decode_reference(inp, attrs))) <= 8 * ULP["float32"], (T, splits)
 
 
+@pytest.mark.parametrize("fusion", ["attn_score_softmax", "attention_prefill"])
+def test_prefill_rows_past_the_loop_budget_refused(reg, fusion):
+    """Where the adapter ends long loops (llvmpipe), S one tile past what loop_iterations
+    allows at head_dim 256 is refused at prepare, naming the limit, rather than run wrong."""
+    import importlib
+
+    from harness.backends.wgsl import LOOP_BUDGET
+
+    if BACKEND.loop_limit is None:
+        pytest.skip("this adapter has no loop limit")
+    kernel = importlib.import_module(f"impls.{fusion}.wgsl")
+    bk = kernel.keys_per_tile(64)
+    S = next(S for S in range(bk, 1 << 16, bk) if kernel.loop_iterations(S, 64, bk) > LOOP_BUDGET)
+    assert S >= 2048, "Gemma-2's prefill 2048 must fit"
+    spec = reg.fusions[fusion]
+    dims = {"B": 1, "S": S, "n_heads": 1, "n_kv_heads": 1, "head_dim": 256}
+    inp = spec.make_inputs(dims, "float16", seed=47)
+    _, attrs = spec.split(dims)
+    with pytest.raises(ValueError, match="llvmpipe"):
+        reg.impls[f"{fusion}/wgsl/fused"].factory(BACKEND, spec, inp, attrs, "float16")
+
+
+def test_unroll_loops_writes_out_columns():
+    """`//@unroll c < N` lines: written out whole up to UNROLL_CHUNK, else a loop over chunks
+    (guarded when N is no multiple), the loop variable replaced as a word only."""
+    from harness.backends.wgsl import UNROLL_CHUNK, unroll_loops, unrolled_loop_iterations
+
+    text = "x\n  //@unroll c < D4: a += dot(q[c], ks[cc + c]);\ny"
+    assert unroll_loops(text, {"D4": 2}) == "x\n  a += dot(q[0u], ks[cc + 0u]);\n  a += dot(q[1u], ks[cc + 1u]);\ny"
+    looped = unroll_loops(text, {"D4": 5}, chunk=2)
+    assert looped.splitlines()[1] == "  for (var c_0 = 0u; c_0 < 5u; c_0 += 2u) {"
+    assert "if (c_0 + 1u < 5u) { a += dot(q[(c_0 + 1u)], ks[cc + (c_0 + 1u)]); }" in looped
+    assert "//@unroll" not in looped and looped.count("dot(") == 2
+    assert unrolled_loop_iterations(UNROLL_CHUNK) == 0 and unrolled_loop_iterations(64) == 64 // UNROLL_CHUNK + 1
+    with pytest.raises(KeyError):
+        unroll_loops(text, {"D": 2})
+
+
 # --- long rows and causality ----------------------------------------------------------------
 
 
