@@ -20,6 +20,21 @@ LARGE_LOGIT_FACTOR = math.sqrt(30.0)
 
 HEAD_DIM_LIMIT = 256  # fused kernels keep a head_dim vector per thread (see validate)
 
+# What the property strategy draws (tests/test_properties.py checks these against the
+# kernels' own constants): head sizes, awkward ones up to HEAD_DIM_LIMIT; q heads per kv
+# head, up to one past the 8 that a workgroup (wgsl MAX_GW) or block (cuda GMAX) holds, so
+# that the heads of one kv head are cut in two; and for decode, cache lengths past every
+# split threshold of the decode kernels: 513 past 2 x wgsl's MIN_SPLIT_KEYS (the first
+# occupancy split), 16385 past cuda's MAX_SPLITS x SPLIT_MIN_KEYS (beyond it the splits
+# grow), wgsl's longest split under the loop budget (max_keys_per_split, 10368 at most)
+# and the cpu kernel's SUM_BLOCK (256). Sizes at the limits come with one sequence and
+# one kv head, so that the float64 reference stays cheap.
+HEAD_DIMS = (4, 17, 64, 80, 128, HEAD_DIM_LIMIT)
+GROUPS = (1, 2, 3)
+GROUP_LIMIT = 9
+DECODE_LONG_T = (513, 16385)
+LONG_SEQUENCES = {"T": DECODE_LONG_T}  # by sequence axis: only decode has split thresholds
+
 
 def default_scale(dims: dict[str, int], attrs: dict[str, Any]) -> dict[str, Any]:
     """scale = 0 (the default) means 1/sqrt(head_dim)."""
@@ -66,13 +81,20 @@ def check_heads(dims: dict[str, int]) -> list[str]:
 
 
 def strategy(seq: str, upper: int, batches=(1, 2, 3)):
-    """Hypothesis dims for an attention spec: batch, an awkward sequence length `seq` (S or
-    T) up to `upper`, 1-2 kv heads with 1-3 q heads each, head sizes 4, 17, 64, 80, 128."""
+    """Hypothesis dims for an attention spec, from two branches. Awkward shapes (three in
+    four draws): a batch, an awkward sequence length `seq` (S or T) up to `upper`, 1-2 kv
+    heads with GROUPS q heads each, HEAD_DIMS. At the limits: one sequence and one kv head
+    with 1, 2 or GROUP_LIMIT q heads, head_dim 17 or HEAD_DIM_LIMIT, the sequence an
+    awkward size or one of LONG_SEQUENCES[seq]."""
     from hypothesis import strategies as st
 
-    from harness.spec import awkward_size
+    from harness.spec import AWKWARD_SIZES, awkward_size
 
-    return st.builds(
-        lambda B, n, kv, group, d: {"B": B, seq: n, "n_heads": kv * group, "n_kv_heads": kv, "head_dim": d},
-        st.sampled_from(batches), awkward_size(upper), st.sampled_from([1, 2]), st.sampled_from([1, 2, 3]),
-        st.sampled_from([4, 17, 64, 80, 128]))
+    def dims(B, n, kv, group, d):
+        return {"B": B, seq: n, "n_heads": kv * group, "n_kv_heads": kv, "head_dim": d}
+
+    awkward = st.builds(dims, st.sampled_from(batches), awkward_size(upper), st.sampled_from([1, 2]),
+                        st.sampled_from(GROUPS), st.sampled_from(HEAD_DIMS))
+    at_limits = st.builds(dims, st.just(1), st.sampled_from(AWKWARD_SIZES + LONG_SEQUENCES.get(seq, ())), st.just(1),
+                          st.sampled_from([1, 2, GROUP_LIMIT]), st.sampled_from([17, HEAD_DIM_LIMIT]))
+    return st.integers(0, 3).flatmap(lambda i: at_limits if i == 3 else awkward)

@@ -40,6 +40,28 @@ def test_llama3_1_405b_cases_from_its_config_in_the_full_suite_only(registry):
     assert cases["decode_attention"].params == {"B": 1, "T": 131072, **heads}
 
 
+def test_gemma2_2b_cases_from_its_config(registry):
+    """hidden 2304, 8 q and 4 kv heads of 256 (head_dim HEAD_DIM_LIMIT), eps 1e-6, theta 10000:
+    the block fusions that fit its layer at decode and the attention fusions, with decode
+    against 4096 keys at batch 1 the one quick case (issue 19); no SwiGLU (Gemma-2's MLP is GeGLU)."""
+    from harness.attention import HEAD_DIM_LIMIT
+
+    cases = {(c.fusion, c.id): c for c in load_cases(registry) if c.model == "Gemma-2-2B"}
+    heads = {"n_heads": 8, "n_kv_heads": 4, "head_dim": HEAD_DIM_LIMIT}
+    assert cases["decode_attention", "gemma2_2b.decode4096"].params == {"B": 1, "T": 4096, **heads}
+    assert [key for key, c in cases.items() if "quick" in c.suites] == [("decode_attention", "gemma2_2b.decode4096")]
+    assert {fusion for fusion, _ in cases} == {"rmsnorm_gemm", "add_rmsnorm", "rmsnorm_qkv_rope",
+                                               "decode_attention", "attention_prefill", "attn_score_softmax"}
+    assert cases["rmsnorm_gemm", "gemma2_2b.decode"].params == {"M": 1, "H": 2304, "N": 8 * 256 + 2 * 4 * 256,
+                                                                "eps": 1e-6}
+    assert cases["rmsnorm_qkv_rope", "gemma2_2b.decode"].params == {"M": 1, "H": 2304, **heads, "eps": 1e-6,
+                                                                    "theta": 10000.0}
+    attention = [c for (fusion, _), c in cases.items() if "n_kv_heads" in c.params]
+    assert all(c.params["head_dim"] == HEAD_DIM_LIMIT for c in attention)
+    assert {c.params["S"] for c in attention if "S" in c.params} == {512, 2048}
+    assert any(c.fusion == "decode_attention" and c.params["B"] > 1 for c in attention)
+
+
 @pytest.mark.parametrize("text, line, words", [
     ("[[case]\nfusion = 'x'", 1, "TOML syntax error"),
     (GOOD.replace('"rmsnorm_gemm"', '"no_such"'), 2, "unknown fusion 'no_such'"),

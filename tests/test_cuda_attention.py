@@ -121,6 +121,12 @@ def test_decode_split_rule():
     assert p.launches == (("decode_attention_split_g4_f16", (32, 8), (128,), 0, 0),
                           ("decode_attention_combine_f16", (32,), (128,), 0, 0))
     assert da.launch_plan(1, 4096, 32, 8, 17, "float16").switches["vec"] == 0       # 17 % 8: scalar loads
+    # Gemma-2-2B (issue 19: head_dim 256, 2 q heads per kv head), and the property tests' limits:
+    # T past MAX_SPLITS x SPLIT_MIN_KEYS, 9 q heads per kv head (two head chunks of G = 8)
+    p = da.launch_plan(1, 4096, 8, 4, 256, "bfloat16")
+    assert p.switches == {"vec": 1, "nsplit": 32, "G": 2} and p.launches[0].grid == (32, 4)
+    p = da.launch_plan(1, 16385, 9, 1, 256, "bfloat16")
+    assert p.switches == {"vec": 1, "nsplit": da.MAX_SPLITS, "G": 8} and p.launches[0].grid == (da.MAX_SPLITS, 2)
     assert da.launch_plan(1, 4096, 32, 8, 128, "float32", aligned=False).switches["vec"] == 0
 
 
@@ -587,6 +593,7 @@ DECODE_CASES = [
     (3, 37, 6, 2, 64, "bfloat16", 3, True, None),       # g = 3 in a G = 4 block, 3 splits, ragged lens
     (2, 50, 10, 1, 8, "float32", 4, True, 2),           # g = 10: two head chunks (8 + 2), rows loop
     (1, 300, 8, 8, 256, "float32", 5, True, None),      # d = 256 float32: two chunks per lane
+    (1, 517, 8, 4, 256, "bfloat16", 1, True, None),     # Gemma-2's g = 2 at d = 256, unsplit, T > 512
     (2, 100, 4, 1, 80, "float16", 7, True, None),       # 10 vectors on 16 lanes, empty splits
     (2, 64, 2, 2, 96, "bfloat16", None, False, None),   # unaligned pointers: scalar path
     (1, 23, 1, 1, 128, "float32", 2, True, None),       # 16 lanes x 2 chunks per key, 2 keys per warp
@@ -647,6 +654,7 @@ GPU_CASES = {
         {"B": 2, "S": 67, "n_heads": 4, "n_kv_heads": 2, "head_dim": 17},
         {"B": 1, "S": 600, "n_heads": 3, "n_kv_heads": 1, "head_dim": 128},    # S > 512
         {"B": 1, "S": 129, "n_heads": 2, "n_kv_heads": 2, "head_dim": 256},
+        {"B": 1, "S": 512, "n_heads": 8, "n_kv_heads": 4, "head_dim": 256},     # Gemma-2-2B prefill512
     ],
     "attention_prefill": [
         {"B": 1, "S": 1, "n_heads": 1, "n_kv_heads": 1, "head_dim": 4},
@@ -654,6 +662,7 @@ GPU_CASES = {
         {"B": 1, "S": 257, "n_heads": 6, "n_kv_heads": 2, "head_dim": 80},
         {"B": 1, "S": 1031, "n_heads": 2, "n_kv_heads": 1, "head_dim": 128},
         {"B": 1, "S": 97, "n_heads": 2, "n_kv_heads": 1, "head_dim": 256},
+        {"B": 1, "S": 512, "n_heads": 8, "n_kv_heads": 4, "head_dim": 256},     # Gemma-2-2B prefill512
         {"B": 2, "S": 130, "n_heads": 2, "n_kv_heads": 2, "head_dim": 96},
     ],
     "decode_attention": [
@@ -664,6 +673,8 @@ GPU_CASES = {
         {"B": 2, "T": 4099, "n_heads": 14, "n_kv_heads": 2, "head_dim": 64},
         {"B": 2, "T": 513, "n_heads": 20, "n_kv_heads": 2, "head_dim": 80},     # g = 10: head chunks
         {"B": 1, "T": 1000, "n_heads": 2, "n_kv_heads": 1, "head_dim": 256},
+        {"B": 1, "T": 4096, "n_heads": 8, "n_kv_heads": 4, "head_dim": 256},    # Gemma-2-2B decode4096 (issue 19)
+        {"B": 1, "T": 16385, "n_heads": 9, "n_kv_heads": 1, "head_dim": 256},   # nsplit = MAX_SPLITS, 2 head chunks
     ],
 }
 GPU_PARAMS = [(f, p) for f, ps in GPU_CASES.items() for p in ps]

@@ -190,15 +190,116 @@ def test_decode_split_rule_and_combine(reg):
         assert np.sqrt(_nmse(o, ref)) <= 2 * np.sqrt(_nmse(one, ref)) + 4 * ULP["float32"], p.splits
 
 
+# Gemma-2-2B's decode (cases/gemma2_2b.toml): 8 q heads on 4 kv heads, head_dim 256, a
+# 4096-token cache. Issue 19: with the key axis unsplit, 7 or 8 of its heads came out unwritten.
+GEMMA2_DECODE = {"B": 1, "T": 4096, "n_heads": 8, "n_kv_heads": 4, "head_dim": 256}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_long_cache_at_head_dim_256(reg, monkeypatch, dtype):
+    """GEMMA2_DECODE with occupancy asking for no split (as on a machine with B·Hkv >= 2 x its
+    cores): the loop budget still splits the 4096 keys (one invocation cannot walk them on
+    llvmpipe), every head is written and the gate passed, in every dtype and storage mode."""
+    import impls.decode_attention.wgsl as da
+
+    monkeypatch.setattr(da, "target_groups", lambda backend: 1)
+    spec = reg.fusions["decode_attention"]
+    inp = spec.make_inputs(GEMMA2_DECODE, dtype, seed=19)
+    _, attrs = spec.split(GEMMA2_DECODE)
+    yard = Yardstick.for_inputs(spec, inp, attrs, dtype)
+    for b in _backends(dtype):
+        out = _run(da.DecodeAttentionWgsl(b, spec, inp, attrs, dtype))
+        unwritten = int(np.isnan(out["o"].astype(np.float64)).any(axis=-1).sum())
+        assert unwritten == 0, f"{dtype} ({b.mode(dtype)}): {unwritten} of 8 heads not (wholly) written"
+        v = yard.judge(out)
+        assert v.passed, (dtype, b.mode(dtype), v.reasons)
+
+
+def test_decode_plans_keep_the_loop_budget():
+    """No split of any plan asks one `attend` invocation for more loop iterations than
+    LOOP_BUDGET (llvmpipe ends longer loops silently), nor `combine`, whatever the head size,
+    grouping, cache length and occupancy; and a cache that fits stays unsplit."""
+    from harness.backends.wgsl import LOOP_BUDGET
+    from impls.decode_attention.wgsl import combine_loop_iterations, launch_plan, loop_iterations
+
+    for d in (1, 4, 64, 96, 128, 129, 192, 255, 256):
+        for Hq, Hkv in ((1, 1), (2, 1), (8, 4), (8, 1), (9, 1), (12, 1), (32, 8), (128, 8)):
+            for T in (1, 511, 512, 4096, 4097, 32768, 131072):
+                for B, target in ((1, 1), (1, 64), (16, 4), (3, 256)):
+                    plan = launch_plan(B, T, Hq, Hkv, d, target)
+                    where = (B, T, Hq, Hkv, d, target, plan)
+                    assert plan.chunk * plan.splits >= T > plan.chunk * (plan.splits - 1), where
+                    assert loop_iterations(plan.chunk, -(-d // 4), plan.bk, plan.gw) <= LOOP_BUDGET, where
+                    assert combine_loop_iterations(plan.splits, d) <= LOOP_BUDGET, where
+    assert launch_plan(1, 512, 32, 8, 128, 1).splits == 1
+    assert launch_plan(1, 4096, 8, 4, 256, 1).splits == 2  # GEMMA2_DECODE with no occupancy split: 2 x 2048
+
+
+def test_decode_longest_split_at_the_worst_grouping(reg):
+    """head_dim 256 with 8 q heads a workgroup runs the most loop iterations per key: the
+    longest split the plan allows there (max_keys_per_split positions, in one split) and one
+    position more (two splits) both pass, NaN past lens never read."""
+    from impls.decode_attention.wgsl import DecodeAttentionWgsl, keys_per_tile, launch_plan, max_keys_per_split
+
+    longest = max_keys_per_split(64, keys_per_tile(64, 8), 8)
+    for T, splits in ((longest, 1), (longest + 1, 2)):
+        dims = {"B": 1, "T": T, "n_heads": 8, "n_kv_heads": 1, "head_dim": 256}
+        assert launch_plan(1, T, 8, 1, 256, target=1).splits == splits
+        spec, inp = _decode_inputs(reg, dims, [T], "float32", seed=43)
+        _, attrs = spec.split(dims)
+        o = _run(DecodeAttentionWgsl(BACKEND, spec, inp, attrs, "float32", splits=splits))["o"]
+        assert np.sqrt(_nmse(o, _decode_reference(inp, attrs))) <= 8 * ULP["float32"], (T, splits)
+
+
+@pytest.mark.parametrize("fusion", ["attn_score_softmax", "attention_prefill"])
+def test_prefill_rows_past_the_loop_budget_refused(reg, fusion):
+    """Where the adapter ends long loops (llvmpipe), S one tile past what loop_iterations
+    allows at head_dim 256 is refused at prepare, naming the limit, rather than run wrong."""
+    import importlib
+
+    from harness.backends.wgsl import LOOP_BUDGET
+
+    if BACKEND.loop_limit is None:
+        pytest.skip("this adapter has no loop limit")
+    kernel = importlib.import_module(f"impls.{fusion}.wgsl")
+    bk = kernel.keys_per_tile(64)
+    S = next(S for S in range(bk, 1 << 16, bk) if kernel.loop_iterations(S, 64, bk) > LOOP_BUDGET)
+    assert S >= 2048, "Gemma-2's prefill 2048 must fit"
+    spec = reg.fusions[fusion]
+    dims = {"B": 1, "S": S, "n_heads": 1, "n_kv_heads": 1, "head_dim": 256}
+    inp = spec.make_inputs(dims, "float16", seed=47)
+    _, attrs = spec.split(dims)
+    with pytest.raises(ValueError, match="llvmpipe"):
+        reg.impls[f"{fusion}/wgsl/fused"].factory(BACKEND, spec, inp, attrs, "float16")
+
+
+def test_unroll_loops_writes_out_columns():
+    """`//@unroll c < N` lines: written out whole up to UNROLL_CHUNK, else a loop over chunks
+    (guarded when N is no multiple), the loop variable replaced as a word only."""
+    from harness.backends.wgsl import UNROLL_CHUNK, unroll_loops, unrolled_loop_iterations
+
+    text = "x\n  //@unroll c < D4: a += dot(q[c], ks[cc + c]);\ny"
+    assert unroll_loops(text, {"D4": 2}) == "x\n  a += dot(q[0u], ks[cc + 0u]);\n  a += dot(q[1u], ks[cc + 1u]);\ny"
+    looped = unroll_loops(text, {"D4": 5}, chunk=2)
+    assert looped.splitlines()[1] == "  for (var c_0 = 0u; c_0 < 5u; c_0 += 2u) {"
+    assert "if (c_0 + 1u < 5u) { a += dot(q[(c_0 + 1u)], ks[cc + (c_0 + 1u)]); }" in looped
+    assert "//@unroll" not in looped and looped.count("dot(") == 2
+    assert unrolled_loop_iterations(UNROLL_CHUNK) == 0 and unrolled_loop_iterations(64) == 64 // UNROLL_CHUNK + 1
+    with pytest.raises(KeyError):
+        unroll_loops(text, {"D": 2})
+
+
 # --- long rows and causality ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fusion", ["attn_score_softmax", "attention_prefill"])
-def test_long_sequence_no_fixed_row_buffer(reg, fusion):
-    """S = 1100, past any power-of-two row buffer up to 1024: rows of P sum to 1 and are zero
-    past the diagonal; both kernels match the float64 reference."""
+@pytest.mark.parametrize("S, head_dim", [(1100, 4), (600, 256)])
+def test_long_sequence_no_fixed_row_buffer(reg, fusion, S, head_dim):
+    """S = 1100, past any power-of-two row buffer up to 1024, and S = 600 at head_dim 256 (each
+    row's loops run long there: issue 19): rows of P sum to 1 and are zero past the diagonal;
+    both kernels match the float64 reference."""
     spec = reg.fusions[fusion]
-    dims = {"B": 1, "S": 1100, "n_heads": 1, "n_kv_heads": 1, "head_dim": 4}
+    dims = {"B": 1, "S": S, "n_heads": 1, "n_kv_heads": 1, "head_dim": head_dim}
     inp = spec.make_inputs(dims, "float32", seed=51)
     _, attrs = spec.split(dims)
     out = _run(reg.impls[f"{fusion}/wgsl/fused"].factory(BACKEND, spec, inp, attrs, "float32"))

@@ -40,6 +40,18 @@ matrix-vector scheme; `linear` is the "nt" matmul with one batch. `causal_mask` 
 write -inf, passed in as a bit pattern (WGSL has no infinite literal); `softmax` gives
 zeros for a row that is all -inf. `scale` multiplies by an f32 uniform.
 
+Loop budget. Mesa's llvmpipe (the driver under lavapipe) counts the loop iterations of
+each shader invocation (each SIMD group of 8), all its loops together, each loop's trips
+plus the pass that leaves it; once LLVMPIPE_LOOP_LIMIT have run, every loop is left after
+its first pass. No error is raised: outputs come out wrong or are never written (issue
+19: decode attention at head_dim 256 over a 4096-token cache left its heads unwritten).
+Its compiler unrolls by itself only loops of at most 32 constant trips (head_dim up to
+128 in the attention kernels). So a kernel whose loops grow with a sequence keeps one
+invocation within LOOP_BUDGET iterations as counted from its source: it writes long
+inner loops out (`//@unroll` lines, `unroll_loops`), splits the work (decode), or, where
+it cannot split, refuses a shape past the budget on such an adapter
+(`require_loop_budget`).
+
 wgpu is imported inside the methods only; XDG_RUNTIME_DIR is set (to a private 0700
 directory) before the import when it is missing, which stops Vulkan loaders from
 complaining on stderr.
@@ -50,6 +62,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import struct
 import tempfile
 import time
@@ -65,6 +78,16 @@ from harness.splice import splice
 WG = 256  # invocations per workgroup of the primitive kernels
 MAX_GROUPS = 65535  # per grid dimension (WebGPU's default limit)
 FEATURES_WANTED = ("timestamp-query", "shader-f16")
+
+# llvmpipe ends the loops of an invocation after this many iterations in all (gallivm's
+# LP_MAX_TGSI_LOOP_ITERATIONS); kernels stay within half of it as counted from their source,
+# which leaves room for what a count from the source cannot see (the compiler's own loops).
+LLVMPIPE_LOOP_LIMIT = 65535
+LOOP_BUDGET = LLVMPIPE_LOOP_LIMIT // 2
+# `//@unroll` loops write out this many statements per iteration: the most Mesa's compiler
+# unrolls itself (max_unroll_iterations), so head sizes up to 128 get the code they had.
+UNROLL_CHUNK = 32
+_UNROLL = re.compile(r"^([ \t]*)//@unroll (\w+) < (\w+): (.*)$", re.M)
 
 # Word of NaN patterns per storage dtype (both halves for 16-bit types).
 NAN_WORD = {"float32": 0x7FC00000, "float16": 0x7E007E00, "bfloat16": 0x7FC07FC0}
@@ -118,6 +141,38 @@ def storage_mode(dtype: str, native_f16: bool) -> str:
     if dtype in ("int32", "uint32"):
         return "i32" if dtype == "int32" else "u32"
     raise BackendUnavailable(f"wgsl: no storage for dtype {dtype!r}")
+
+
+def unroll_loops(text: str, bounds: dict[str, int], chunk: int = UNROLL_CHUNK) -> str:
+    """`text` with each line `<indent>//@unroll c < N: BODY` turned into a loop over c in
+    chunks of `chunk`, BODY written out once per c of a chunk (the word `c` replaced by
+    `c0 + 3u`, guarded where bounds[N] is no multiple of the chunk): bounds[N] / chunk + 1
+    loop iterations instead of bounds[N] + 1, whatever the compiler unrolls (see the module
+    docstring: llvmpipe's loop limit). One chunk: no loop at all."""
+
+    def written_out(m: re.Match) -> str:
+        indent, var, bound, body = m.groups()
+        if bound not in bounds:
+            raise KeyError(f"//@unroll bound {bound!r} not given (have {sorted(bounds)})")
+        n = bounds[bound]
+        word = re.compile(rf"\b{var}\b")
+        if n <= chunk:
+            return "\n".join(indent + word.sub(f"{i}u", body) for i in range(n))
+        start = f"{var}_0"
+        lines = [f"{indent}for (var {start} = 0u; {start} < {n}u; {start} += {chunk}u) {{"]
+        for i in range(chunk):
+            stmt = word.sub(f"({start} + {i}u)", body)
+            if n % chunk:
+                stmt = f"if ({start} + {i}u < {n}u) {{ {stmt} }}"
+            lines.append(f"{indent}  {stmt}")
+        return "\n".join(lines + [indent + "}"])
+
+    return _UNROLL.sub(written_out, text)
+
+
+def unrolled_loop_iterations(n: int, chunk: int = UNROLL_CHUNK) -> int:
+    """Loop iterations of one `//@unroll c < N` line with bounds[N] = n (see unroll_loops)."""
+    return 0 if n <= chunk else -(-n // chunk) + 1
 
 
 def wgsl_buffers(buffers: Sequence[tuple[str, str, str]], params_struct: str | None = None) -> str:
@@ -659,6 +714,20 @@ class WgslBackend(Backend):
     def cpu_adapter(self) -> bool:
         """Whether the adapter runs on the CPU (lavapipe: a workgroup per core at a time)."""
         return str(self._get_adapter().info.get("adapter_type", "")).lower() == "cpu"
+
+    @property
+    def loop_limit(self) -> int | None:
+        """LLVMPIPE_LOOP_LIMIT on llvmpipe (lavapipe), which ends longer loops silently; None
+        on adapters with no such limit."""
+        return LLVMPIPE_LOOP_LIMIT if "llvmpipe" in str(self._get_adapter().info.get("device", "")).lower() else None
+
+    def require_loop_budget(self, what: str, iterations: int) -> None:
+        """ValueError when one invocation of `what` would run more than LOOP_BUDGET loop
+        iterations (as counted from its source) on an adapter with a loop limit."""
+        if self.loop_limit is not None and iterations > LOOP_BUDGET:
+            raise ValueError(f"{what}: about {iterations} loop iterations in one invocation, past the budget of "
+                             f"{LOOP_BUDGET} on llvmpipe, which ends every loop after {self.loop_limit} "
+                             f"(results would be left unwritten)")
 
     def gemv_source(self, text: str, rows: int = 16) -> str:
         """`text` with @@GV_WG@@ / @@GV_RED@@ set for this adapter."""

@@ -4,7 +4,9 @@
 // impls/attention_prefill/wgsl.py replaces the line below with the buffer declarations
 // (harness.backends.wgsl.wgsl_buffers): q, k, v at bindings 0..2 (ld_q / ld_k / ld_v), the
 // output o at 3 (st_o) and `var<uniform> P: Params` at 4; it substitutes WQ (query rows
-// per workgroup, one per invocation), D4 (head_dim / 4, rounded up) and BK (keys per tile).
+// per workgroup, one per invocation), D4 (head_dim / 4, rounded up) and BK (keys per tile),
+// and writes out each `//@unroll` line (harness.backends.wgsl.unroll_loops): the loops over
+// the head's columns would otherwise count against llvmpipe's loop limit once per key.
 // @@BUFFERS@@
 
 // q: (B, Hq, S, d), k, v: (B, Hkv, S, d), o: (B, Hq, S, d); q head h reads kv head h / (Hq / Hkv).
@@ -68,18 +70,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var mt = m;
     for (var jj = 0u; jj < kn; jj++) {
       var a = 0.0;
-      for (var c = 0u; c < D4; c++) { a += dot(q[c], ks[jj * D4 + c]); }
+      //@unroll c < D4: a += dot(q[c], ks[jj * D4 + c]);
       s[jj] = select(LOWEST, a * P.scale, k0 + jj <= i);
       mt = max(mt, s[jj]);
     }
     let alpha = exp(m - mt);
     l *= alpha;
-    for (var c = 0u; c < D4; c++) { acc[c] *= alpha; }
+    //@unroll c < D4: acc[c] *= alpha;
     for (var jj = 0u; jj < kn; jj++) {
       if (k0 + jj <= i) {
         let p = exp(s[jj] - mt);
         l += p;
-        for (var c = 0u; c < D4; c++) { acc[c] += p * vs[jj * D4 + c]; }
+        //@unroll c < D4: acc[c] += p * vs[jj * D4 + c];
       }
     }
     m = mt;

@@ -15,6 +15,13 @@ default limit), at most 64; D4 = ceil(d / 4), d <= HEAD_DIM_LIMIT. The shader is
 specialised per (storage mode, D4, BK). Grid: (ceil(S / WQ), B * Hq); the last blocks of
 a head see the most keys.
 
+Loops: an invocation's loops run once per key, so the loops over the d4 columns are
+written out 32 columns at a time (`//@unroll`): llvmpipe silently ends every loop of an
+invocation past 65535 iterations in all (harness.backends.wgsl, "Loop budget"), and at
+head_dim 256 the rows past about 450 came out unwritten or wrong (issue 19). What is
+left (loop_iterations, about 10 per key at head_dim 256, 3 at 128) must stay within
+LOOP_BUDGET: a longer S is refused on llvmpipe rather than run wrong.
+
 Storage dtypes: float32; float16 (`array<f16>` with shader-f16, otherwise packed two per
 u32); bfloat16 packed two per u32. Arithmetic in f32, one rounding per stored output.
 """
@@ -25,7 +32,7 @@ from pathlib import Path
 
 from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.backends.wgsl import pack_params, wgsl_buffers
+from harness.backends.wgsl import pack_params, unroll_loops, unrolled_loop_iterations, wgsl_buffers
 from harness.registry import Implementation, register
 from harness.splice import spliced_source
 
@@ -43,6 +50,17 @@ def keys_per_tile(d4: int) -> int:
     return max(1, min(MAX_BK, WORKGROUP_FLOATS // (8 * d4)))
 
 
+def loop_iterations(S: int, d4: int, bk: int, wq: int = WQ) -> int:
+    """Loop iterations of the invocation owning the last row, which sees all S keys, each
+    loop counted with the pass that leaves it: q loaded and o stored (d4 trips each); per
+    tile of bk keys the tile loop, K and V loaded, the logits and the weights (bk trips
+    each), and the written-out loops over the columns (once per key for the logits and
+    the weights, once for the rescale)."""
+    cols = unrolled_loop_iterations(d4)
+    per_tile = 1 + (-(-bk * d4 // wq) + 1) + 2 * (bk + 1) + (2 * bk + 1) * cols
+    return 2 * (d4 + 1) + -(-S // bk) * per_tile
+
+
 def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
     global _text
@@ -57,7 +75,7 @@ def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
     text = _text
     for k, v in subs.items():
         text = text.replace(k, v)
-    return enable + text
+    return enable + unroll_loops(text, {"D4": d4})
 
 
 class AttentionPrefillWgsl(Prepared):
@@ -71,8 +89,10 @@ class AttentionPrefillWgsl(Prepared):
             raise ValueError(f"attention_prefill: shapes q {self.q.shape}, k {self.k.shape}, v {self.v.shape} "
                              f"(head_dim at most {HEAD_DIM_LIMIT})")
         d4 = -(-d // 4)
+        bk = keys_per_tile(d4)
+        backend.require_loop_budget(f"attention_prefill/wgsl at S = {S}, head_dim {d}", loop_iterations(S, d4, bk))
         self.out = {"o": backend.empty((B, Hq, S, d), dtype)}
-        self.source = kernel_source(backend.mode(dtype), d4, keys_per_tile(d4))
+        self.source = kernel_source(backend.mode(dtype), d4, bk)
         self.params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
         self.groups = (-(-S // WQ), B * Hq, 1)
         backend.pipeline(self.source, ROLES, True)  # compile now

@@ -5,7 +5,9 @@
 // impls/attn_score_softmax/wgsl.py replaces the line below with the buffer declarations
 // (harness.backends.wgsl.wgsl_buffers): q, k at bindings 0, 1 (ld_q / ld_k), the output p
 // at 2 (st_p) and `var<uniform> P: Params` at 3; it substitutes WQ (query rows per
-// workgroup, one per invocation), D4 (head_dim / 4, rounded up) and BK (keys per tile).
+// workgroup, one per invocation), D4 (head_dim / 4, rounded up) and BK (keys per tile), and
+// writes out each `//@unroll` line (harness.backends.wgsl.unroll_loops): the dot product's
+// trips would otherwise count against llvmpipe's loop limit once per key.
 // @@BUFFERS@@
 
 // q: (B, Hq, S, d), k: (B, Hkv, S, d), p: (B, Hq, S, S); q head h reads kv head h / (Hq / Hkv).
@@ -36,7 +38,7 @@ fn load_keys(kbase: u32, k0: u32, nk: u32, t: u32) {
 // scale * q . k for key jj of the tile.
 fn logit(q: ptr<function, array<vec4<f32>, D4>>, jj: u32) -> f32 {
   var a = 0.0;
-  for (var c = 0u; c < D4; c++) { a += dot((*q)[c], ks[jj * D4 + c]); }
+  //@unroll c < D4: a += dot((*q)[c], ks[jj * D4 + c]);
   return a * P.scale;
 }
 

@@ -17,6 +17,12 @@ BK is as many keys as fit, with the staged weights, in 16 KiB of workgroup memor
 default limit), at most 64; D4 = ceil(d / 4), d <= HEAD_DIM_LIMIT. The shader is
 specialised per (storage mode, D4, BK). Grid: (ceil(S / WQ), B * Hq).
 
+Loops: each logit's dot product is written out 32 columns at a time (`//@unroll`), since
+llvmpipe silently ends every loop of an invocation past 65535 iterations in all
+(harness.backends.wgsl, "Loop budget"; issue 19: at head_dim 256 the rows past about 450
+came out wrong). What is left (loop_iterations, about 14 per key at head_dim 256, 5 at
+128) must stay within LOOP_BUDGET: a longer S is refused on llvmpipe rather than run wrong.
+
 Storage dtypes: float32; float16 (`array<f16>` with shader-f16, otherwise packed two per
 u32); bfloat16 packed two per u32. Arithmetic in f32, one rounding per stored weight.
 """
@@ -27,7 +33,7 @@ from pathlib import Path
 
 from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.backends.wgsl import pack_params, wgsl_buffers
+from harness.backends.wgsl import pack_params, unroll_loops, unrolled_loop_iterations, wgsl_buffers
 from harness.registry import Implementation, register
 from harness.splice import spliced_source
 
@@ -45,6 +51,17 @@ def keys_per_tile(d4: int, wq: int = WQ) -> int:
     return max(1, min(MAX_BK, WORKGROUP_FLOATS // (4 * d4 + wq)))
 
 
+def loop_iterations(S: int, d4: int, bk: int, wq: int = WQ) -> int:
+    """Loop iterations of one invocation, at most, each loop counted with the pass that
+    leaves it: q loaded (d4 trips); per tile of bk keys and pass the tile loop, the keys
+    loaded, the logits (each with its written-out loop over the columns), then the sum of
+    exp (pass 1) or the staged weights stored (pass 2, bk trips at most); the zeros past
+    the block's last row (S trips at most)."""
+    cols = unrolled_loop_iterations(d4)
+    tile = 1 + (-(-bk * d4 // wq) + 1) + (bk + 1) + bk * cols + (bk + 1)
+    return (d4 + 1) + 2 * -(-S // bk) * tile + (S + 1)
+
+
 def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
     global _text
@@ -59,7 +76,7 @@ def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
     text = _text
     for k, v in subs.items():
         text = text.replace(k, v)
-    return enable + text
+    return enable + unroll_loops(text, {"D4": d4})
 
 
 class AttnScoreSoftmaxWgsl(Prepared):
@@ -72,8 +89,10 @@ class AttnScoreSoftmaxWgsl(Prepared):
             raise ValueError(f"attn_score_softmax: shapes q {self.q.shape}, k {self.k.shape} "
                              f"(head_dim at most {HEAD_DIM_LIMIT})")
         d4 = -(-d // 4)
+        bk = keys_per_tile(d4)
+        backend.require_loop_budget(f"attn_score_softmax/wgsl at S = {S}, head_dim {d}", loop_iterations(S, d4, bk))
         self.out = {"p": backend.empty((B, Hq, S, S), dtype)}
-        self.source = kernel_source(backend.mode(dtype), d4, keys_per_tile(d4))
+        self.source = kernel_source(backend.mode(dtype), d4, bk)
         self.params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
         self.groups = (-(-S // WQ), B * Hq, 1)
         backend.pipeline(self.source, ROLES, True)  # compile now
