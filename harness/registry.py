@@ -70,6 +70,8 @@ class Implementation:
         return backend.probe()
 
     def prepare(self, spec: FusionSpec, inputs, attrs, dtype: str):
+        if dtype not in self.dtypes:
+            raise ValueError(f"{self.key} does not claim {dtype} (it claims {', '.join(self.dtypes)})")
         backend = get_backend(self.backend)
         backend.require()
         return self.factory(backend, spec, inputs, attrs, dtype)

@@ -1,14 +1,25 @@
 """FusionSpec: what a fusion is, written once.
 
-A spec names the fusion's dimensions and scalar attributes, makes its inputs, holds its
+A spec names the fusion's dimensions and scalar attributes, declares the shape of every
+input and output over those dimensions (`shapes`), makes its inputs, holds its
 decomposition over `harness.ops` primitives, its cost model (fewest bytes moved, flops),
 its accuracy bounds and the hypothesis strategies its property tests draw from.
+
+Shapes as data: `shapes={"x": ("M", "H"), "w": ("N", "H"), "y": ("M", "N")}`. An axis is
+a dimension's name, an integer, or an expression over the dimensions with + - * // and
+parentheses ("(n_heads + 2 * n_kv_heads) * head_dim"). From them the harness derives the
+output shapes, the default byte count (each input read once, each output written once),
+the dimensions of a set of arrays with one clear message when they disagree
+(`dims_of`), and the output buffers every implementation gets (Prepared.alloc_outputs).
 """
 
 from __future__ import annotations
 
+import ast
+import math
+import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -58,11 +69,58 @@ class Cost:
         return self.flops / self.bytes if self.bytes else 0.0
 
 
+_AXIS_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+
+
+def _axis_expr(text: str) -> ast.expr:
+    """The parsed axis expression; ValueError for anything beyond names, integers, + - * //."""
+    tree = ast.parse(text, mode="eval").body
+    for node in ast.walk(tree):
+        ok = isinstance(node, (ast.Name, ast.Load, ast.BinOp, *_AXIS_OPS)) or (
+            isinstance(node, ast.Constant) and isinstance(node.value, int))
+        if not ok:
+            raise ValueError(f"axis {text!r}: only dimension names, integers and + - * // are allowed")
+    return tree
+
+
+def _eval_axis(node: ast.expr, dims: dict[str, int]) -> int:
+    if isinstance(node, ast.Name):
+        return dims[node.id]
+    if isinstance(node, ast.Constant):
+        return node.value
+    return _AXIS_OPS[type(node.op)](_eval_axis(node.left, dims), _eval_axis(node.right, dims))
+
+
+def axis_names(axis) -> set[str]:
+    """The dimension names an axis uses."""
+    if isinstance(axis, int):
+        return set()
+    return {n.id for n in ast.walk(_axis_expr(axis)) if isinstance(n, ast.Name)}
+
+
+def axis_size(axis, dims: dict[str, int]) -> int:
+    """An axis's length under `dims`."""
+    if isinstance(axis, int):
+        return axis
+    if axis in dims:
+        return dims[axis]
+    return _eval_axis(_axis_expr(axis), dims)
+
+
+class ShapeError(ValueError):
+    """Arrays whose shapes do not fit a spec's declared shapes."""
+
+
 @dataclass
 class FusionSpec:
     """One fusion. `decompose(ops, **inputs, **attrs) -> {output: array}`;
     `make_inputs(dims, rng, value_shape) -> {input: float64 array}` (the spec rounds);
-    `cost(dims, itemsize) -> Cost`; `strategy()` -> hypothesis strategy of dims dicts."""
+    `shapes`: {input or output: axes} (see the module docstring); `flops(dims) -> int`;
+    `strategy()` -> hypothesis strategy of dims dicts.
+
+    The byte count defaults to every input read once and every output written once (index
+    inputs at 4 bytes an element); `moved_bytes(dims, itemsize)` replaces it where the work
+    is less (ragged decode reads only the valid cache rows)."""
 
     name: str
     doc: str
@@ -72,9 +130,14 @@ class FusionSpec:
     outputs: tuple[str, ...]
     decompose: Callable[..., dict[str, Any]]
     make_inputs_f64: Callable[[dict[str, int], np.random.Generator, str], dict[str, np.ndarray]]
-    cost_model: Callable[[dict[str, int], int], Cost]
-    output_shapes: Callable[[dict[str, int]], dict[str, tuple[int, ...]]]
     strategy: Callable[[], Any]
+    shapes: dict[str, Sequence[Any]] = field(default_factory=dict)
+    flops: Callable[[dict[str, int]], int] | None = None
+    moved_bytes: Callable[[dict[str, int], int], int] | None = None
+    # the whole cost written by hand (before shapes were data; a plugin may still give it)
+    cost_model: Callable[[dict[str, int], int], Cost] | None = None
+    # output shapes written by hand (likewise); derived from `shapes` when absent
+    output_shapes_f: Callable[[dict[str, int]], dict[str, tuple[int, ...]]] | None = None
     dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
     # the accuracy verdict allows k x the error of the same-dtype unfused chain (harness.accuracy)
     k_vs_chain: float = 2.0
@@ -95,6 +158,92 @@ class FusionSpec:
     # fusions rotate their activations only, which is enough to change every output and
     # keeps the writes between samples small.
     rotate: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.shapes:
+            missing = [n for n in (*self.inputs, *self.outputs) if n not in self.shapes]
+            extra = [n for n in self.shapes if n not in (*self.inputs, *self.outputs)]
+            if missing:
+                problems.append(f"no shape declared for {', '.join(missing)}")
+            if extra:
+                problems.append(f"shapes declared for {', '.join(extra)}, which are neither inputs nor outputs")
+            for name, axes in self.shapes.items():
+                try:
+                    unknown = set().union(*(axis_names(a) for a in axes)) - set(self.dims)
+                except (SyntaxError, ValueError) as e:
+                    problems.append(f"shape of {name}: {e}")
+                    continue
+                if unknown:
+                    problems.append(f"shape of {name} uses {', '.join(sorted(unknown))}, not among the dims "
+                                    f"{', '.join(self.dims)}")
+        elif self.output_shapes_f is None:
+            problems.append("give `shapes` (the shape of every input and output over the dims)")
+        if self.cost_model is None and self.flops is None:
+            problems.append("give `flops(dims)` (or a whole `cost_model`)")
+        if self.cost_model is None and self.moved_bytes is None and not self.shapes:
+            problems.append("the default byte count needs `shapes`")
+        if problems:
+            raise ValueError(f"FusionSpec {self.name!r}: " + "; ".join(problems))
+
+    # shapes ------------------------------------------------------------------------
+    def shape(self, name: str, dims: dict[str, int]) -> tuple[int, ...]:
+        """The shape of input or output `name` under `dims`."""
+        return tuple(axis_size(a, dims) for a in self.shapes[name])
+
+    def output_shapes(self, dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
+        if self.output_shapes_f is not None:
+            return self.output_shapes_f(dims)
+        return {n: self.shape(n, dims) for n in self.outputs}
+
+    def dims_of(self, arrays: dict[str, Any], attrs: dict[str, Any] | None = None) -> dict[str, int]:
+        """The dimensions a set of inputs (anything with .shape) has under the declared
+        shapes, checked: every named axis agrees wherever it appears, every expression
+        axis matches, the dimensions given in `attrs` (head counts) agree, and the spec's
+        own validate_dims holds. ShapeError names the array, its shape, what was expected
+        and where each dimension was read from."""
+        dims: dict[str, int] = {}
+        source: dict[str, str] = {}
+        problems = []
+        for name in self.inputs:
+            if name not in arrays:
+                problems.append(f"input {name} missing")
+                continue
+            shape, axes = tuple(arrays[name].shape), tuple(self.shapes[name])
+            if len(shape) != len(axes):
+                problems.append(f"{name} has shape {shape}, expected {len(axes)} axes {self._axes(axes)}")
+                continue
+            for i, (axis, n) in enumerate(zip(axes, shape)):
+                if isinstance(axis, str) and axis in self.dims:
+                    if axis not in dims:
+                        dims[axis], source[axis] = int(n), f"{name}.shape[{i}]"
+                    elif dims[axis] != n:
+                        problems.append(f"{name} has shape {shape}, expected {self._axes(axes)}: its axis {i} "
+                                        f"is {n}, but {axis} = {dims[axis]} from {source[axis]}")
+        for d, v in (attrs or {}).items():
+            if d in self.dims and isinstance(v, (int, np.integer)):
+                if d in dims and dims[d] != v:
+                    problems.append(f"{d} = {v} as given, but {dims[d]} from {source[d]}")
+                dims.setdefault(d, int(v))
+        if not problems:
+            unbound = [d for d in self.dims if d not in dims]
+            if unbound:
+                problems.append(f"dimension(s) {', '.join(unbound)} appear in no input axis of their own: "
+                                f"pass them in attrs (decompose_dims)")
+        if not problems:
+            for name in self.inputs:
+                expected = self.shape(name, dims)
+                if tuple(arrays[name].shape) != expected:
+                    problems.append(f"{name} has shape {tuple(arrays[name].shape)}, expected "
+                                    f"{self._axes(self.shapes[name])} = {expected}")
+            problems.extend(self.validate_dims(dims))
+        if problems:
+            raise ShapeError(f"{self.name}: " + "; ".join(problems))
+        return {d: dims[d] for d in self.dims}
+
+    @staticmethod
+    def _axes(axes) -> str:
+        return "(" + ", ".join(str(a) for a in axes) + ("," if len(axes) == 1 else "") + ")"
 
     def rotated_inputs(self) -> tuple[str, ...]:
         return self.inputs if self.rotate is None else self.rotate
@@ -139,7 +288,15 @@ class FusionSpec:
                 for k in self.inputs}
 
     def cost(self, dims: dict[str, int], dtype: str) -> Cost:
-        return self.cost_model(dims, np_dtype(dtype).itemsize)
+        itemsize = np_dtype(dtype).itemsize
+        if self.cost_model is not None:
+            return self.cost_model(dims, itemsize)
+        if self.moved_bytes is not None:
+            moved = self.moved_bytes(dims, itemsize)
+        else:
+            moved = sum(math.prod(self.shape(n, dims)) * (4 if n in self.index_inputs else itemsize)
+                        for n in (*self.inputs, *self.outputs))
+        return Cost(bytes=int(moved), flops=int(self.flops(dims)))
 
 
 def activations(rng: np.random.Generator, shape: tuple[int, ...], value_shape: str) -> np.ndarray:

@@ -96,6 +96,16 @@ class Backend:
     def download(self, buf: Any) -> np.ndarray:
         return np.array(buf, copy=True)
 
+    def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
+        """An uninitialised buffer of `shape` in the storage dtype (outputs, scratch)."""
+        from harness.dtypes import np_dtype
+
+        return np.empty(shape, dtype=np_dtype(dtype))
+
+    # The most elements one buffer may hold for this backend's kernels (CUDA's index them
+    # with 32-bit ints); None: no limit beyond memory.
+    max_elements: int | None = None
+
     def poison(self, buf: Any) -> None:
         """Fill a device buffer with NaN so that an element never written shows."""
         buf[...] = np.nan
@@ -174,6 +184,11 @@ class Prepared:
     run() (timed; no host synchronisation inside), and keep their device outputs in
     `self.out` (name -> device buffer) so that outputs() and poison() work unchanged.
 
+    The base class reads the problem's dimensions from the inputs under the spec's
+    declared shapes (`self.dims`, e.g. {"M": 1, "H": 4096, "N": 6144}), refusing inputs
+    that disagree with one clear ShapeError, and `alloc_outputs()` makes every output
+    buffer from those shapes: no implementation re-derives or re-checks a shape.
+
     The device buffers the kernel reads its inputs from are kept in `self.inputs` (name ->
     buffer; bind_inputs() uploads and records them). The harness writes fresh values into
     them between timed runs (refresh(); a kernel that caches its result across calls
@@ -190,6 +205,33 @@ class Prepared:
         self.dtype = dtype
         self.out: dict[str, Any] = {}
         self.inputs: dict[str, Any] = {}
+        self.dims: dict[str, int] = {}
+        if inputs and getattr(spec, "shapes", None):
+            self.dims = spec.dims_of(inputs, attrs)
+            if self.indexes_with_backend_ints:
+                self._check_sizes()
+
+    # the kernel indexes its buffers the way the backend's kernels do (Backend.max_elements);
+    # a chain of library calls does not
+    indexes_with_backend_ints = True
+
+    def _check_sizes(self) -> None:
+        limit = self.backend.max_elements
+        if limit is None:
+            return
+        from harness.spec import ShapeError
+
+        big = {n: s for n, s in ((n, self.spec.shape(n, self.dims)) for n in self.spec.shapes)
+               if int(np.prod(s, dtype=np.int64)) > limit}
+        if big:
+            raise ShapeError(f"{self.spec.name}/{self.backend.name}: " + ", ".join(
+                f"{n} {s}" for n, s in big.items()) + f" hold more than {limit} elements, the most this "
+                f"backend's kernels index")
+
+    def alloc_outputs(self) -> dict[str, Any]:
+        """Every output's buffer (backend.empty), shaped from the spec and self.dims."""
+        self.out = {n: self.backend.empty(s, self.dtype) for n, s in self.spec.output_shapes(self.dims).items()}
+        return self.out
 
     def bind_inputs(self, inputs: dict[str, np.ndarray], names, place=None) -> tuple:
         """The named inputs placed where the kernel reads them (backend.upload, or
@@ -244,6 +286,7 @@ class Replay(Prepared):
     def __init__(self, prepared: Prepared, replay, outputs: dict, launches: dict[str, int], keep=()) -> None:
         super().__init__(prepared.backend, prepared.spec, {}, prepared.attrs, prepared.dtype)
         self.prepared = prepared
+        self.dims = prepared.dims
         self.inputs = prepared.inputs
         self.out = dict(outputs)
         self.launch_count = sum(launches.values())
@@ -265,6 +308,8 @@ class ChainPrepared(Prepared):
     """The unfused chain: the spec's decomposition run with the backend's primitives
     (or another function of the same form, `decompose(ops, **inputs, **attrs)`: a peer
     written directly in the backend's library, such as torch's SDPA)."""
+
+    indexes_with_backend_ints = False
 
     def __init__(self, backend, spec, inputs, attrs, dtype, decompose=None):
         super().__init__(backend, spec, inputs, attrs, dtype)

@@ -251,6 +251,13 @@ class CudaBackend(Backend):
         return int(rt.deviceGetAttribute(rt.cudaDevAttrL2CacheSize, rt.getDevice()))
 
     # 2. upload and download ------------------------------------------------------------
+    max_elements = 2**31 - 1  # the fused kernels index elements with 32-bit ints
+
+    def empty(self, shape, dtype: str):
+        import cupy as cp
+
+        return cp.empty(shape, dtype=storage_dtype(dtype))
+
     def upload(self, a):
         import cupy as cp
         import ml_dtypes

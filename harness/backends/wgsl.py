@@ -267,6 +267,38 @@ fn fb_rope_cs(pos: i32, fh: u32, fl: u32) -> vec2<f32> {
 """
 
 
+class ShaderFile:
+    """A fused kernel's .wgsl file (beside its wgsl.py), spliced once per process and
+    rendered per storage mode and tile shape; the backend's pipeline cache then compiles
+    each rendered text once per device. The WGSL counterpart of CUDA's KernelModule."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self._text: str | None = None
+
+    def text(self) -> str:
+        if self._text is None:
+            from harness.splice import spliced_source
+
+            self._text = spliced_source(self.path)
+        return self._text
+
+    def render(self, buffers: Sequence[tuple[str, str, str]], subs: dict[str, Any] | None = None,
+               unroll: dict[str, int] | None = None, after_buffers: str = "") -> str:
+        """The shader with `buffers` [(name, mode, role)] declared (wgsl_buffers, with a
+        `Params` uniform) at its `// @@BUFFERS@@` line, followed by `after_buffers`; each
+        key of `subs` replaced by its value; `//@unroll` lines written out for the
+        `unroll` bounds (unroll_loops). `enable f16;` goes first where a buffer needs it."""
+        decl = wgsl_buffers(buffers, "Params")
+        enable = ""
+        if decl.startswith("enable f16;"):
+            enable, decl = "enable f16;\n", decl[len("enable f16;"):]
+        text = self.text().replace("// @@BUFFERS@@", decl + after_buffers)
+        for key, value in (subs or {}).items():
+            text = text.replace(key, str(value))
+        return enable + (unroll_loops(text, unroll) if unroll else text)
+
+
 def rope_table_words(d: int, theta: float) -> np.ndarray:
     """(d/2, 2) uint32: inv_freq[i] / 2pi * 2^64 as (hi, lo) words, inv_freq as in
     harness.ops.rope_angles (float64)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_size
+from harness.spec import BATCH_SIZES, FusionSpec, activations, awkward_size
 
 
 def decompose(ops, x, residual, gamma, *, eps):
@@ -33,13 +33,8 @@ def make_inputs(dims, rng, value_shape):
     }
 
 
-def cost(dims, itemsize):
-    M, H = dims["M"], dims["H"]
-    return Cost(bytes=(4 * M * H + H) * itemsize, flops=5 * M * H)
-
-
-def output_shapes(dims):
-    return {"h": (dims["M"], dims["H"]), "y": (dims["M"], dims["H"])}
+def flops(dims):
+    return 5 * dims["M"] * dims["H"]
 
 
 def strategy():
@@ -55,7 +50,7 @@ SPEC = FusionSpec(
     outputs=("h", "y"),
     decompose=decompose,
     make_inputs_f64=make_inputs,
-    cost_model=cost,
-    output_shapes=output_shapes,
+    shapes={"x": ("M", "H"), "residual": ("M", "H"), "gamma": ("H",), "h": ("M", "H"), "y": ("M", "H")},
+    flops=flops,
     strategy=strategy,
 )

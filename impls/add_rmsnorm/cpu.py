@@ -20,7 +20,6 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cpu import KIND, bits16
-from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 SERIAL_BELOW = 1 << 16  # M * H elements under which one thread does the whole job
@@ -109,8 +108,7 @@ class AddRmsNormCpu(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
         self.x, self.r, self.gamma = map(bits16, self.bind_inputs(inputs, ("x", "residual", "gamma"), np.ascontiguousarray))
-        shape = inputs["x"].shape
-        self.out = {"h": np.empty(shape, dtype=np_dtype(dtype)), "y": np.empty(shape, dtype=np_dtype(dtype))}
+        self.alloc_outputs()
         self.h, self.y = bits16(self.out["h"]), bits16(self.out["y"])  # rounded bits are stored straight here
 
     def run(self):

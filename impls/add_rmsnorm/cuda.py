@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, storage_dtype
+from harness.backends.cuda import SUFFIX, VEC, KernelModule
 from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits, resident_blocks_by_shared
 from harness.registry import Implementation, register
 
@@ -66,20 +66,10 @@ def launch_plan(M: int, H: int, dtype: str, aligned: bool = True, limits: Device
 class AddRmsNormCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        import cupy as cp
-
-        if dtype not in SUFFIX:
-            raise ValueError(f"add_rmsnorm/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
         self.x, self.res, self.gamma = self.bind_inputs(inputs, ("x", "residual", "gamma"))
-        M, H = self.x.shape
-        if self.res.shape != (M, H) or self.gamma.shape != (H,):
-            raise ValueError(f"add_rmsnorm/cuda: shapes x{self.x.shape} residual{self.res.shape} "
-                             f"gamma{self.gamma.shape} do not match")
-        if M * H >= 2**31:
-            raise ValueError("add_rmsnorm/cuda: M * H must be below 2**31")
-        st = storage_dtype(dtype)
-        self.out = {"h": cp.empty((M, H), dtype=st), "y": cp.empty((M, H), dtype=st)}
+        M, H = self.dims["M"], self.dims["H"]
+        self.alloc_outputs()
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.res, self.gamma, *self.out.values()))
         limits = device_limits()
         plan = launch_plan(M, H, dtype, aligned, limits)

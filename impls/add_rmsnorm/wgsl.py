@@ -22,42 +22,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import grid_1d, pack_params, wgsl_buffers
+from harness.backends.wgsl import ShaderFile, grid_1d, pack_params
 from harness.registry import Implementation, register
-from harness.splice import spliced_source
 
 WG = 256  # must match add_rmsnorm.wgsl
 MAX_VPT = 64
-SOURCE = Path(__file__).with_name("add_rmsnorm.wgsl")
-
-_text: str | None = None
+SHADER = ShaderFile(Path(__file__).with_name("add_rmsnorm.wgsl"))
 
 
 def kernel_source(mode: str, vpt: int) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and VPT."""
-    global _text
-    if _text is None:
-        _text = spliced_source(SOURCE)
-    decl = wgsl_buffers([("x", mode, "in"), ("residual", mode, "in"), ("gamma", mode, "in"),
-                         ("h", mode, "out"), ("y", mode, "out")], "Params")
-    enable = ""
-    if decl.startswith("enable f16;"):
-        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
-    return enable + _text.replace("// @@BUFFERS@@", decl).replace("@@VPT@@", str(vpt))
+    return SHADER.render([("x", mode, "in"), ("residual", mode, "in"), ("gamma", mode, "in"), ("h", mode, "out"),
+                          ("y", mode, "out")], {"@@VPT@@": vpt})
 
 
 class AddRmsNormWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.x, self.r, self.gamma = self.bind_inputs(inputs, ("x", "residual", "gamma"))
-        self.M, self.H = self.x.shape
-        if self.r.shape != self.x.shape or self.gamma.shape != (self.H,):
-            raise ValueError(f"add_rmsnorm: shapes x {self.x.shape}, residual {self.r.shape}, "
-                             f"gamma {self.gamma.shape}")
+        self.M, self.H = self.dims["M"], self.dims["H"]
         vpt = -(-self.H // WG)
         self.entry = "main" if vpt <= MAX_VPT else "wide"
         vpt = vpt if vpt <= MAX_VPT else 1
-        self.out = {"h": backend.empty((self.M, self.H), dtype), "y": backend.empty((self.M, self.H), dtype)}
+        self.alloc_outputs()
         self.source = kernel_source(backend.mode(dtype), vpt)
         self.params = pack_params(("u", self.M), ("u", self.H), ("f", attrs["eps"]), ("f", 1.0))
         self.groups = grid_1d(self.M)

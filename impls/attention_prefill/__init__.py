@@ -14,7 +14,11 @@ query row (online softmax) and touches each K/V tile once per block of queries.
 from __future__ import annotations
 
 from harness.attention import check_heads, default_scale, qkv, strategy
-from harness.spec import Cost, FusionSpec, TorchPeer
+from harness.spec import FusionSpec, TorchPeer
+
+
+Q = ("B", "n_heads", "S", "head_dim")
+KV = ("B", "n_kv_heads", "S", "head_dim")
 
 
 def decompose(ops, q, k, v, *, scale, B, S, n_heads, n_kv_heads, head_dim):
@@ -39,15 +43,9 @@ def make_inputs(dims, rng, value_shape):
     return qkv(rng, {"q": (B, dims["n_heads"], S, d), "k": kv, "v": kv}, value_shape)
 
 
-def cost(dims, itemsize):
-    B, S, d, Hq, Hkv = dims["B"], dims["S"], dims["head_dim"], dims["n_heads"], dims["n_kv_heads"]
-    visible = S * (S + 1) // 2
-    return Cost(bytes=(2 * B * Hq * S * d + 2 * B * Hkv * S * d) * itemsize,
-                flops=B * Hq * visible * (4 * d + 4))
-
-
-def output_shapes(dims):
-    return {"o": (dims["B"], dims["n_heads"], dims["S"], dims["head_dim"])}
+def flops(dims):
+    visible = dims["S"] * (dims["S"] + 1) // 2
+    return dims["B"] * dims["n_heads"] * visible * (4 * dims["head_dim"] + 4)
 
 
 SPEC = FusionSpec(
@@ -59,8 +57,8 @@ SPEC = FusionSpec(
     outputs=("o",),
     decompose=decompose,
     make_inputs_f64=make_inputs,
-    cost_model=cost,
-    output_shapes=output_shapes,
+    shapes={"q": Q, "k": KV, "v": KV, "o": Q},
+    flops=flops,
     strategy=lambda: strategy("S", 300),
     validate_dims=check_heads,
     value_shapes=("normal", "large"),

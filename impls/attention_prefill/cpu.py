@@ -18,7 +18,6 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cpu import KIND, bits16
-from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 ROWS = 4  # query positions per task (times g heads), at least
@@ -101,9 +100,7 @@ class AttentionPrefillCpu(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
         self.q, self.k, self.v = map(bits16, self.bind_inputs(inputs, ("q", "k", "v"), np.ascontiguousarray))
-        B, Hq, S, d = inputs["q"].shape
-        self.out = {"o": np.empty((B, Hq, S, d), dtype=np_dtype(dtype))}
-        self.o = bits16(self.out["o"]).reshape(B * Hq * S, d)  # the kernel stores rounded bits here
+        self.o = bits16(self.alloc_outputs()["o"]).reshape(-1, self.dims["head_dim"])  # the kernel stores rounded bits here
         self.scale = np.float32(attrs["scale"])
 
     def run(self):

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, KernelModule, cdiv, storage_dtype
+from harness.backends.cuda import SUFFIX, KernelModule, cdiv
 from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
@@ -51,23 +50,10 @@ def launch_plan(B: int, Hq: int, S: int, d: int, dtype: str, limits: DeviceLimit
 class AttentionPrefillCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        import cupy as cp
-
-        if dtype not in SUFFIX:
-            raise ValueError(f"attention_prefill/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
         self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
-        B, Hq, S, d = self.q.shape
-        Hkv = self.k.shape[1]
-        if (self.k.shape != (B, Hkv, S, d) or self.v.shape != self.k.shape or Hkv < 1 or Hq % Hkv
-                or (int(attrs.get("n_heads", Hq)), int(attrs.get("n_kv_heads", Hkv))) != (Hq, Hkv)):
-            raise ValueError(f"attention_prefill/cuda: shapes q{self.q.shape} k{self.k.shape} v{self.v.shape} "
-                             f"do not match each other or n_heads / n_kv_heads")
-        if not 1 <= d <= HEAD_DIM_LIMIT:
-            raise ValueError(f"attention_prefill/cuda: head_dim {d} outside 1..{HEAD_DIM_LIMIT}")
-        if B * Hq >= 2**31:
-            raise ValueError("attention_prefill/cuda: B * n_heads must be below 2**31")
-        self.out = {"o": cp.empty((B, Hq, S, d), dtype=storage_dtype(dtype))}
+        B, S, Hq, Hkv, d = (self.dims[k] for k in ("B", "S", "n_heads", "n_kv_heads", "head_dim"))
+        self.alloc_outputs()
         limits = device_limits()
         plan = launch_plan(B, Hq, S, d, dtype, limits)
         args = (self.q, self.k, self.v, self.out["o"], np.int32(B), np.int32(Hq), np.int32(Hkv), np.int32(S),

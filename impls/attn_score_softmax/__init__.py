@@ -14,7 +14,11 @@ logits, only P, and must handle any S (no on-chip row buffer of fixed size).
 from __future__ import annotations
 
 from harness.attention import check_heads, default_scale, qkv, strategy
-from harness.spec import Cost, FusionSpec
+from harness.spec import FusionSpec
+
+
+Q = ("B", "n_heads", "S", "head_dim")
+KV = ("B", "n_kv_heads", "S", "head_dim")
 
 
 def decompose(ops, q, k, *, scale, B, S, n_heads, n_kv_heads, head_dim):
@@ -29,15 +33,9 @@ def make_inputs(dims, rng, value_shape):
     return qkv(rng, {"q": (B, dims["n_heads"], S, d), "k": (B, dims["n_kv_heads"], S, d)}, value_shape)
 
 
-def cost(dims, itemsize):
-    B, S, d, Hq, Hkv = dims["B"], dims["S"], dims["head_dim"], dims["n_heads"], dims["n_kv_heads"]
-    visible = S * (S + 1) // 2  # the causal triangle: the only logits that must be formed
-    return Cost(bytes=(B * Hq * S * d + B * Hkv * S * d + B * Hq * S * S) * itemsize,
-                flops=B * Hq * visible * (2 * d + 4))
-
-
-def output_shapes(dims):
-    return {"p": (dims["B"], dims["n_heads"], dims["S"], dims["S"])}
+def flops(dims):
+    visible = dims["S"] * (dims["S"] + 1) // 2  # the causal triangle: the only logits that must be formed
+    return dims["B"] * dims["n_heads"] * visible * (2 * dims["head_dim"] + 4)
 
 
 SPEC = FusionSpec(
@@ -49,8 +47,8 @@ SPEC = FusionSpec(
     outputs=("p",),
     decompose=decompose,
     make_inputs_f64=make_inputs,
-    cost_model=cost,
-    output_shapes=output_shapes,
+    shapes={"q": Q, "k": KV, "p": ("B", "n_heads", "S", "S")},
+    flops=flops,
     strategy=lambda: strategy("S", 300),
     validate_dims=check_heads,
     value_shapes=("normal", "large"),

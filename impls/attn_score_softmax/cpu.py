@@ -18,7 +18,6 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cpu import KIND, bits16
-from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 ROWS = 4  # query positions per task (times g heads)
@@ -87,9 +86,7 @@ class AttnScoreSoftmaxCpu(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
         self.q, self.k = map(bits16, self.bind_inputs(inputs, ("q", "k"), np.ascontiguousarray))
-        B, Hq, S, d = inputs["q"].shape
-        self.out = {"p": np.empty((B, Hq, S, S), dtype=np_dtype(dtype))}
-        self.p = bits16(self.out["p"]).reshape(B * Hq * S, S)  # the kernel stores rounded bits here
+        self.p = bits16(self.alloc_outputs()["p"]).reshape(-1, self.dims["S"])  # the kernel stores rounded bits here
         self.scale = np.float32(attrs["scale"])
 
     def run(self):

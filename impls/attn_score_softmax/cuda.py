@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, KernelModule, cdiv, storage_dtype
+from harness.backends.cuda import SUFFIX, KernelModule, cdiv
 from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
@@ -49,23 +48,10 @@ def launch_plan(B: int, Hq: int, S: int, dtype: str, limits: DeviceLimits = H200
 class AttnScoreSoftmaxCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        import cupy as cp
-
-        if dtype not in SUFFIX:
-            raise ValueError(f"attn_score_softmax/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
         self.q, self.k = self.bind_inputs(inputs, ("q", "k"))
-        B, Hq, S, d = self.q.shape
-        Hkv = self.k.shape[1]
-        if (self.k.shape != (B, Hkv, S, d) or Hkv < 1 or Hq % Hkv
-                or (int(attrs.get("n_heads", Hq)), int(attrs.get("n_kv_heads", Hkv))) != (Hq, Hkv)):
-            raise ValueError(f"attn_score_softmax/cuda: shapes q{self.q.shape} k{self.k.shape} do not match "
-                             f"each other or n_heads / n_kv_heads")
-        if not 1 <= d <= HEAD_DIM_LIMIT:
-            raise ValueError(f"attn_score_softmax/cuda: head_dim {d} outside 1..{HEAD_DIM_LIMIT}")
-        if B * Hq >= 2**31:
-            raise ValueError("attn_score_softmax/cuda: B * n_heads must be below 2**31")
-        self.out = {"p": cp.empty((B, Hq, S, S), dtype=storage_dtype(dtype))}
+        B, S, Hq, Hkv, d = (self.dims[k] for k in ("B", "S", "n_heads", "n_kv_heads", "head_dim"))
+        self.alloc_outputs()
         limits = device_limits()
         plan = launch_plan(B, Hq, S, dtype, limits)
         args = (self.q, self.k, self.out["p"], np.int32(B), np.int32(Hq), np.int32(Hkv), np.int32(S), np.int32(d),

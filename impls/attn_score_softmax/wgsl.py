@@ -31,19 +31,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.backends.wgsl import pack_params, unroll_loops, unrolled_loop_iterations, wgsl_buffers
+from harness.backends.wgsl import ShaderFile, pack_params, unrolled_loop_iterations
 from harness.registry import Implementation, register
-from harness.splice import spliced_source
 
 WQ = 64  # query rows per workgroup, one per invocation
 WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
 MAX_BK = 64
-SOURCE = Path(__file__).with_name("attn_score_softmax.wgsl")
+SHADER = ShaderFile(Path(__file__).with_name("attn_score_softmax.wgsl"))
 ROLES = ["in", "in", "out"]
-
-_text: str | None = None
 
 
 def keys_per_tile(d4: int, wq: int = WQ) -> int:
@@ -64,34 +60,20 @@ def loop_iterations(S: int, d4: int, bk: int, wq: int = WQ) -> int:
 
 def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
-    global _text
-    if _text is None:
-        _text = spliced_source(SOURCE)
-    decl = wgsl_buffers([("q", mode, "in"), ("k", mode, "in"), ("p", mode, "out")], "Params")
-    enable = ""
-    if decl.startswith("enable f16;"):
-        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
-    subs = {"// @@BUFFERS@@": decl, "@@WQ@@": str(wq), "@@D4@@": str(d4), "@@BK@@": str(bk),
-            "@@KS@@": str(bk * d4), "@@PS@@": str(wq * bk)}
-    text = _text
-    for k, v in subs.items():
-        text = text.replace(k, v)
-    return enable + unroll_loops(text, {"D4": d4})
+    return SHADER.render([("q", mode, "in"), ("k", mode, "in"), ("p", mode, "out")],
+                         {"@@WQ@@": wq, "@@D4@@": d4, "@@BK@@": bk, "@@KS@@": bk * d4, "@@PS@@": wq * bk},
+                         unroll={"D4": d4})
 
 
 class AttnScoreSoftmaxWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.q, self.k = self.bind_inputs(inputs, ("q", "k"))
-        B, Hq, S, d = self.q.shape
-        Hkv = self.k.shape[1]
-        if self.k.shape != (B, Hkv, S, d) or Hq % Hkv or not 1 <= d <= HEAD_DIM_LIMIT:
-            raise ValueError(f"attn_score_softmax: shapes q {self.q.shape}, k {self.k.shape} "
-                             f"(head_dim at most {HEAD_DIM_LIMIT})")
+        B, S, Hq, Hkv, d = (self.dims[k] for k in ("B", "S", "n_heads", "n_kv_heads", "head_dim"))
         d4 = -(-d // 4)
         bk = keys_per_tile(d4)
         backend.require_loop_budget(f"attn_score_softmax/wgsl at S = {S}, head_dim {d}", loop_iterations(S, d4, bk))
-        self.out = {"p": backend.empty((B, Hq, S, S), dtype)}
+        self.alloc_outputs()
         self.source = kernel_source(backend.mode(dtype), d4, bk)
         self.params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
         self.groups = (-(-S // WQ), B * Hq, 1)

@@ -19,7 +19,10 @@ device.
 from __future__ import annotations
 
 from harness.attention import check_heads, decode_lens, default_scale, qkv, ragged_lens, strategy
-from harness.spec import Cost, FusionSpec, TorchPeer
+from harness.spec import FusionSpec, TorchPeer
+
+
+KV = ("B", "n_kv_heads", "T", "head_dim")
 
 
 def decompose(ops, q, k, v, lens, *, scale, B, T, n_heads, n_kv_heads, head_dim):
@@ -94,15 +97,16 @@ def make_inputs(dims, rng, value_shape):
     return out
 
 
-def cost(dims, itemsize):
-    B, T, d, Hq, Hkv = dims["B"], dims["T"], dims["head_dim"], dims["n_heads"], dims["n_kv_heads"]
-    valid = int(decode_lens(B, T).sum())  # the cache rows that must be read
-    return Cost(bytes=(2 * B * Hq * d + 2 * valid * Hkv * d) * itemsize + 4 * B,
-                flops=valid * Hq * (4 * d + 4))
+def flops(dims):
+    valid = int(decode_lens(dims["B"], dims["T"]).sum())
+    return valid * dims["n_heads"] * (4 * dims["head_dim"] + 4)
 
 
-def output_shapes(dims):
-    return {"o": (dims["B"], dims["n_heads"], dims["head_dim"])}
+def moved_bytes(dims, itemsize):
+    """Only the valid cache rows need reading (the lengths benchmarks use: decode_lens)."""
+    B, T, d = dims["B"], dims["T"], dims["head_dim"]
+    valid = int(decode_lens(B, T).sum())
+    return (2 * B * dims["n_heads"] * d + 2 * valid * dims["n_kv_heads"] * d) * itemsize + 4 * B
 
 
 SPEC = FusionSpec(
@@ -115,8 +119,10 @@ SPEC = FusionSpec(
     outputs=("o",),
     decompose=decompose,
     make_inputs_f64=make_inputs,
-    cost_model=cost,
-    output_shapes=output_shapes,
+    shapes={"q": ("B", "n_heads", "head_dim"), "k": KV, "v": KV, "lens": ("B",),
+            "o": ("B", "n_heads", "head_dim")},
+    flops=flops,
+    moved_bytes=moved_bytes,
     strategy=lambda: strategy("T", 700, batches=(1, 2, 3, 5)),
     validate_dims=check_heads,
     value_shapes=("normal", "large", "ragged"),

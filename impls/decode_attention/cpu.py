@@ -21,7 +21,6 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cpu import KIND, bits16
-from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 # Sums over the key axis are taken in blocks of this many rows, then the block sums added:
@@ -112,9 +111,7 @@ class DecodeAttentionCpu(Prepared):
         self.kernel = _compile()
         self.q, self.k, self.v = map(bits16, self.bind_inputs(inputs, ("q", "k", "v"), np.ascontiguousarray))
         self.lens = self.bind_inputs(inputs, ("lens",), np.ascontiguousarray)[0]
-        B, Hq, d = inputs["q"].shape
-        self.out = {"o": np.empty((B, Hq, d), dtype=np_dtype(dtype))}
-        self.o = bits16(self.out["o"]).reshape(B * Hq, d)  # the kernel stores rounded bits here
+        self.o = bits16(self.alloc_outputs()["o"]).reshape(-1, self.dims["head_dim"])  # the kernel stores rounded bits here
         self.scale = np.float32(attrs["scale"])
 
     def run(self):

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
 from harness.cuda_launch import (H200, DeviceLimits, Launch, Plan, bind, device_limits, kernel_facts,
                                  registers_per_block)
 from harness.registry import Implementation, register
@@ -107,23 +106,11 @@ class DecodeAttentionCuda(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        if dtype not in SUFFIX:
-            raise ValueError(f"decode_attention/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
         self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
         self.lens = self.bind_inputs(inputs, ("lens",))[0]
-        B, Hq, d = self.q.shape
-        Hkv, T = self.k.shape[1:3]
-        if (self.k.shape != (B, Hkv, T, d) or self.v.shape != self.k.shape or self.lens.shape != (B,)
-                or Hkv < 1 or Hq % Hkv
-                or (int(attrs.get("n_heads", Hq)), int(attrs.get("n_kv_heads", Hkv))) != (Hq, Hkv)):
-            raise ValueError(f"decode_attention/cuda: shapes q{self.q.shape} k{self.k.shape} v{self.v.shape} "
-                             f"lens{self.lens.shape} do not match each other or n_heads / n_kv_heads")
-        if not 1 <= d <= min(HEAD_DIM_LIMIT, DMAX):
-            raise ValueError(f"decode_attention/cuda: head_dim {d} outside 1..{min(HEAD_DIM_LIMIT, DMAX)}")
-        if B * Hq >= 2**31 or T >= 2**31:
-            raise ValueError("decode_attention/cuda: B * n_heads and T must be below 2**31")
-        self.out = {"o": cp.empty((B, Hq, d), dtype=storage_dtype(dtype))}
+        B, T, Hq, Hkv, d = (self.dims[k] for k in ("B", "T", "n_heads", "n_kv_heads", "head_dim"))
+        self.alloc_outputs()
         aligned = all(a.data.ptr % 16 == 0 for a in (self.q, self.k, self.v))
         limits = device_limits()
         split_kernel = mod.get_function(f"decode_attention_split_g{head_group(Hq // Hkv)}_{SUFFIX[dtype]}")

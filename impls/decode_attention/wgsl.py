@@ -44,13 +44,10 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 
-from harness.attention import HEAD_DIM_LIMIT
 from harness.backends import Prepared
-from harness.backends.wgsl import LOOP_BUDGET, grid_1d, pack_params, wgsl_buffers
+from harness.backends.wgsl import LOOP_BUDGET, ShaderFile, grid_1d, pack_params
 from harness.registry import Implementation, register
-from harness.splice import spliced_source
 
 WD = 64  # invocations per workgroup
 MAX_GW = 8  # q heads per workgroup at most
@@ -58,10 +55,8 @@ WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
 MAX_BK = 64
 MIN_SPLIT_KEYS = 256  # cache positions per split at least
 GPU_TARGET_GROUPS = 256  # workgroups that keep a large GPU busy
-SOURCE = Path(__file__).with_name("decode_attention.wgsl")
+SHADER = ShaderFile(Path(__file__).with_name("decode_attention.wgsl"))
 ROLES = ["in", "in", "in", "in", "out", "out", "out"]
-
-_text: str | None = None
 
 
 def keys_per_tile(d4: int, gw: int) -> int:
@@ -127,20 +122,10 @@ def target_groups(backend) -> int:
 
 def kernel_source(mode: str, d4: int, bk: int, gw: int, wd: int = WD) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
-    global _text
-    if _text is None:
-        _text = spliced_source(SOURCE)
-    decl = wgsl_buffers([("q", mode, "in"), ("k", mode, "in"), ("v", mode, "in"), ("lens", "i32", "in"),
-                         ("o", mode, "out"), ("pml", "f32", "out"), ("pacc", "f32", "out")], "Params")
-    enable = ""
-    if decl.startswith("enable f16;"):
-        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
-    subs = {"// @@BUFFERS@@": decl, "@@WD@@": str(wd), "@@D4@@": str(d4), "@@BK@@": str(bk),
-            "@@GW@@": str(gw), "@@VPT@@": str(-(-gw * d4 // wd)), "@@KV@@": str(bk * d4), "@@PS@@": str(gw * bk)}
-    text = _text
-    for k, v in subs.items():
-        text = text.replace(k, v)
-    return enable + text
+    return SHADER.render([("q", mode, "in"), ("k", mode, "in"), ("v", mode, "in"), ("lens", "i32", "in"), ("o", mode, "out"),
+                          ("pml", "f32", "out"), ("pacc", "f32", "out")],
+                         {"@@WD@@": wd, "@@D4@@": d4, "@@BK@@": bk, "@@GW@@": gw, "@@VPT@@": -(-gw * d4 // wd),
+                          "@@KV@@": bk * d4, "@@PS@@": gw * bk})
 
 
 class DecodePlan(NamedTuple):
@@ -175,15 +160,10 @@ class DecodeAttentionWgsl(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
         self.lens = self.bind_inputs(inputs, ("lens",))[0]
-        B, Hq, d = self.q.shape
-        Hkv, T = self.k.shape[1:3]
-        if (self.k.shape != (B, Hkv, T, d) or self.v.shape != self.k.shape or self.lens.shape != (B,)
-                or Hq % Hkv or not 1 <= d <= HEAD_DIM_LIMIT):
-            raise ValueError(f"decode_attention: shapes q {self.q.shape}, k {self.k.shape}, v {self.v.shape}, "
-                             f"lens {self.lens.shape} (head_dim at most {HEAD_DIM_LIMIT})")
+        B, T, Hq, Hkv, d = (self.dims[k] for k in ("B", "T", "n_heads", "n_kv_heads", "head_dim"))
         plan = launch_plan(B, T, Hq, Hkv, d, target_groups(backend), splits)
         self.splits = plan.splits
-        self.out = {"o": backend.empty((B, Hq, d), dtype)}
+        self.alloc_outputs()
         n = B * Hq * self.splits if self.splits > 1 else 0
         self.pml = backend.empty((max(2 * n, 1),), "float32")
         self.pacc = backend.empty((max(n * d, 1),), "float32")

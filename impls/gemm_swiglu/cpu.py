@@ -22,7 +22,6 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cpu import KIND, bits16
-from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 BLOCK_ROWS = 8  # rows of W_gate and of W_up per parallel task: 2 * 8 * H floats stay in L2
@@ -124,9 +123,7 @@ class GemmSwigluCpu(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
         self.x, self.wg, self.wu = map(bits16, self.bind_inputs(inputs, ("x", "w_gate", "w_up"), np.ascontiguousarray))
-        M, I = inputs["x"].shape[0], inputs["w_gate"].shape[0]
-        self.out = {"y": np.empty((M, I), dtype=np_dtype(dtype))}
-        self.y = bits16(self.out["y"])  # the kernel stores the rounded bits straight into y
+        self.y = bits16(self.alloc_outputs()["y"])  # the kernel stores the rounded bits straight into y
 
     def run(self):
         self.kernel(self.x, self.wg, self.wu, KIND[self.dtype], self.y)

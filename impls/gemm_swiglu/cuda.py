@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
 from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
@@ -57,20 +57,10 @@ def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True, limits
 class GemmSwigluCuda(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        import cupy as cp
-
-        if dtype not in SUFFIX:
-            raise ValueError(f"gemm_swiglu/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
         self.x, self.wg, self.wu = self.bind_inputs(inputs, ("x", "w_gate", "w_up"))
-        M, H = self.x.shape
-        I = self.wg.shape[0]
-        if self.wg.shape != (I, H) or self.wu.shape != (I, H):
-            raise ValueError(f"gemm_swiglu/cuda: shapes x{self.x.shape} w_gate{self.wg.shape} "
-                             f"w_up{self.wu.shape} do not match")
-        if max(M * H, I * H, M * I) >= 2**31:
-            raise ValueError("gemm_swiglu/cuda: sizes must be below 2**31 elements")
-        self.out = {"y": cp.empty((M, I), dtype=storage_dtype(dtype))}
+        M, H, I = self.dims["M"], self.dims["H"], self.dims["I"]
+        self.alloc_outputs()
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu))
         limits = device_limits()
         plan = launch_plan(M, H, I, dtype, aligned, limits)

@@ -25,30 +25,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import pack_params, wgsl_buffers
+from harness.backends.wgsl import ShaderFile, pack_params
 from harness.registry import Implementation, register
-from harness.splice import spliced_source
 
 GEMV_MAX_M = 4  # up to this many rows, the weights are streamed once per row by `gemv`
 GV_R, TM, TN = 8, 64, 64  # GV_R as in gemm_swiglu.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
-SOURCE = Path(__file__).with_name("gemm_swiglu.wgsl")
+SHADER = ShaderFile(Path(__file__).with_name("gemm_swiglu.wgsl"))
 ROLES = ["in", "in", "in", "out"]
-
-_text: str | None = None
 
 
 def kernel_source(mode: str, out_mode: str | None = None) -> str:
     """The shader for inputs in storage mode `mode` and the output in `out_mode`
     (default: the same); @@GV_WG@@ is left for backend.gemv_source()."""
-    global _text
-    if _text is None:
-        _text = spliced_source(SOURCE)
-    decl = wgsl_buffers([("x", mode, "in"), ("wg", mode, "in"), ("wu", mode, "in"),
-                         ("y", out_mode or mode, "out")], "Params")
-    enable = ""
-    if decl.startswith("enable f16;"):
-        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
-    return enable + _text.replace("// @@BUFFERS@@", decl)
+    return SHADER.render([("x", mode, "in"), ("wg", mode, "in"), ("wu", mode, "in"), ("y", out_mode or mode, "out")])
 
 
 def launch(M: int, H: int, I: int) -> tuple[str, tuple[int, int, int], bytes]:
@@ -63,11 +52,8 @@ class GemmSwigluWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.x, self.wg, self.wu = self.bind_inputs(inputs, ("x", "w_gate", "w_up"))
-        self.M, self.H = self.x.shape
-        self.I = self.wg.shape[0]
-        if self.wg.shape != (self.I, self.H) or self.wu.shape != (self.I, self.H):
-            raise ValueError(f"gemm_swiglu: shapes x {self.x.shape}, w_gate {self.wg.shape}, w_up {self.wu.shape}")
-        self.out = {"y": backend.empty((self.M, self.I), dtype)}
+        self.M, self.H, self.I = self.dims["M"], self.dims["H"], self.dims["I"]
+        self.alloc_outputs()
         self.source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
         self.entry, self.groups, self.params = launch(self.M, self.H, self.I)
         backend.pipeline(self.source, ROLES, True, self.entry)  # compile now

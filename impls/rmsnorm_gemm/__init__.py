@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_size
+from harness.spec import BATCH_SIZES, FusionSpec, activations, awkward_size
 
 
 def decompose(ops, x, gamma, w, *, eps):
@@ -33,13 +33,9 @@ def make_inputs(dims, rng, value_shape):
     }
 
 
-def cost(dims, itemsize):
+def flops(dims):
     M, H, N = dims["M"], dims["H"], dims["N"]
-    return Cost(bytes=(M * H + H + N * H + M * N) * itemsize, flops=2 * M * N * H + 4 * M * H)
-
-
-def output_shapes(dims):
-    return {"y": (dims["M"], dims["N"])}
+    return 2 * M * N * H + 4 * M * H
 
 
 def strategy():
@@ -56,7 +52,7 @@ SPEC = FusionSpec(
     outputs=("y",),
     decompose=decompose,
     make_inputs_f64=make_inputs,
-    cost_model=cost,
-    output_shapes=output_shapes,
+    shapes={"x": ("M", "H"), "gamma": ("H",), "w": ("N", "H"), "y": ("M", "N")},
+    flops=flops,
     strategy=strategy,
 )

@@ -19,7 +19,6 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cpu import KIND, bits16
-from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 BLOCK_ROWS = 16  # W rows per parallel task: 16 * H floats stay in the core's L2
@@ -130,9 +129,8 @@ class RmsNormGemmCpu(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
         self.x, self.gamma, self.w = map(bits16, self.bind_inputs(inputs, ("x", "gamma", "w"), np.ascontiguousarray))
-        M, N = inputs["x"].shape[0], inputs["w"].shape[0]
-        self.out = {"y": np.empty((M, N), dtype=np_dtype(dtype))}
-        self.acc = self.out["y"] if dtype == "float32" else np.empty((M, N), dtype=np.float32)
+        y = self.alloc_outputs()["y"]
+        self.acc = y if dtype == "float32" else np.empty(y.shape, dtype=np.float32)
 
     def run(self):
         self.kernel(self.x, self.gamma, self.w, self.attrs["eps"], KIND[self.dtype], self.acc)

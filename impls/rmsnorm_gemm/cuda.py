@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
 from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
@@ -71,18 +71,10 @@ class RmsNormGemmCuda(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        if dtype not in SUFFIX:
-            raise ValueError(f"rmsnorm_gemm/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
         self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
-        M, H = self.x.shape
-        N = self.w.shape[0]
-        if self.gamma.shape != (H,) or self.w.shape != (N, H):
-            raise ValueError(f"rmsnorm_gemm/cuda: shapes x{self.x.shape} gamma{self.gamma.shape} "
-                             f"w{self.w.shape} do not match")
-        if max(M, H, N) >= 2**31:
-            raise ValueError("rmsnorm_gemm/cuda: dimensions must be below 2**31")
-        self.out = {"y": cp.empty((M, N), dtype=storage_dtype(dtype))}
+        M, H, N = self.dims["M"], self.dims["H"], self.dims["N"]
+        self.alloc_outputs()
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.gamma, self.w))
         limits = device_limits()
         plan = launch_plan(M, H, N, dtype, aligned, limits)

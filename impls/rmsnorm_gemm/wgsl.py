@@ -32,39 +32,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import pack_params, wgsl_buffers
+from harness.backends.wgsl import ShaderFile, pack_params
 from harness.registry import Implementation, register
-from harness.splice import spliced_source
 
 GEMV_MAX_M = 4  # up to this many rows, W is streamed once per row by `gemv`
 GV_R, TM, TN = 16, 64, 64  # GV_R as in rmsnorm_gemm.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
-SOURCE = Path(__file__).with_name("rmsnorm_gemm.wgsl")
-
-_text: str | None = None
+SHADER = ShaderFile(Path(__file__).with_name("rmsnorm_gemm.wgsl"))
 
 
 def kernel_source(mode: str) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16")."""
-    global _text
-    if _text is None:
-        _text = spliced_source(SOURCE)
-    decl = wgsl_buffers([("x", mode, "in"), ("gamma", mode, "in"), ("w", mode, "in"), ("y", mode, "out")],
-                        "Params")
-    enable = ""
-    if decl.startswith("enable f16;"):
-        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
-    return enable + _text.replace("// @@BUFFERS@@", decl)
+    return SHADER.render([("x", mode, "in"), ("gamma", mode, "in"), ("w", mode, "in"), ("y", mode, "out")])
 
 
 class RmsNormGemmWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
-        self.M, self.H = self.x.shape
-        self.N = self.w.shape[0]
-        if self.w.shape != (self.N, self.H) or self.gamma.shape != (self.H,):
-            raise ValueError(f"rmsnorm_gemm: shapes x {self.x.shape}, gamma {self.gamma.shape}, w {self.w.shape}")
-        self.out = {"y": backend.empty((self.M, self.N), dtype)}
+        self.M, self.H, self.N = self.dims["M"], self.dims["H"], self.dims["N"]
+        self.alloc_outputs()
         self.source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
         self.params = pack_params(("u", self.M), ("u", self.H), ("u", self.N), ("f", attrs["eps"]), ("f", 1.0))
         if self.M <= GEMV_MAX_M:

@@ -22,7 +22,10 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from harness.ops import MAX_POSITION
-from harness.spec import BATCH_SIZES, Cost, FusionSpec, activations, awkward_size
+from harness.spec import BATCH_SIZES, FusionSpec, activations, awkward_size
+
+
+N_OUT = "(n_heads + 2 * n_kv_heads) * head_dim"  # the packed q, k, v rows of w
 
 
 def decompose(ops, x, gamma, w, pos, *, eps, theta, n_heads, n_kv_heads, head_dim):
@@ -47,16 +50,10 @@ def make_inputs(dims, rng, value_shape):
     }
 
 
-def cost(dims, itemsize):
+def flops(dims):
     M, H, d = dims["M"], dims["H"], dims["head_dim"]
     n_out = (dims["n_heads"] + 2 * dims["n_kv_heads"]) * d
-    return Cost(bytes=(M * H + H + n_out * H + M * n_out) * itemsize + 4 * M,
-                flops=2 * M * n_out * H + 4 * M * H + 6 * M * (dims["n_heads"] + dims["n_kv_heads"]) * d)
-
-
-def output_shapes(dims):
-    M, d = dims["M"], dims["head_dim"]
-    return {"q": (M, dims["n_heads"], d), "k": (M, dims["n_kv_heads"], d), "v": (M, dims["n_kv_heads"], d)}
+    return 2 * M * n_out * H + 4 * M * H + 6 * M * (dims["n_heads"] + dims["n_kv_heads"]) * d
 
 
 def validate(dims):
@@ -85,8 +82,10 @@ SPEC = FusionSpec(
     outputs=("q", "k", "v"),
     decompose=decompose,
     make_inputs_f64=make_inputs,
-    cost_model=cost,
-    output_shapes=output_shapes,
+    shapes={"x": ("M", "H"), "gamma": ("H",), "w": (N_OUT, "H"), "pos": ("M",),
+            "q": ("M", "n_heads", "head_dim"), "k": ("M", "n_kv_heads", "head_dim"),
+            "v": ("M", "n_kv_heads", "head_dim")},
+    flops=flops,
     strategy=strategy,
     validate_dims=validate,
     decompose_dims=("n_heads", "n_kv_heads", "head_dim"),

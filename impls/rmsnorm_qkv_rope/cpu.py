@@ -27,7 +27,6 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cpu import KIND, bits16
-from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 PAIRS = 8  # rotation pairs per pass: 2 * 8 rows of W (2 * 8 * H floats) stay in L2
@@ -190,16 +189,11 @@ class RmsNormQkvRopeCpu(Prepared):
         self.kernel = _compile()
         self.x, self.gamma, self.w = map(bits16, self.bind_inputs(inputs, ("x", "gamma", "w"), np.ascontiguousarray))
         self.pos = self.bind_inputs(inputs, ("pos",), np.ascontiguousarray)[0]
-        nh, nkv, d = (int(attrs[a]) for a in ("n_heads", "n_kv_heads", "head_dim"))
-        self.nh, self.nkv = nh, nkv
+        self.nh, self.nkv, d = (self.dims[a] for a in ("n_heads", "n_kv_heads", "head_dim"))
         # θ^(-2i/d) exactly as harness.ops.rope_angles writes it (depends on θ and d only)
         self.inv_freq = float(attrs["theta"]) ** (-np.arange(0, d // 2, dtype=np.float64) * 2.0 / d)
-        M = inputs["x"].shape[0]
-        dt = np_dtype(dtype)
-        self.out = {"q": np.empty((M, nh, d), dtype=dt), "k": np.empty((M, nkv, d), dtype=dt),
-                    "v": np.empty((M, nkv, d), dtype=dt)}
         # (M, heads * d) views of the outputs' storage: the kernel stores the rounded bits there
-        self.q, self.k, self.v = (bits16(self.out[n]).reshape(M, -1) for n in ("q", "k", "v"))
+        self.q, self.k, self.v = (bits16(b).reshape(self.dims["M"], -1) for b in self.alloc_outputs().values())
 
     def run(self):
         self.kernel(self.x, self.gamma, self.w, self.pos, self.inv_freq, float(self.attrs["eps"]),

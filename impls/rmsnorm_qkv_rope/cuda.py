@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
 from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
@@ -70,26 +70,11 @@ class RmsNormQkvRopeCuda(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        if dtype not in SUFFIX:
-            raise ValueError(f"rmsnorm_qkv_rope/cuda: unsupported dtype {dtype!r}")
-        nh, nkv, d = (int(attrs[k]) for k in ("n_heads", "n_kv_heads", "head_dim"))
-        if d < 2 or d % 2 or nh < 1 or nkv < 1:
-            raise ValueError(f"rmsnorm_qkv_rope/cuda: need an even head_dim and positive head counts, "
-                             f"got n_heads={nh} n_kv_heads={nkv} head_dim={d}")
         mod = load_module()
         self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
         self.pos = self.bind_inputs(inputs, ("pos",))[0]
-        M, H = self.x.shape
-        N = (nh + 2 * nkv) * d
-        if self.gamma.shape != (H,) or self.w.shape != (N, H) or self.pos.shape != (M,):
-            raise ValueError(f"rmsnorm_qkv_rope/cuda: shapes x{self.x.shape} gamma{self.gamma.shape} "
-                             f"w{self.w.shape} pos{self.pos.shape} do not match n_heads={nh} "
-                             f"n_kv_heads={nkv} head_dim={d}")
-        if max(M * H, N * H, M * N) >= 2**31:
-            raise ValueError("rmsnorm_qkv_rope/cuda: sizes must be below 2**31 elements")
-        st = storage_dtype(dtype)
-        self.out = {"q": cp.empty((M, nh, d), dtype=st), "k": cp.empty((M, nkv, d), dtype=st),
-                    "v": cp.empty((M, nkv, d), dtype=st)}
+        M, H, nh, nkv, d = (self.dims[k] for k in ("M", "H", "n_heads", "n_kv_heads", "head_dim"))
+        self.alloc_outputs()
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.gamma, self.w))
         limits = device_limits()
         plan = launch_plan(M, H, nh, nkv, d, dtype, aligned, limits)

@@ -37,30 +37,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import ROPE_WGSL, pack_params, wgsl_buffers
+from harness.backends.wgsl import ROPE_WGSL, ShaderFile, pack_params
 from harness.registry import Implementation, register
-from harness.splice import spliced_source
 
 GEMV_MAX_M = 4  # up to this many rows, W is streamed once per row by `gemv`
 GV_R, TM, TN = 16, 64, 64  # GV_R as in rmsnorm_qkv_rope.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
-SOURCE = Path(__file__).with_name("rmsnorm_qkv_rope.wgsl")
+SHADER = ShaderFile(Path(__file__).with_name("rmsnorm_qkv_rope.wgsl"))
 ROLES = ["in", "in", "in", "in", "in", "out", "out", "out"]
-
-_text: str | None = None
 
 
 def kernel_source(mode: str) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16")."""
-    global _text
-    if _text is None:
-        _text = spliced_source(SOURCE)
-    decl = wgsl_buffers([("x", mode, "in"), ("gamma", mode, "in"), ("w", mode, "in"), ("pos", "i32", "in"),
-                         ("freq", "u32", "in"), ("qo", mode, "out"), ("ko", mode, "out"), ("vo", mode, "out")],
-                        "Params")
-    enable = ""
-    if decl.startswith("enable f16;"):
-        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
-    return enable + _text.replace("// @@BUFFERS@@", decl + ROPE_WGSL)
+    return SHADER.render([("x", mode, "in"), ("gamma", mode, "in"), ("w", mode, "in"), ("pos", "i32", "in"),
+                          ("freq", "u32", "in"), ("qo", mode, "out"), ("ko", mode, "out"), ("vo", mode, "out")],
+                         after_buffers=ROPE_WGSL)
 
 
 class RmsNormQkvRopeWgsl(Prepared):
@@ -68,16 +58,10 @@ class RmsNormQkvRopeWgsl(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
         self.pos = self.bind_inputs(inputs, ("pos",))[0]
-        nh, nkv, d = int(attrs["n_heads"]), int(attrs["n_kv_heads"]), int(attrs["head_dim"])
-        self.M, self.H = self.x.shape
+        self.M, self.H, nh, nkv, d = (self.dims[k] for k in ("M", "H", "n_heads", "n_kv_heads", "head_dim"))
         self.N = (nh + 2 * nkv) * d
-        if (d % 2 or self.w.shape != (self.N, self.H) or self.gamma.shape != (self.H,)
-                or self.pos.shape != (self.M,)):
-            raise ValueError(f"rmsnorm_qkv_rope: shapes x {self.x.shape}, gamma {self.gamma.shape}, "
-                             f"w {self.w.shape}, pos {self.pos.shape} with heads {nh}/{nkv} x {d}")
         self.freq = backend.rope_table(d, float(attrs["theta"]))
-        self.out = {"q": backend.empty((self.M, nh, d), dtype), "k": backend.empty((self.M, nkv, d), dtype),
-                    "v": backend.empty((self.M, nkv, d), dtype)}
+        self.alloc_outputs()
         self.source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
         self.params = pack_params(("u", self.M), ("u", self.H), ("u", self.N), ("f", attrs["eps"]), ("f", 1.0),
                                   ("u", nh), ("u", nkv), ("u", d // 2))

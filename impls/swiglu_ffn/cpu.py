@@ -31,7 +31,6 @@ import numpy as np
 
 from harness.backends import Prepared
 from harness.backends.cpu import KIND, bits16
-from harness.dtypes import np_dtype
 from harness.registry import Implementation, register
 
 BLOCK_ROWS = 8  # rows of W_gate and of W_up per phase-1 task: 2 * 8 * H floats stay in L2
@@ -148,11 +147,8 @@ class SwigluFfnCpu(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.kernel = _compile()
         self.x, self.wg, self.wu, self.wd = map(bits16, self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"), np.ascontiguousarray))
-        M, H = inputs["x"].shape
-        I = inputs["w_gate"].shape[0]
-        self.act = np.empty((M, I), dtype=np.float32)  # phase-1 -> phase-2 scratch (see the docstring)
-        self.out = {"y": np.empty((M, H), dtype=np_dtype(dtype))}
-        self.y = bits16(self.out["y"])  # the kernel stores the rounded bits straight into y
+        self.act = np.empty((self.dims["M"], self.dims["I"]), dtype=np.float32)  # phase-1 -> phase-2 scratch
+        self.y = bits16(self.alloc_outputs()["y"])  # the kernel stores the rounded bits straight into y
 
     def run(self):
         self.kernel(self.x, self.wg, self.wu, self.wd, KIND[self.dtype], self.act, self.y)

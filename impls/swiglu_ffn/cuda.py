@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv, storage_dtype
+from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
 from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
 from harness.registry import Implementation, register
 
@@ -92,18 +92,10 @@ class SwigluFfnCuda(Prepared):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        if dtype not in SUFFIX:
-            raise ValueError(f"swiglu_ffn/cuda: unsupported dtype {dtype!r}")
         mod = load_module()
         self.x, self.wg, self.wu, self.wd = self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
-        M, H = self.x.shape
-        I = self.wg.shape[0]
-        if self.wg.shape != (I, H) or self.wu.shape != (I, H) or self.wd.shape != (H, I):
-            raise ValueError(f"swiglu_ffn/cuda: shapes x{self.x.shape} w_gate{self.wg.shape} "
-                             f"w_up{self.wu.shape} w_down{self.wd.shape} do not match")
-        if max(M * H, I * H, M * I) >= 2**31:
-            raise ValueError("swiglu_ffn/cuda: sizes must be below 2**31 elements")
-        self.out = {"y": cp.empty((M, H), dtype=storage_dtype(dtype))}
+        M, H, I = self.dims["M"], self.dims["H"], self.dims["I"]
+        self.alloc_outputs()
         aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu, self.wd))
         limits = device_limits()
         plan = launch_plan(M, H, I, dtype, aligned, limits)

@@ -26,43 +26,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import pack_params, wgsl_buffers
+from harness.backends.wgsl import ShaderFile, pack_params
 from harness.registry import Implementation, register
-from harness.splice import spliced_source
 from impls.gemm_swiglu import wgsl as gs
 
 GV_R, TM, TN = 16, 64, 64  # GV_R as in swiglu_ffn.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
-SOURCE = Path(__file__).with_name("swiglu_ffn.wgsl")
+SHADER = ShaderFile(Path(__file__).with_name("swiglu_ffn.wgsl"))
 DOWN_ROLES = ["in", "in", "out"]
-
-_text: str | None = None
 
 
 def down_source(mode: str) -> str:
     """The down-projection shader: f32 activation, weights and output in `mode`."""
-    global _text
-    if _text is None:
-        _text = spliced_source(SOURCE)
-    decl = wgsl_buffers([("act", "f32", "in"), ("wd", mode, "in"), ("y", mode, "out")], "Params")
-    enable = ""
-    if decl.startswith("enable f16;"):
-        enable, decl = "enable f16;\n", decl[len("enable f16;"):]
-    return enable + _text.replace("// @@BUFFERS@@", decl)
+    return SHADER.render([("act", "f32", "in"), ("wd", mode, "in"), ("y", mode, "out")])
 
 
 class SwigluFfnWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         self.x, self.wg, self.wu, self.wd = self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
-        self.M, self.H = self.x.shape
-        self.I = self.wg.shape[0]
-        if (self.wg.shape != (self.I, self.H) or self.wu.shape != (self.I, self.H)
-                or self.wd.shape != (self.H, self.I)):
-            raise ValueError(f"swiglu_ffn: shapes x {self.x.shape}, w_gate {self.wg.shape}, "
-                             f"w_up {self.wu.shape}, w_down {self.wd.shape}")
+        self.M, self.H, self.I = self.dims["M"], self.dims["H"], self.dims["I"]
         mode = backend.mode(dtype)
         self.act = backend.empty((self.M, self.I), "float32")  # device scratch, not an output
-        self.out = {"y": backend.empty((self.M, self.H), dtype)}
+        self.alloc_outputs()
         self.src1 = backend.gemv_source(gs.kernel_source(mode, "f32"), gs.GV_R)
         self.entry1, self.groups1, self.params1 = gs.launch(self.M, self.H, self.I)
         self.src2 = backend.gemv_source(down_source(mode), GV_R)
