@@ -260,7 +260,17 @@ class Prepared:
         return {k: self.backend.download(v) for k, v in self.inputs.items()}
 
     def run(self) -> None:
-        raise NotImplementedError
+        """Launch the work: by default the launch plan bound in __init__ (`self.launches`:
+        CUDA's cuda_launch.bind, WGSL's WgslBackend.bind); a kernel that calls a library
+        (numba) overrides this."""
+        launches = getattr(self, "launches", None)
+        if launches is None:
+            raise NotImplementedError(f"{type(self).__name__}: no run() and no bound launch plan (self.launches)")
+        launches.run()
+
+    def buffers(self, **scratch) -> dict[str, Any]:
+        """Every buffer a launch plan may name: the inputs, the outputs and `scratch`."""
+        return {**self.inputs, **self.out, **scratch}
 
     def outputs(self) -> dict[str, np.ndarray]:
         self.backend.synchronize()

@@ -66,7 +66,7 @@ import re
 import struct
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -297,6 +297,35 @@ class ShaderFile:
         for key, value in (subs or {}).items():
             text = text.replace(key, str(value))
         return enable + (unroll_loops(text, unroll) if unroll else text)
+
+
+class Dispatch(NamedTuple):
+    """One dispatch of a launch plan: `entry` of `source` over `groups` workgroups, the
+    buffers named in `buffers` [(name, role)] bound at 0.. in that order (role "in"
+    read-only, "out" read-write, as the shader declares them), `params` the uniform block
+    after them (pack_params)."""
+
+    source: str
+    entry: str
+    groups: tuple[int, int, int]
+    buffers: tuple[tuple[str, str], ...]
+    params: bytes | None = None
+
+
+class BoundPlan:
+    """Dispatches bound to their buffers once (WgslBackend.bind); run() records them for
+    the next flush, as CUDA's bound launches run theirs. Inputs refreshed in place keep
+    their buffers, so the bind groups stay valid."""
+
+    def __init__(self, backend, bound: list) -> None:
+        self.backend, self.bound = backend, bound
+
+    def __len__(self) -> int:
+        return len(self.bound)
+
+    def run(self) -> None:
+        for b in self.bound:
+            self.backend._record(*b)
 
 
 def rope_table_words(d: int, theta: float) -> np.ndarray:
@@ -877,6 +906,10 @@ class WgslBackend(Backend):
         """Record one dispatch of `entry` in `source` over `groups` workgroups, with
         `arrays` bound at 0.. (roles "in" read-only, "out" read-write) and `params` as a
         uniform block at the next binding. Runs at the next flush()."""
+        self._record(*self._bound(source, arrays, roles, groups, params, entry))
+
+    def _bound(self, source, arrays, roles, groups, params, entry):
+        """(pipeline, bind group, groups, buffers kept alive) of one dispatch."""
         if any(g > MAX_GROUPS for g in groups):
             raise ValueError(f"wgsl: grid {groups} exceeds {MAX_GROUPS} workgroups per dimension")
         pipe = self.pipeline(source, roles, params is not None, entry)
@@ -887,9 +920,21 @@ class WgslBackend(Backend):
             u = self._uniform(params)
             entries.append({"binding": len(arrays), "resource": {"buffer": u, "offset": 0, "size": u.size}})
         bg = self.device.create_bind_group(layout=bgl, entries=entries)
-        self._pending.append((pipe, bg, tuple(int(g) for g in groups)))
+        return pipe, bg, tuple(int(g) for g in groups), tuple(a.buffer for a in arrays)
+
+    def _record(self, pipe, bg, groups, buffers) -> None:
+        self._pending.append((pipe, bg, groups))
         self.dispatches += 1
-        self._keepalive.extend(a.buffer for a in arrays)
+        self._keepalive.extend(buffers)
+
+    def bind(self, plan: Sequence["Dispatch"], buffers: dict[str, WgslArray], what: str = "") -> "BoundPlan":
+        """A launch plan with its buffers bound by name: compiled and its bind groups made
+        now (never timed); BoundPlan.run() records the dispatches."""
+        missing = sorted({n for d in plan for n, _ in d.buffers} - set(buffers))
+        if missing:
+            raise KeyError(f"{what or 'wgsl plan'}: no buffer named {', '.join(missing)}")
+        return BoundPlan(self, [self._bound(d.source, [buffers[n] for n, _ in d.buffers], [r for _, r in d.buffers],
+                                            d.groups, d.params, d.entry) for d in plan])
 
     def flush(self, timestamps: bool = False) -> bool:
         """Submit the pending dispatches in one compute pass (no wait). With

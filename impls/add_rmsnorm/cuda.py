@@ -79,9 +79,6 @@ class AddRmsNormCuda(Prepared):
         self.launches = bind(mod, plan, [args], limits, "add_rmsnorm/cuda")
         self.vec, self.cache = bool(vec), bool(cache)
 
-    def run(self):
-        self.launches.run()
-
 
 register(Implementation("add_rmsnorm", "cuda", "fused", "fused", AddRmsNormCuda,
                         dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

@@ -22,11 +22,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import ShaderFile, grid_1d, pack_params
+from harness.backends.wgsl import Dispatch, ShaderFile, grid_1d, pack_params
 from harness.registry import Implementation, register
 
 WG = 256  # must match add_rmsnorm.wgsl
 MAX_VPT = 64
+ROLES = (("x", "in"), ("residual", "in"), ("gamma", "in"), ("h", "out"), ("y", "out"))
 SHADER = ShaderFile(Path(__file__).with_name("add_rmsnorm.wgsl"))
 
 
@@ -48,12 +49,8 @@ class AddRmsNormWgsl(Prepared):
         self.source = kernel_source(backend.mode(dtype), vpt)
         self.params = pack_params(("u", self.M), ("u", self.H), ("f", attrs["eps"]), ("f", 1.0))
         self.groups = grid_1d(self.M)
-        self.roles = ["in", "in", "in", "out", "out"]
-        backend.pipeline(self.source, self.roles, True, self.entry)  # compile now
-
-    def run(self):
-        self.backend.dispatch(self.source, [self.x, self.r, self.gamma, self.out["h"], self.out["y"]],
-                              self.roles, self.groups, self.params, entry=self.entry)
+        self.launches = backend.bind([Dispatch(self.source, self.entry, self.groups, ROLES, self.params)],
+                                     self.buffers(), "add_rmsnorm/wgsl")
 
 
 register(Implementation("add_rmsnorm", "wgsl", "fused", "fused", AddRmsNormWgsl,

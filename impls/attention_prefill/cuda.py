@@ -60,9 +60,6 @@ class AttentionPrefillCuda(Prepared):
                 np.int32(d), np.float32(attrs["scale"]))
         self.launches = bind(mod, plan, [args], limits, "attention_prefill/cuda")
 
-    def run(self):
-        self.launches.run()
-
 
 register(Implementation("attention_prefill", "cuda", "fused", "fused", AttentionPrefillCuda,
                         dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

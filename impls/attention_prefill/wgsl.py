@@ -31,14 +31,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import ShaderFile, pack_params, unrolled_loop_iterations
+from harness.backends.wgsl import Dispatch, ShaderFile, pack_params, unrolled_loop_iterations
 from harness.registry import Implementation, register
 
 WQ = 64  # query rows per workgroup, one per invocation
 WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
 MAX_BK = 64
 SHADER = ShaderFile(Path(__file__).with_name("attention_prefill.wgsl"))
-ROLES = ["in", "in", "in", "out"]
+ROLES = (("q", "in"), ("k", "in"), ("v", "in"), ("o", "out"))
 
 
 def keys_per_tile(d4: int) -> int:
@@ -75,11 +75,8 @@ class AttentionPrefillWgsl(Prepared):
         self.source = kernel_source(backend.mode(dtype), d4, bk)
         self.params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
         self.groups = (-(-S // WQ), B * Hq, 1)
-        backend.pipeline(self.source, ROLES, True)  # compile now
-
-    def run(self):
-        self.backend.dispatch(self.source, [self.q, self.k, self.v, self.out["o"]], ROLES, self.groups,
-                              self.params)
+        self.launches = backend.bind([Dispatch(self.source, "main", self.groups, ROLES, self.params)],
+                                     self.buffers(), "attention_prefill/wgsl")
 
 
 register(Implementation("attention_prefill", "wgsl", "fused", "fused", AttentionPrefillWgsl,

@@ -58,9 +58,6 @@ class AttnScoreSoftmaxCuda(Prepared):
                 np.float32(attrs["scale"]))
         self.launches = bind(mod, plan, [args], limits, "attn_score_softmax/cuda")
 
-    def run(self):
-        self.launches.run()
-
 
 register(Implementation("attn_score_softmax", "cuda", "fused", "fused", AttnScoreSoftmaxCuda,
                         dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

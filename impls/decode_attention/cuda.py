@@ -128,9 +128,6 @@ class DecodeAttentionCuda(Prepared):
         self.launches = bind(mod, plan, args, limits, "decode_attention/cuda")
         self.vec, self.nsplit, self.heads_per_block = bool(vec), nsplit, G
 
-    def run(self):
-        self.launches.run()
-
 
 register(Implementation("decode_attention", "cuda", "fused", "fused", DecodeAttentionCuda,
                         dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

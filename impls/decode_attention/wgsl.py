@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 
 from harness.backends import Prepared
-from harness.backends.wgsl import LOOP_BUDGET, ShaderFile, grid_1d, pack_params
+from harness.backends.wgsl import Dispatch, LOOP_BUDGET, ShaderFile, grid_1d, pack_params
 from harness.registry import Implementation, register
 
 WD = 64  # invocations per workgroup
@@ -56,7 +56,7 @@ MAX_BK = 64
 MIN_SPLIT_KEYS = 256  # cache positions per split at least
 GPU_TARGET_GROUPS = 256  # workgroups that keep a large GPU busy
 SHADER = ShaderFile(Path(__file__).with_name("decode_attention.wgsl"))
-ROLES = ["in", "in", "in", "in", "out", "out", "out"]
+ROLES = (("q", "in"), ("k", "in"), ("v", "in"), ("lens", "in"), ("o", "out"), ("pml", "out"), ("pacc", "out"))
 
 
 def keys_per_tile(d4: int, gw: int) -> int:
@@ -172,15 +172,10 @@ class DecodeAttentionWgsl(Prepared):
                                   ("u", Hq // Hkv), ("u", plan.hgroups), ("u", plan.chunk), ("u", self.splits))
         self.groups = (self.splits, B * Hkv * plan.hgroups, 1)
         self.combine_groups = grid_1d(B * Hq)
-        backend.pipeline(self.source, ROLES, True, "attend")  # compile now
-        if self.splits > 1:
-            backend.pipeline(self.source, ROLES, True, "combine")
-
-    def run(self):
-        arrays = [self.q, self.k, self.v, self.lens, self.out["o"], self.pml, self.pacc]
-        self.backend.dispatch(self.source, arrays, ROLES, self.groups, self.params, entry="attend")
-        if self.splits > 1:
-            self.backend.dispatch(self.source, arrays, ROLES, self.combine_groups, self.params, entry="combine")
+        plan = [Dispatch(self.source, "attend", self.groups, ROLES, self.params)]
+        if self.splits > 1:  # the partial results of the splits combined
+            plan.append(Dispatch(self.source, "combine", self.combine_groups, ROLES, self.params))
+        self.launches = backend.bind(plan, self.buffers(pml=self.pml, pacc=self.pacc), "decode_attention/wgsl")
 
 
 register(Implementation("decode_attention", "wgsl", "fused", "fused", DecodeAttentionWgsl,

@@ -69,9 +69,6 @@ class GemmSwigluCuda(Prepared):
         self.launches = bind(mod, plan, [args], limits, "gemm_swiglu/cuda")
         self.vec = bool(vec)
 
-    def run(self):
-        self.launches.run()
-
 
 register(Implementation("gemm_swiglu", "cuda", "fused", "fused", GemmSwigluCuda,
                         dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

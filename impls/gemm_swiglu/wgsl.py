@@ -25,13 +25,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import ShaderFile, pack_params
+from harness.backends.wgsl import Dispatch, ShaderFile, pack_params
 from harness.registry import Implementation, register
 
 GEMV_MAX_M = 4  # up to this many rows, the weights are streamed once per row by `gemv`
 GV_R, TM, TN = 8, 64, 64  # GV_R as in gemm_swiglu.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
 SHADER = ShaderFile(Path(__file__).with_name("gemm_swiglu.wgsl"))
-ROLES = ["in", "in", "in", "out"]
+ROLES = (("x", "in"), ("w_gate", "in"), ("w_up", "in"), ("y", "out"))
 
 
 def kernel_source(mode: str, out_mode: str | None = None) -> str:
@@ -56,11 +56,8 @@ class GemmSwigluWgsl(Prepared):
         self.alloc_outputs()
         self.source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
         self.entry, self.groups, self.params = launch(self.M, self.H, self.I)
-        backend.pipeline(self.source, ROLES, True, self.entry)  # compile now
-
-    def run(self):
-        self.backend.dispatch(self.source, [self.x, self.wg, self.wu, self.out["y"]], ROLES, self.groups,
-                              self.params, entry=self.entry)
+        self.launches = backend.bind([Dispatch(self.source, self.entry, self.groups, ROLES, self.params)],
+                                     self.buffers(), "gemm_swiglu/wgsl")
 
 
 register(Implementation("gemm_swiglu", "wgsl", "fused", "fused", GemmSwigluWgsl,

@@ -90,9 +90,6 @@ class RmsNormGemmCuda(Prepared):
         self.launches = bind(mod, plan, args, limits, "rmsnorm_gemm/cuda")
         self.vec = bool(vec)
 
-    def run(self):
-        self.launches.run()
-
 
 register(Implementation("rmsnorm_gemm", "cuda", "fused", "fused", RmsNormGemmCuda,
                         dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

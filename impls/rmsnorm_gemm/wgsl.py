@@ -32,11 +32,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import ShaderFile, pack_params
+from harness.backends.wgsl import Dispatch, ShaderFile, pack_params
 from harness.registry import Implementation, register
 
 GEMV_MAX_M = 4  # up to this many rows, W is streamed once per row by `gemv`
 GV_R, TM, TN = 16, 64, 64  # GV_R as in rmsnorm_gemm.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
+ROLES = (("x", "in"), ("gamma", "in"), ("w", "in"), ("y", "out"))
 SHADER = ShaderFile(Path(__file__).with_name("rmsnorm_gemm.wgsl"))
 
 
@@ -57,11 +58,8 @@ class RmsNormGemmWgsl(Prepared):
             self.entry, self.groups = "gemv", (-(-self.N // GV_R), self.M, 1)
         else:
             self.entry, self.groups = "tiled", (-(-self.N // TN), -(-self.M // TM), 1)
-        backend.pipeline(self.source, ["in", "in", "in", "out"], True, self.entry)  # compile now
-
-    def run(self):
-        self.backend.dispatch(self.source, [self.x, self.gamma, self.w, self.out["y"]],
-                              ["in", "in", "in", "out"], self.groups, self.params, entry=self.entry)
+        self.launches = backend.bind([Dispatch(self.source, self.entry, self.groups, ROLES, self.params)],
+                                     self.buffers(), "rmsnorm_gemm/wgsl")
 
 
 register(Implementation("rmsnorm_gemm", "wgsl", "fused", "fused", RmsNormGemmWgsl,

@@ -92,9 +92,6 @@ class RmsNormQkvRopeCuda(Prepared):
         self.launches = bind(mod, plan, args, limits, "rmsnorm_qkv_rope/cuda")
         self.vec = bool(vec)
 
-    def run(self):
-        self.launches.run()
-
 
 register(Implementation("rmsnorm_qkv_rope", "cuda", "fused", "fused", RmsNormQkvRopeCuda,
                         dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

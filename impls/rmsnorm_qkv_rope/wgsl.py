@@ -37,13 +37,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import ROPE_WGSL, ShaderFile, pack_params
+from harness.backends.wgsl import Dispatch, ROPE_WGSL, ShaderFile, pack_params
 from harness.registry import Implementation, register
 
 GEMV_MAX_M = 4  # up to this many rows, W is streamed once per row by `gemv`
 GV_R, TM, TN = 16, 64, 64  # GV_R as in rmsnorm_qkv_rope.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
 SHADER = ShaderFile(Path(__file__).with_name("rmsnorm_qkv_rope.wgsl"))
-ROLES = ["in", "in", "in", "in", "in", "out", "out", "out"]
+ROLES = (("x", "in"), ("gamma", "in"), ("w", "in"), ("pos", "in"), ("freq", "in"), ("q", "out"), ("k", "out"),
+         ("v", "out"))
 
 
 def kernel_source(mode: str) -> str:
@@ -69,12 +70,8 @@ class RmsNormQkvRopeWgsl(Prepared):
             self.entry, self.groups = "gemv", (-(-self.N // GV_R), self.M, 1)
         else:
             self.entry, self.groups = "tiled", (-(-self.N // TN), -(-self.M // TM), 1)
-        backend.pipeline(self.source, ROLES, True, self.entry)  # compile now
-
-    def run(self):
-        o = self.out
-        self.backend.dispatch(self.source, [self.x, self.gamma, self.w, self.pos, self.freq, o["q"], o["k"], o["v"]],
-                              ROLES, self.groups, self.params, entry=self.entry)
+        self.launches = backend.bind([Dispatch(self.source, self.entry, self.groups, ROLES, self.params)],
+                                     self.buffers(freq=self.freq), "rmsnorm_qkv_rope/wgsl")
 
 
 register(Implementation("rmsnorm_qkv_rope", "wgsl", "fused", "fused", RmsNormQkvRopeWgsl,

@@ -113,9 +113,6 @@ class SwigluFfnCuda(Prepared):
         self.launches = bind(mod, plan, args, limits, "swiglu_ffn/cuda")
         self.vec = (bool(vec_up), bool(vec_down))
 
-    def run(self):
-        self.launches.run()  # same stream, no sync between
-
 
 register(Implementation("swiglu_ffn", "cuda", "fused", "fused", SwigluFfnCuda,
                         dtypes=("float32", "float16", "bfloat16"), origin=__name__, doc=__doc__))

@@ -26,13 +26,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import ShaderFile, pack_params
+from harness.backends.wgsl import Dispatch, ShaderFile, pack_params
 from harness.registry import Implementation, register
 from impls.gemm_swiglu import wgsl as gs
 
 GV_R, TM, TN = 16, 64, 64  # GV_R as in swiglu_ffn.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
 SHADER = ShaderFile(Path(__file__).with_name("swiglu_ffn.wgsl"))
-DOWN_ROLES = ["in", "in", "out"]
+UP_ROLES = (("x", "in"), ("w_gate", "in"), ("w_up", "in"), ("act", "out"))
+DOWN_ROLES = (("act", "in"), ("w_down", "in"), ("y", "out"))
 
 
 def down_source(mode: str) -> str:
@@ -56,15 +57,9 @@ class SwigluFfnWgsl(Prepared):
             self.entry2, self.groups2 = "down_gemv", (-(-self.H // GV_R), self.M, 1)
         else:
             self.entry2, self.groups2 = "down_tiled", (-(-self.H // TN), -(-self.M // TM), 1)
-        backend.pipeline(self.src1, gs.ROLES, True, self.entry1)  # compile now
-        backend.pipeline(self.src2, DOWN_ROLES, True, self.entry2)
-
-    def run(self):
-        b = self.backend
-        b.dispatch(self.src1, [self.x, self.wg, self.wu, self.act], gs.ROLES, self.groups1, self.params1,
-                   entry=self.entry1)
-        b.dispatch(self.src2, [self.act, self.wd, self.out["y"]], DOWN_ROLES, self.groups2, self.params2,
-                   entry=self.entry2)
+        self.launches = backend.bind([Dispatch(self.src1, self.entry1, self.groups1, UP_ROLES, self.params1),
+                                      Dispatch(self.src2, self.entry2, self.groups2, DOWN_ROLES, self.params2)],
+                                     self.buffers(act=self.act), "swiglu_ffn/wgsl")
 
 
 register(Implementation("swiglu_ffn", "wgsl", "fused", "fused", SwigluFfnWgsl,
