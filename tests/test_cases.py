@@ -205,3 +205,19 @@ def test_a_case_key_its_fusion_lacks_is_still_an_error(registry, tmp_path):
     assert msg.startswith(f"{f}:13: case 'decode' (add_rmsnorm): unknown parameter 'I'"), msg
     assert "[model]" not in msg
 
+
+def test_shipped_case_files_say_their_model_once(registry):
+    """Every shipped file has a [model] table with name and source, and no [[case]] repeats
+    a value its [model] has (the cases that set one differ from it)."""
+    import tomllib
+
+    from harness.cases import shipped_case_files
+
+    for path in shipped_case_files():
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        assert isinstance(doc["model"], dict) and {"name", "source"} <= set(doc["model"]), path
+        assert "source" not in doc, path
+        for case in doc["case"]:
+            same = {k for k, v in case.items() if k in doc["model"] and k not in ("name", "source")
+                    and doc["model"][k] == v}
+            assert not same, f"{path}: case {case['name']} repeats {same} from [model]"
