@@ -1,23 +1,30 @@
 """cases/*.toml -> validated Case records.
 
-A case file names a model and lists its cases:
+A case file names a model once, with the dimensions and attributes its cases share, and
+lists its cases:
 
-    model = "Llama-3-8B"
+    [model]
+    name = "Llama-3-8B"
     source = "config.json: hidden_size 4096, ..."
+    H = 4096
+    eps = 1e-5
 
     [[case]]
     fusion = "rmsnorm_gemm"
     name = "decode"
     M = 1
-    H = 4096
-    N = 6144
-    eps = 1e-5
+    N = 6144                                      # H and eps come from [model]
     dtypes = ["float32", "float16", "bfloat16"]   # optional: default, every dtype the fusion has
     suites = ["quick", "full"]                    # optional: default ["full"]
 
-Every key other than fusion, name, dtypes, suites and note is a parameter of the fusion
-(its dimensions and attributes). Anything wrong is a CaseError naming the file, the line
-of the offending case and what was expected.
+Every key of a case other than fusion, name, dtypes, suites and note is a parameter of the
+fusion (its dimensions and attributes). A case takes from [model] each value whose key its
+fusion has as a parameter and that it does not set itself (its own value wins); the rest of
+[model] is not passed to it. A [model] key that no case in the file takes is an error (a
+typo, or a value that every case overrides). The older form, top-level `model = "name"` and
+`source = "..."` with every parameter written in each case, still loads. Anything wrong is a
+CaseError naming the file, the line of the offending case (or [model] key) and what was
+expected.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ ATTR_RANGES = {
     "theta": (lambda v: v > 0, "a finite number > 0 (the RoPE base)"),
 }
 TOP_LEVEL = ("model", "source", "case")
+MODEL_INFO = ("name", "source")  # the [model] table's keys that are not parameters
 _HEADER = re.compile(r"""\s*\[\[\s*(case|"case"|'case')\s*\]\]""")
 _SHOWN = 60  # characters of an offending value quoted in a message
 
@@ -161,8 +169,11 @@ def _parse(path: Path, text: str) -> dict:
                         f"{MAX_DIM}") from None
 
 
-def _check_entry(entry: dict, registry, where: str) -> tuple[str, str, dict, list, list]:
-    """(fusion, name, params, dtypes, suites) of one [[case]] table, or a CaseError."""
+def _check_entry(entry: dict, registry, where: str, model: dict | None = None,
+                 model_lines: dict | None = None) -> tuple[str, str, dict, list, list, set]:
+    """(fusion, name, params, dtypes, suites, the keys taken from [model]) of one [[case]]
+    table, or a CaseError. `model`: the [model] table's parameters (`model_lines`: the line of
+    each); the case takes those its fusion has and it does not set itself."""
     known_fusions = ", ".join(registry.fusions)
     fusion, name = entry.get("fusion"), entry.get("name")
     if "fusion" not in entry:
@@ -184,21 +195,34 @@ def _check_entry(entry: dict, registry, where: str) -> tuple[str, str, dict, lis
             raise CaseError(f"{what}: unknown parameter {_show(k)}{_did_you_mean(k, known | RESERVED)}; "
                             f"{fusion} takes {', '.join(sorted(known))}, and every case may have "
                             f"{', '.join(sorted(RESERVED - {'fusion', 'name'}))}")
+    inherited = {k: v for k, v in (model or {}).items() if k in known and k not in params}
+    if inherited:  # in the spec's order, as a case that wrote them all would have them
+        params = {k: params[k] if k in params else inherited[k] for k in (*spec.dims, *spec.attrs)
+                  if k in params or k in inherited}
+
+    def blame(problem: str) -> str:  # which of the values at fault the case took from [model]
+        named = [k for k in inherited if re.search(rf"\b{re.escape(k)}\b", problem)]
+        if not named:
+            return problem
+        lines = ", ".join(str((model_lines or {}).get(k, "?")) for k in named)
+        return (f"{problem} ({', '.join(f'{k} = {_show(inherited[k])}' for k in named)} from [model], "
+                f"line{'s' * (len(named) > 1)} {lines})")
+
     for a, v in params.items():  # before the spec's check, which converts them to float
         if a in spec.attrs and isinstance(v, (int, float)) and not isinstance(v, bool):
             ok, expected = ATTR_RANGES.get(a, (lambda v: True, "a finite number"))
             if not _finite(v) or not ok(v):
-                raise CaseError(f"{what}: attribute {a!r} must be {expected}, got {_show(v)}")
+                raise CaseError(blame(f"{what}: attribute {a!r} must be {expected}, got {_show(v)}"))
     try:
         problems = spec.check_params(params)
     except Exception as e:  # a spec's own validation must not take the loader down
         problems = [f"the spec could not check these parameters ({type(e).__name__}: {e})"]
     if problems:
-        raise CaseError(f"{what}: " + "; ".join(problems))
+        raise CaseError(blame(f"{what}: " + "; ".join(problems)))
     for d in spec.dims:
         if params[d] > MAX_DIM:
-            raise CaseError(f"{what}: dimension {d!r} = {_show(params[d])} is too large; dimensions reach the "
-                            f"kernels as 32-bit integers, at most {MAX_DIM}")
+            raise CaseError(blame(f"{what}: dimension {d!r} = {_show(params[d])} is too large; dimensions reach "
+                                  f"the kernels as 32-bit integers, at most {MAX_DIM}"))
     dtypes = entry.get("dtypes", list(spec.dtypes))
     if not isinstance(dtypes, list) or not dtypes:
         raise CaseError(f"{what}: dtypes must be a non-empty list of dtype names drawn from "
@@ -216,7 +240,61 @@ def _check_entry(entry: dict, registry, where: str) -> tuple[str, str, dict, lis
         raise CaseError(f"{what}: suites must be a list drawn from {', '.join(SUITES)}, got {_show(suites)}")
     if "note" in entry and not isinstance(entry["note"], str):
         raise CaseError(f"{what}: note must be a string, got {_show(entry['note'])}")
-    return fusion, name, params, dtypes, suites
+    return fusion, name, params, dtypes, suites, set(inherited)
+
+
+def _model_key_line(text: str, key: str) -> int:
+    """The line of `key` in the [model] table (or of `model.key = ...`), else the line of
+    [model] itself."""
+    def bare_or_quoted(k: str) -> str:
+        k = re.escape(k)
+        return rf"""("{k}"|'{k}'|{k})"""
+
+    lines = text.split("\n")
+    header = re.compile(rf"\s*\[\s*{bare_or_quoted('model')}\s*\]")
+    assign = re.compile(rf"\s*{bare_or_quoted(key)}\s*=")
+    dotted = re.compile(rf"\s*{bare_or_quoted('model')}\s*\.\s*{bare_or_quoted(key)}\s*=")
+    for i, line in enumerate(lines):
+        if header.match(line):
+            for j in range(i + 1, len(lines)):
+                if re.match(r"\s*\[", lines[j]):  # the next table
+                    break
+                if assign.match(lines[j]):
+                    return j + 1
+        elif dotted.match(line):
+            return i + 1
+    return _key_line(text, "model")
+
+
+def _model_table(path: Path, text: str, table: dict, registry) -> tuple[str | None, dict]:
+    """(name, parameters) of a [model] table, each value checked where it stands."""
+    dims = {d for spec in registry.fusions.values() for d in spec.dims}
+    attrs = {a for spec in registry.fusions.values() for a in spec.attrs}
+    params = {}
+    for k, v in table.items():
+        where = f"{path}:{_model_key_line(text, k)}: [model]"
+        if k in MODEL_INFO:
+            if not isinstance(v, str):
+                raise CaseError(f"{where} {k} must be a string, got {_show(v)}")
+            continue
+        if k not in dims | attrs:
+            hint = (" (it belongs in each [[case]])" if k in RESERVED
+                    else _did_you_mean(k, dims | attrs | set(MODEL_INFO)))
+            raise CaseError(f"{where} unknown key {_show(k)}{hint}; [model] holds name, source and parameters "
+                            f"of the fusions ({', '.join(sorted(dims | attrs))})")
+        if k in dims and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM):
+            raise CaseError(f"{where} dimension {k!r} must be a positive integer of at most {MAX_DIM}, "
+                            f"got {_show(v)}")
+        if k in attrs:
+            ok, expected = ATTR_RANGES.get(k, (lambda v: True, "a finite number"))
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or not ok(v):
+                raise CaseError(f"{where} attribute {k!r} must be {expected}, got {_show(v)}")
+        params[k] = v
+    return table.get("name"), params
+
+
+def _case_name(c: Case) -> str:
+    return f"{c.id.split('.', 1)[1]} ({c.fusion}, line {c.line})"
 
 
 def load_file(path: str | Path, registry) -> list[Case]:
@@ -226,9 +304,22 @@ def load_file(path: str | Path, registry) -> list[Case]:
     for k, v in doc.items():
         if k not in TOP_LEVEL:
             raise CaseError(f"{path}:{_key_line(text, k)}: unknown key {_show(k)}{_did_you_mean(k, TOP_LEVEL)}; a "
-                            f"case file has model = \"...\", source = \"...\" and [[case]] tables")
-        if k in ("model", "source") and not isinstance(v, str):
-            raise CaseError(f"{path}:{_key_line(text, k)}: {k} must be a string, got {_show(v)}")
+                            f"case file has a [model] table and [[case]] tables")
+        if k == "model" and not isinstance(v, (str, dict)):
+            raise CaseError(f"{path}:{_key_line(text, k)}: model must be a string, got {_show(v)}; or a [model] "
+                            f"table with name, source and the parameters its cases share")
+        if k == "source" and not isinstance(v, str):
+            raise CaseError(f"{path}:{_key_line(text, k)}: source must be a string, got {_show(v)}")
+    if isinstance(doc.get("model"), dict) and "source" in doc:
+        raise CaseError(f"{path}:{_key_line(text, 'source')}: with a [model] table, source goes inside it "
+                        f"(source = \"...\" under [model])")
+    name, shared = path.stem, {}
+    if isinstance(doc.get("model"), dict):
+        name, shared = _model_table(path, text, doc["model"], registry)
+        name = name if name is not None else path.stem
+    elif "model" in doc:
+        name = doc["model"]
+    shared_lines = {k: _model_key_line(text, k) for k in shared}
     entries = doc.get("case", [])
     if isinstance(entries, dict):
         raise CaseError(f"{path}:{_key_line(text, 'case')}: [case] is a single table; write each case as a "
@@ -239,23 +330,31 @@ def load_file(path: str | Path, registry) -> list[Case]:
         raise CaseError(f"{path}:{_key_line(text, 'case')}: no [[case]] tables; each case is a [[case]] table with "
                         f"fusion, name and the fusion's dimensions")
     lines = _case_lines(text, len(entries))
-    model = doc.get("model", path.stem)
-    cases, seen = [], {}
+    cases, seen, used = [], {}, set()
     for entry, line in zip(entries, lines):
         where = f"{path}:{line}"
         if not isinstance(entry, dict):
             raise CaseError(f"{where}: a case must be a table ([[case]] or {{fusion = ..., name = ...}}), "
                             f"got {_show(entry)}")
-        fusion, name, params, dtypes, suites = _check_entry(entry, registry, where)
+        fusion, case_name, params, dtypes, suites, taken = _check_entry(entry, registry, where, shared, shared_lines)
+        used |= taken
         if "full" not in suites:
             suites = [*suites, "full"]  # the full suite has every case
-        cid = f"{path.stem}.{name}"
+        cid = f"{path.stem}.{case_name}"
         if (fusion, cid) in seen:
-            raise CaseError(f"{where}: case {name!r} for {fusion} appears twice in this file (first at line "
+            raise CaseError(f"{where}: case {case_name!r} for {fusion} appears twice in this file (first at line "
                             f"{seen[fusion, cid]}); names must be unique per fusion")
         seen[fusion, cid] = line
-        cases.append(Case(fusion, cid, model, params, tuple(dtypes), tuple(dict.fromkeys(suites)), str(path), line,
+        cases.append(Case(fusion, cid, name, params, tuple(dtypes), tuple(dict.fromkeys(suites)), str(path), line,
                           entry.get("note", "")))
+    for k in shared:  # a value no case takes is a typo, or one that misleads the reader
+        if k not in used:
+            takers = [c for c in cases if k in registry.fusions[c.fusion].dims or k in registry.fusions[c.fusion].attrs]
+            why = (f"every case whose fusion takes it sets its own: {', '.join(_case_name(c) for c in takers)}"
+                   if takers else f"none of its cases' fusions ({', '.join(sorted({c.fusion for c in cases}))}) "
+                   f"takes it")
+            raise CaseError(f"{path}:{shared_lines[k]}: [model] {k} = {_show(shared[k])} is used by no case in "
+                            f"this file: {why}; remove it, or fix the key")
     return cases
 
 

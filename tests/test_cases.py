@@ -75,12 +75,18 @@ def test_gemma2_2b_cases_from_its_config(registry):
     ("model = 'x'\n", 1, "no [[case]] tables"),
 ])
 def test_bad_case_files_name_file_line_and_problem(registry, tmp_path, text, line, words):
+    f, msg = refused(registry, tmp_path, text)
+    assert msg.startswith(f"{f}:{line}"), msg
+    assert words in msg
+
+
+def refused(registry, tmp_path, text: str) -> tuple:
+    """(the file, load_file's CaseError message) for a case file holding `text`."""
     f = tmp_path / "bad.toml"
     f.write_text(text)
     with pytest.raises(CaseError) as e:
         load_file(f, registry)
-    assert str(e.value).startswith(f"{f}:{line}"), str(e.value)
-    assert words in str(e.value)
+    return f, str(e.value)
 
 
 def test_good_file_loads(registry, tmp_path):
@@ -88,3 +94,130 @@ def test_good_file_loads(registry, tmp_path):
     f.write_text(GOOD)
     (case,) = load_file(f, registry)
     assert case.id == "good.a" and case.dtypes == ("float32", "float16", "bfloat16") and "full" in case.suites
+
+
+# --- the [model] table: values said once, taken by the cases whose fusions have them ---------
+
+MODEL = """# a comment
+[model]
+name = "Toy-1B"
+source = "toy config.json"
+H = 64
+I = 96
+n_heads = 4
+n_kv_heads = 2
+head_dim = 16
+eps = 1e-6
+theta = 500000.0
+
+[[case]]
+fusion = "add_rmsnorm"
+name = "decode"
+M = 1
+
+[[case]]
+fusion = "gemm_swiglu"
+name = "decode"
+M = 1
+
+[[case]]
+fusion = "rmsnorm_qkv_rope"
+name = "decode"
+M = 1
+
+[[case]]
+fusion = "decode_attention"
+name = "decode"
+B = 2
+T = 32
+
+[[case]]
+fusion = "rmsnorm_gemm"
+name = "decode"
+M = 1
+N = 128           # (n_heads + 2*n_kv_heads) * head_dim
+"""
+
+
+def _load(tmp_path, registry, text, name="toy.toml"):
+    f = tmp_path / name
+    f.write_text(text)
+    return f, {c.fusion: c for c in load_file(f, registry)}
+
+
+def test_cases_take_the_model_values_their_fusion_has(registry, tmp_path):
+    _, cases = _load(tmp_path, registry, MODEL)
+    heads = {"n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
+    assert cases["add_rmsnorm"].params == {"M": 1, "H": 64, "eps": 1e-6}
+    assert cases["gemm_swiglu"].params == {"M": 1, "H": 64, "I": 96}
+    assert cases["rmsnorm_qkv_rope"].params == {"M": 1, "H": 64, **heads, "eps": 1e-6, "theta": 500000.0}
+    assert cases["decode_attention"].params == {"B": 2, "T": 32, **heads}  # no H, eps or theta: it takes none
+    assert cases["rmsnorm_gemm"].params == {"M": 1, "H": 64, "N": 128, "eps": 1e-6}
+    assert {c.model for c in cases.values()} == {"Toy-1B"}
+    assert list(cases["rmsnorm_qkv_rope"].params) == ["M", "H", "n_heads", "n_kv_heads", "head_dim", "eps", "theta"]
+
+
+def test_a_case_value_overrides_the_models(registry, tmp_path):
+    text = MODEL.replace('name = "decode"\nM = 1\n\n[[case]]\nfusion = "gemm_swiglu"',
+                         'name = "decode"\nM = 1\nH = 32\neps = 1e-5\n\n[[case]]\nfusion = "gemm_swiglu"')
+    _, cases = _load(tmp_path, registry, text)
+    assert cases["add_rmsnorm"].params == {"M": 1, "H": 32, "eps": 1e-5}
+    assert cases["gemm_swiglu"].params["H"] == 64 and cases["rmsnorm_gemm"].params["eps"] == 1e-6
+
+
+def test_without_a_name_the_model_is_the_file_stem(registry, tmp_path):
+    _, cases = _load(tmp_path, registry, MODEL.replace('name = "Toy-1B"\n', ""), "toy_2b.toml")
+    assert {c.model for c in cases.values()} == {"toy_2b"}
+
+
+@pytest.mark.parametrize("text, line, words", [
+    # a key no case takes: a typo, or a value no fusion in the file has
+    (MODEL.replace("theta = 500000.0\n", "theta = 500000.0\nS = 7\n"), 12,
+     "[model] S = 7 is used by no case in this file: none of its cases' fusions"),
+    (MODEL.replace("eps = 1e-6\n", "esp = 1e-6\n"), 10, "[model] unknown key 'esp' (did you mean 'eps'?)"),
+    (MODEL.replace("eps = 1e-6\n", 'suites = ["quick"]\n'), 10, "unknown key 'suites' (it belongs in each [[case]])"),
+    # a value every case that takes it sets itself
+    (MODEL.replace('name = "decode"\nM = 1\n\n[[case]]\nfusion = "gemm_swiglu"\nname = "decode"\nM = 1\n',
+                   'name = "decode"\nM = 1\n\n[[case]]\nfusion = "gemm_swiglu"\nname = "decode"\nM = 1\nI = 8\n'),
+     6, "[model] I = 96 is used by no case in this file: every case whose fusion takes it sets its own: "
+        "decode (gemm_swiglu, line 18)"),
+    # values checked where they stand
+    (MODEL.replace("H = 64", "H = -64"), 5, "[model] dimension 'H' must be a positive integer"),
+    (MODEL.replace("H = 64", "H = 64.0"), 5, "[model] dimension 'H' must be a positive integer"),
+    (MODEL.replace("eps = 1e-6", "eps = -1.0"), 10, "[model] attribute 'eps' must be a finite number >= 0"),
+    (MODEL.replace('name = "Toy-1B"', "name = 3"), 3, "[model] name must be a string, got 3"),
+    (MODEL.replace("# a comment\n", 'source = "x"\n'), 1, "with a [model] table, source goes inside it"),
+    # a value the case takes that its fusion refuses names the [model] line it came from
+    (MODEL.replace("n_kv_heads = 2", "n_kv_heads = 3"), 23,
+     "n_kv_heads (3) must divide n_heads (4) (n_heads = 4, n_kv_heads = 3 from [model], lines 7, 8)"),
+])
+def test_bad_model_tables_name_file_line_and_problem(registry, tmp_path, text, line, words):
+    f, msg = refused(registry, tmp_path, text)
+    assert msg.startswith(f"{f}:{line}: "), msg
+    assert words in msg
+
+
+def test_a_case_key_its_fusion_lacks_is_still_an_error(registry, tmp_path):
+    """I is a key [model] may hold, but add_rmsnorm does not take it: written in the case, it
+    is refused as before (from [model] it would simply not be passed)."""
+    f, msg = refused(registry, tmp_path, MODEL.replace('fusion = "add_rmsnorm"\nname = "decode"\nM = 1\n',
+                                                      'fusion = "add_rmsnorm"\nname = "decode"\nM = 1\nI = 96\n'))
+    assert msg.startswith(f"{f}:13: case 'decode' (add_rmsnorm): unknown parameter 'I'"), msg
+    assert "[model]" not in msg
+
+
+def test_shipped_case_files_say_their_model_once(registry):
+    """Every shipped file has a [model] table with name and source, and no [[case]] repeats
+    a value its [model] has (the cases that set one differ from it)."""
+    import tomllib
+
+    from harness.cases import shipped_case_files
+
+    for path in shipped_case_files():
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        assert isinstance(doc["model"], dict) and {"name", "source"} <= set(doc["model"]), path
+        assert "source" not in doc, path
+        for case in doc["case"]:
+            same = {k for k, v in case.items() if k in doc["model"] and k not in ("name", "source")
+                    and doc["model"][k] == v}
+            assert not same, f"{path}: case {case['name']} repeats {same} from [model]"
