@@ -100,9 +100,9 @@ def test_expected_kernels_in_ptx(src):
 @pytest.mark.parametrize("compiler", cc.COMPILERS)
 def test_chain_source_compiles(compiler):
     _need_compiler(compiler)
-    from harness.backends.cuda import CHAIN_KERNELS, CHAIN_SOURCE
+    from harness.backends.cuda import CHAIN_CU, CHAIN_KERNELS
 
-    r = cc.compile_to_ptx(CHAIN_SOURCE, "chain.cu", compiler)
+    r = cc.compile_to_ptx(cc.cuda_source(CHAIN_CU), CHAIN_CU.name, compiler)
     assert r.ok, r.log
     assert set(CHAIN_KERNELS) <= r.entries()
 

@@ -7,9 +7,10 @@ this backend is a bfloat16 buffer). download() returns NumPy arrays of the stora
 
 The chain computes every primitive in float32 and stores its result in the storage dtype:
 rms_norm, add, mul, silu, softmax, rope, scale, causal_mask and length_mask are small
-header-free CUDA kernels (CHAIN_SOURCE below, one per op and dtype; rope computes its
-angles and their sine and cosine in float64 on the device, as harness.ops.rope_angles
-defines them; softmax gives zeros for a row that is all -inf), split makes contiguous
+header-free CUDA kernels (harness/kernels/fb_chain.cu, one per op and dtype, with the
+fused kernels' prelude spliced in; rope computes its angles and their sine and cosine in
+float64 on the device, as harness.ops.rope_angles defines them; softmax gives zeros for a
+row that is all -inf), split makes contiguous
 copies of column ranges, reshape is a view, linear is cuBLAS `gemmEx` and matmul_nt /
 matmul are cuBLAS `gemmStridedBatchedEx` (one call over all leading dims), all with
 float32 compute (CUBLAS_COMPUTE_32F: no TF32, no half-precision accumulation) on
@@ -28,6 +29,7 @@ from harness.backends import Backend, BackendUnavailable, Prepared, Replay
 from harness.backends.gpu_timing import HOLD_SOURCE, Hold, graph_launches, method_name
 from harness.cuda_compile import cuda_source
 from harness.ops import Ops
+from harness.splice import KERNELS_DIR
 
 # storage dtype -> (kernel suffix, CuPy dtype name, cudaDataType for cuBLAS)
 _CUDA_R_32F, _CUDA_R_16F, _CUDA_R_16BF = 0, 2, 14
@@ -62,8 +64,9 @@ def cdiv(a: int, b: int) -> int:
 
 
 class KernelModule:
-    """A fused kernel's .cu file (shared fragments spliced in), compiled by CuPy into one
-    RawModule per device on first use; calling it returns the current device's module."""
+    """A .cu file (a fused kernel's, or the chain's harness/kernels/fb_chain.cu) with its
+    shared fragments spliced in, compiled by CuPy into one RawModule per device on first
+    use; calling it returns the current device's module."""
 
     def __init__(self, path):
         self.path = path
@@ -192,7 +195,6 @@ class CudaBackend(Backend):
         super().__init__()
         self._flush_buf = None
         self._flush_val = 0
-        self._chain_module = None
         self._timing_stream = None
         self._hold_kernel = None
         self.hold = Hold()
@@ -397,12 +399,8 @@ class CudaBackend(Backend):
         return CudaOps(self, dtype)
 
     def chain_module(self):
-        """The RawModule holding the chain's kernels (compiled once per process)."""
-        import cupy as cp
-
-        if self._chain_module is None:
-            self._chain_module = cp.RawModule(code=CHAIN_SOURCE, options=("-std=c++17",))
-        return self._chain_module
+        """The RawModule holding the chain's kernels (CHAIN_MODULE: compiled once per device)."""
+        return CHAIN_MODULE()
 
     # 6. peak probe ---------------------------------------------------------------------
     def measure_peak(self):
@@ -619,160 +617,10 @@ class CudaOps(Ops):
         return y
 
 
-# The chain's kernels: header-free, like the fused sources (see impls/*/*.cu). Row kernels
-# use one 256-thread block per row (grid-stride over rows); elementwise kernels (the masks
-# included: they compute each element's row and column from its flat index) a grid-stride
-# loop over n elements.
-CHAIN_SOURCE = r"""
-typedef unsigned short fb_u16;
-
-__device__ __forceinline__ float fb_f16_to_f32(fb_u16 h) {
-    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f;
-}
-__device__ __forceinline__ fb_u16 fb_f32_to_f16(float f) {
-    fb_u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h;
-}
-__device__ __forceinline__ float fb_bf16_to_f32(fb_u16 h) { return __uint_as_float(((unsigned int)h) << 16); }
-__device__ __forceinline__ fb_u16 fb_f32_to_bf16(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (fb_u16)(((u >> 16) & 0x8000u) | 0x7fc0u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (fb_u16)(u >> 16);
-}
-
-struct FbF32 { typedef float T;
-    static __device__ __forceinline__ float ld(const T* p, long long i) { return p[i]; }
-    static __device__ __forceinline__ void st(T* p, long long i, float v) { p[i] = v; } };
-struct FbF16 { typedef fb_u16 T;
-    static __device__ __forceinline__ float ld(const T* p, long long i) { return fb_f16_to_f32(p[i]); }
-    static __device__ __forceinline__ void st(T* p, long long i, float v) { p[i] = fb_f32_to_f16(v); } };
-struct FbBF16 { typedef fb_u16 T;
-    static __device__ __forceinline__ float ld(const T* p, long long i) { return fb_bf16_to_f32(p[i]); }
-    static __device__ __forceinline__ void st(T* p, long long i, float v) { p[i] = fb_f32_to_bf16(v); } };
-
-#define FB_THREADS 256
-#define FB_WARPS (FB_THREADS / 32)
-#define FB_INF __int_as_float(0x7f800000)
-
-__device__ __forceinline__ float fb_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float fb_warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ float fb_block_sum(float v, float* red) {
-    v = fb_warp_sum(v);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float t = 0.f;
-    for (int i = 0; i < FB_WARPS; ++i) t += red[i];
-    __syncthreads();
-    return t;
-}
-__device__ __forceinline__ float fb_block_max(float v, float* red) {
-    v = fb_warp_max(v);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float t = red[0];
-    for (int i = 1; i < FB_WARPS; ++i) t = fmaxf(t, red[i]);
-    __syncthreads();
-    return t;
-}
-
-template <class D>
-__device__ void fb_rms_norm(const typename D::T* x, const typename D::T* g, typename D::T* y,
-                            int rows, int H, float eps) {
-    __shared__ float red[FB_WARPS];
-    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        const long long base = (long long)r * H;
-        float ss = 0.f;
-        for (int h = threadIdx.x; h < H; h += FB_THREADS) { float v = D::ld(x, base + h); ss += v * v; }
-        const float s = 1.0f / sqrtf(fb_block_sum(ss, red) / (float)H + eps);
-        for (int h = threadIdx.x; h < H; h += FB_THREADS)
-            D::st(y, base + h, D::ld(x, base + h) * s * D::ld(g, h));
-    }
-}
-
-template <class D>
-__device__ void fb_softmax(const typename D::T* x, typename D::T* y, int rows, int H) {
-    __shared__ float red[FB_WARPS];
-    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        const long long base = (long long)r * H;
-        float mx = -FB_INF;
-        for (int h = threadIdx.x; h < H; h += FB_THREADS) mx = fmaxf(mx, D::ld(x, base + h));
-        mx = fb_block_max(mx, red);
-        if (mx == -FB_INF) mx = 0.f;  // a fully masked row: every exp is 0, the row gives zeros
-        float sum = 0.f;
-        for (int h = threadIdx.x; h < H; h += FB_THREADS) sum += expf(D::ld(x, base + h) - mx);
-        sum = fb_block_sum(sum, red);
-        for (int h = threadIdx.x; h < H; h += FB_THREADS)
-            D::st(y, base + h, sum == 0.f ? 0.f : expf(D::ld(x, base + h) - mx) / sum);
-    }
-}
-
-// Rotate-half RoPE over (M, heads, d): one thread per pair (i, i + d/2), grid-stride.
-template <class D>
-__device__ void fb_rope(const typename D::T* x, const int* pos, typename D::T* y, int M, int heads,
-                        int d, double theta) {
-    const int half = d / 2;
-    const long long n = (long long)M * heads * half;
-    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < n;
-         t += (long long)gridDim.x * blockDim.x) {
-        const int i = (int)(t % half);
-        const long long row = t / half;                  // m * heads + head
-        const int m = (int)(row / heads);
-        const double ang = (double)pos[m] * pow(theta, -((double)i * 2.0) / (double)d);
-        double sd, cd;
-        sincos(ang, &sd, &cd);
-        const float c = (float)cd, s = (float)sd;
-        const long long o = row * d + i;
-        const float x1 = D::ld(x, o), x2 = D::ld(x, o + half);
-        D::st(y, o, x1 * c - x2 * s);
-        D::st(y, o + half, x2 * c + x1 * s);
-    }
-}
-
-#define FB_CHAIN(S, D)                                                                          \
-extern "C" __global__ void chain_rope_##S(const D::T* x, const int* pos, D::T* y, int M,         \
-    int heads, int d, double theta) { fb_rope<D>(x, pos, y, M, heads, d, theta); }               \
-extern "C" __global__ void __launch_bounds__(FB_THREADS) chain_rms_norm_##S(                    \
-    const D::T* x, const D::T* g, D::T* y, int rows, int H, float eps) {                        \
-    fb_rms_norm<D>(x, g, y, rows, H, eps); }                                                    \
-extern "C" __global__ void __launch_bounds__(FB_THREADS) chain_softmax_##S(                     \
-    const D::T* x, D::T* y, int rows, int H) { fb_softmax<D>(x, y, rows, H); }                  \
-extern "C" __global__ void chain_add_##S(const D::T* a, const D::T* b, D::T* y, long long n) {  \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
-         i += (long long)gridDim.x * blockDim.x) D::st(y, i, D::ld(a, i) + D::ld(b, i)); }      \
-extern "C" __global__ void chain_mul_##S(const D::T* a, const D::T* b, D::T* y, long long n) {  \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
-         i += (long long)gridDim.x * blockDim.x) D::st(y, i, D::ld(a, i) * D::ld(b, i)); }      \
-extern "C" __global__ void chain_silu_##S(const D::T* x, D::T* y, long long n) {                \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
-         i += (long long)gridDim.x * blockDim.x) {                                              \
-        const float v = D::ld(x, i); D::st(y, i, v / (1.0f + expf(-v))); } }                    \
-extern "C" __global__ void chain_scale_##S(const D::T* x, D::T* y, long long n, float s) {      \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
-         i += (long long)gridDim.x * blockDim.x) D::st(y, i, D::ld(x, i) * s); }                \
-extern "C" __global__ void chain_causal_mask_##S(const D::T* x, D::T* y, long long n, int S,   \
-    int T) {                                                                                    \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
-         i += (long long)gridDim.x * blockDim.x) {                                              \
-        const long long row = i / T; const int j = (int)(i - row * T), qi = (int)(row % S);      \
-        if (j > qi + (T - S)) D::st(y, i, -FB_INF); else y[i] = x[i]; } }                       \
-extern "C" __global__ void chain_length_mask_##S(const D::T* x, const int* lens, D::T* y,      \
-    long long n, long long rows_per_b, int T) {                                                 \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;                 \
-         i += (long long)gridDim.x * blockDim.x) {                                              \
-        const long long row = i / T; const int j = (int)(i - row * T);                          \
-        if (j >= lens[row / rows_per_b]) D::st(y, i, -FB_INF); else y[i] = x[i]; } }
-
-FB_CHAIN(f32, FbF32)
-FB_CHAIN(f16, FbF16)
-FB_CHAIN(bf16, FbBF16)
-"""
-
+# The chain's kernels (harness/kernels/fb_chain.cu, the prelude spliced in): compiled on first
+# use, once per device, and shared by every CudaBackend of the process.
+CHAIN_CU = KERNELS_DIR / "fb_chain.cu"
+CHAIN_MODULE = KernelModule(CHAIN_CU)
 CHAIN_OPS = ("rms_norm", "add", "mul", "silu", "softmax", "rope", "scale", "causal_mask", "length_mask")
 CHAIN_KERNELS = tuple(f"chain_{op}_{s}" for s in ("f32", "f16", "bf16") for op in CHAIN_OPS)
 

@@ -34,6 +34,10 @@ as plain `array<i32>` / `array<u32>` (modes "i32" / "u32"). `split` copies each 
 from ROPE_WGSL: an exact fixed-point angle in turns from a per-(d, theta) table cached on
 the backend (rope_table), then Cephes polynomials, all in f32 and integer arithmetic.
 
+The primitives' shaders are files beside the fused kernels' fragments,
+harness/kernels/fb_chain_elementwise.wgsl, fb_chain_rows.wgsl and fb_chain_matmul.wgsl, one
+section per kernel or piece of one (harness.splice.kernel_sections), read once per process.
+
 Attention primitives: `matmul_nt` / `matmul` are one dispatch over all leading (batch)
 dimensions (grid z), a 64 x 64 tiling or, for at most GEMV_MAX_M rows (decode), a
 matrix-vector scheme; `linear` is the "nt" matmul with one batch. `causal_mask` and `length_mask` (lens an int32 array)
@@ -73,7 +77,7 @@ import numpy as np
 from harness.backends import Backend, BackendUnavailable, Prepared
 from harness.dtypes import np_dtype
 from harness.ops import Ops
-from harness.splice import splice
+from harness.splice import kernel_sections
 
 WG = 256  # invocations per workgroup of the primitive kernels
 MAX_GROUPS = 65535  # per grid dimension (WebGPU's default limit)
@@ -393,240 +397,74 @@ def _padded(nbytes: int) -> int:
 # primitive kernels (one dispatch per op)
 # ----------------------------------------------------------------------------------
 
+# The WGSL of the primitives lives in harness/kernels/fb_chain_*.wgsl, one section per kernel
+# or piece of one (harness.splice.kernel_sections: each file read once per process, its
+# fragments spliced in); each kernel's text is built once (functools.cache) and compiled
+# once per (source, bindings) by WgslBackend.pipeline. Uniform Params layouts are declared
+# beside the pack_params calls that fill them.
+_ELEMENTWISE = "fb_chain_elementwise.wgsl"
+_ROWS = "fb_chain_rows.wgsl"
+_MATMUL = "fb_chain_matmul.wgsl"
+CHAIN_WGSL = (_ELEMENTWISE, _ROWS, _MATMUL)
 
+
+def _section(file: str, name: str) -> str:
+    return kernel_sections(file)[name]
+
+
+def _fill_line(text: str, placeholder: str, code: str) -> str:
+    """`text` with its line `placeholder` (a line of its own) replaced by `code`."""
+    line = placeholder + "\n"
+    if text.count(line) != 1:
+        raise ValueError(f"wgsl: a chain kernel should have one {placeholder} line")
+    return text.replace(line, code.rstrip("\n") + "\n")
+
+
+@functools.cache
 def _per_element(params: str, body: str, index: str = "i", decls: str = "") -> str:
-    """A shader with one invocation per element: `index` runs over 0 .. P.n - 1, 256 to a
-    workgroup (grid_1d lays the workgroups out in 2-D past 65535), and `body` is its work.
-    `params`: the fields of the uniform Params (n first); `decls`: bindings declared here
-    rather than by wgsl_buffers."""
-    return f"""
-struct Params {{ {params} }}
-{decls}@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {{
-  let {index} = (wid.x + wid.y * nwg.x) * 256u + t;
-  if ({index} >= P.n) {{ return; }}
-  {body}
-}}
-"""
+    """A shader with one invocation per element (section `main` of fb_chain_elementwise.wgsl):
+    `index` runs over 0 .. P.n - 1, 256 to a workgroup (grid_1d lays the workgroups out in
+    2-D past 65535), and section `body` is its work. `params`: the fields of the uniform
+    Params (n first); `decls`: bindings declared here rather than by wgsl_buffers."""
+    text = _section(_ELEMENTWISE, "main").replace("@@PARAMS@@", params).replace("@@DECLS@@", decls)
+    return _fill_line(text.replace("@@INDEX@@", index), "@@BODY@@", _section(_ELEMENTWISE, body))
 
 
-_ELEMWISE = _per_element("n: u32, na: u32, nb: u32, _p: u32", "@@BODY@@")
-_BODIES = {
-    "add": "st_y(i, ld_a(i % P.na) + ld_b(i % P.nb));",
-    "mul": "st_y(i, ld_a(i % P.na) * ld_b(i % P.nb));",
-    "silu": "let v = ld_a(i); st_y(i, v / (1.0 + exp(-v)));",
-}
+_ELEMWISE_PARAMS = "n: u32, na: u32, nb: u32, _p: u32"  # add, mul, silu: a and b read at i % size
 
-# split: y[r, j] = x[r, off + j] for j < P.w, x rows of P.W elements
-_SPLIT = _per_element("n: u32, W: u32, w: u32, off: u32", """let r = i / P.w;
-  st_y(i, ld_x(r * P.W + P.off + (i - r * P.w)));""")
 
-# rope: one invocation per rotated pair (row m, head, i < d/2); x (M, heads, d)
-_ROPE = _per_element("n: u32, heads: u32, half: u32, _p: u32", """let i = p % P.half;
-  let mh = p / P.half;        // m * heads + head
-  let m = mh / P.heads;
-  let o = mh * 2u * P.half + i;
-  let cs = fb_rope_cs(pos[m], freq[2u * i], freq[2u * i + 1u]);
-  let a = ld_x(o);
-  let b = ld_x(o + P.half);
-  st_y(o, a * cs.x - b * cs.y);
-  st_y(o + P.half, b * cs.x + a * cs.y);""", index="p")
+def _fill_source() -> str:
+    return _per_element("n: u32, word: u32, _p0: u32, _p1: u32", "fill",
+                        decls="@group(0) @binding(0) var<storage, read_write> buf: array<u32>;\n"
+                              "@group(0) @binding(1) var<uniform> P: Params;\n")
 
-_FILL = _per_element("n: u32, word: u32, _p0: u32, _p1: u32", "buf[i] = P.word;",
-                     decls="@group(0) @binding(0) var<storage, read_write> buf: array<u32>;\n"
-                           "@group(0) @binding(1) var<uniform> P: Params;\n")
 
-_COPY = _per_element("n: u32, _p0: u32, _p1: u32, _p2: u32", "dst[i] = src[i];",
-                     decls="@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;\n"
-                           "@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;\n"
-                           "@group(0) @binding(2) var<uniform> P: Params;\n")
+def _copy_source() -> str:
+    return _per_element("n: u32, _p0: u32, _p1: u32, _p2: u32", "copy",
+                        decls="@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;\n"
+                              "@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;\n"
+                              "@group(0) @binding(2) var<uniform> P: Params;\n")
 
-# One workgroup per row: sum of squares reduced in workgroup memory, then the row written.
-_RMS_NORM = """
-struct Params { rows: u32, H: u32, eps: f32, one: f32 }  // one = 1.0, see below
-var<workgroup> red: array<f32, 256>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
-  let H = P.H;
-  let o = row * H;
-  var ss = 0.0;
-  for (var h = t; h < H; h += 256u) { let v = ld_x(o + h); ss += v * v; }
-  red[t] = ss;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (t < s) { red[t] += red[t + s]; }
-    workgroupBarrier();
-  }
-  // P.one rather than a literal 1.0, or the compiler may fold 1 / sqrt into an approximate
-  // reciprocal square root; this way sqrt and the division are both correctly rounded
-  let inv = P.one / sqrt(red[0] / f32(H) + P.eps);
-  for (var h = t; h < H; h += 256u) { st_y(o + h, ld_x(o + h) * inv * ld_g(h)); }
-}
-"""
 
-# One workgroup per row: max, then the sum of exp(x - max), then the row written. The max
-# starts at the lowest finite f32, so a row of -inf (fully masked) never forms inf - inf.
-_SOFTMAX = """
-struct Params { rows: u32, H: u32, _p0: u32, _p1: u32 }
-var<workgroup> red: array<f32, 256>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) t: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= P.rows) { return; }
-  let H = P.H;
-  let o = row * H;
-  var mx = -3.4028234663852886e38;
-  for (var h = t; h < H; h += 256u) { mx = max(mx, ld_x(o + h)); }
-  red[t] = mx;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (t < s) { red[t] = max(red[t], red[t + s]); }
-    workgroupBarrier();
-  }
-  let m = red[0];
-  workgroupBarrier();
-  var se = 0.0;
-  for (var h = t; h < H; h += 256u) { se += exp(ld_x(o + h) - m); }
-  red[t] = se;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (t < s) { red[t] += red[t + s]; }
-    workgroupBarrier();
-  }
-  // a fully masked row (all -inf): every exp() is 0 and the sum too; the row is zeros
-  let inv = select(0.0, 1.0 / red[0], red[0] > 0.0);
-  for (var h = t; h < H; h += 256u) { st_y(o + h, exp(ld_x(o + h) - m) * inv); }
-}
-"""
+GEMV_R = 16  # output columns per workgroup of the matvec kernel (R in fb_chain_matmul.wgsl)
+GEMV_MAX_M = 4  # rows up to which matmuls take the matvec kernel rather than the tiled one
 
-GEMV_R = 16
-GEMV_MAX_M = 4
-
-# Matmuls, batched over grid z: a: (batch, M, K), b: (batch, N, K) ("nt", a @ bᵀ: linear
-# and the attention logits) or (batch, K, N) ("nn", a @ b), y: (batch, M, N).
-# Many rows: a 64 x 64 output tile per workgroup, K in steps of 16 through workgroup
-# memory, 4 x 4 outputs per invocation, sums in three levels: the shared tile of the fused
-# kernels (harness/kernels/fb_tile.wgsl); the b tile loaded as @@LOAD_B@@ says.
-_BMM = """
-struct Params { M: u32, K: u32, N: u32, _p: u32 }
-//@fusebench-splice fb_tile.wgsl
-var<workgroup> tl_a: array<f32, 1024>;
-var<workgroup> tl_b: array<f32, 1024>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let M = P.M;
-  let K = P.K;
-  let N = P.N;
-  let ao = wid.z * M * K;
-  let bo = wid.z * K * N;
-  let yo = wid.z * M * N;
-  let m0 = wid.y * TM;
-  let n0 = wid.x * TN;
-  let tx = t % 16u;
-  let ty = t / 16u;
-  var acc: Tile;  // zero
-  for (var k0 = 0u; k0 < K; k0 += TK) {
-    for (var i = 0u; i < 4u; i++) {
-      let e = t + i * 256u;
-      let rr = e / TK;
-      let kk = e % TK;
-      let gk = k0 + kk;
-      var a = 0.0;
-      if (m0 + rr < M && gk < K) { a = ld_a(ao + (m0 + rr) * K + gk); }
-      tl_a[kk * TM + rr] = a;
-      @@LOAD_B@@
-    }
-    workgroupBarrier();
-    tile_step(&acc, ty, tx, 0u, k0 / TK);
-    workgroupBarrier();
-  }
-  let cs = tile_sums(acc);
-  for (var i = 0u; i < 4u; i++) {
-    let gm = m0 + ty * 4u + i;
-    for (var j = 0u; j < 4u; j++) {
-      let gn = n0 + tx * 4u + j;
-      if (gm < M && gn < N) { st_y(yo + gm * N + gn, cs[i][j]); }
-    }
-  }
-}
-"""
-_BMM_LOAD_B = {
-    # b (N, K): element (k, n) at n * K + k, loaded as the a tile is
-    "nt": """var bv = 0.0;
-      if (n0 + rr < N && gk < K) { bv = ld_b(bo + (n0 + rr) * K + gk); }
-      tl_b[kk * TN + rr] = bv;""",
-    # b (K, N): element (k, n) at k * N + n, loaded along n
-    "nn": """let bn = e % TN;
-      let bk = e / TN;
-      var bv = 0.0;
-      if (n0 + bn < N && k0 + bk < K) { bv = ld_b(bo + (k0 + bk) * N + n0 + bn); }
-      tl_b[bk * TN + bn] = bv;""",
-}
 
 @functools.cache
 def _bmm_source(kind: str) -> str:
-    """The tiled matmul for b's layout `kind`, with the shared tile spliced in (read once,
-    not on every dispatch of the chain)."""
-    return splice(_BMM.replace("@@LOAD_B@@", _BMM_LOAD_B[kind]), "harness/backends/wgsl.py")
+    """The tiled matmul (section `tiled`) for b's layout `kind` ("nt": b (N, K); "nn": b (K, N))."""
+    return _fill_line(_section(_MATMUL, "tiled"), "@@LOAD_B@@", _section(_MATMUL, f"tiled_b_{kind}"))
 
 
-# Few rows (M <= GEMV_MAX_M, decode): one workgroup per (GEMV_R output columns, row m,
-# batch); each invocation strides over K and @@MV_B@@ adds its share of the R columns
-# (col[r]: the column's offset in b, @@COL_STRIDE@@ apart); the partial sums are added up
-# in workgroup memory. @@GV_WG@@ is the workgroup size (gemv_workgroup(): 16 on CPU
-# adapters, 256 on GPUs). Columns past N are clamped to N - 1 (computed, never stored).
-_BMV = """
-struct Params { M: u32, K: u32, N: u32, _p: u32 }
-const WGS: u32 = @@GV_WG@@u;
-const R: u32 = 16u;
-var<workgroup> red: array<f32, @@GV_RED@@>;
-@compute @workgroup_size(@@GV_WG@@)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let m = wid.y;
-  let n0 = wid.x * R;
-  let K = P.K;
-  let N = P.N;
-  let ao = (wid.z * P.M + m) * K;
-  let bo = wid.z * K * N;
-  var acc: array<f32, 16>;
-  var col: array<u32, 16>;
-  for (var r = 0u; r < R; r++) { acc[r] = 0.0; col[r] = min(n0 + r, N - 1u) * @@COL_STRIDE@@; }
-  for (var k = t; k < K; k += WGS) {
-    let a = ld_a(ao + k);
-    @@MV_B@@
-  }
-  for (var r = 0u; r < R; r++) { red[r * WGS + t] = acc[r]; }
-  workgroupBarrier();
-  if (t < R && n0 + t < N) {
-    var s = 0.0;
-    for (var i = 0u; i < WGS; i++) { s += red[t * WGS + i]; }
-    st_y((wid.z * P.M + m) * N + n0 + t, s);
-  }
-}
-"""
-_BMV_B = {
-    "nt": "for (var r = 0u; r < R; r++) { acc[r] += a * ld_b(bo + col[r] + k); }",
-    "nn": "let row = bo + k * N;\n    for (var r = 0u; r < R; r++) { acc[r] += a * ld_b(row + col[r]); }",
-}
+@functools.cache
+def _bmv_template(kind: str) -> str:
+    """The matvec (section `matvec`) for b's layout `kind`, its workgroup size still to be set
+    by WgslBackend.gemv_source."""
+    text = _fill_line(_section(_MATMUL, "matvec"), "@@MV_B@@", _section(_MATMUL, f"matvec_b_{kind}"))
+    return text.replace("@@COL_STRIDE@@", "K" if kind == "nt" else "1u")
 
-_SCALE = _per_element("n: u32, s: f32, _p0: u32, _p1: u32", "st_y(i, ld_x(i) * P.s);")
 
-# x (..., S, T): element (r, j) of each (S, T) matrix becomes -inf where j > r + T - S.
-# -inf comes in as its bit pattern (ninf): WGSL has no infinite literal.
-_CAUSAL_MASK = _per_element("n: u32, S: u32, T: u32, ninf: u32", """let j = i % P.T;
-  let r = (i / P.T) % P.S;
-  if (i32(j) > i32(r) + i32(P.T) - i32(P.S)) { st_y(i, bitcast<f32>(P.ninf)); } else { st_y(i, ld_x(i)); }""")
-
-# x (B, H, S, T), lens (B,) int32: element (b, ., ., j) becomes -inf where j >= lens[b].
-_LENGTH_MASK = _per_element("n: u32, T: u32, per_b: u32, ninf: u32",
-                            "if (i32(i % P.T) >= lens[i / P.per_b]) { st_y(i, bitcast<f32>(P.ninf)); } "
-                            "else { st_y(i, ld_x(i)); }")
-NEG_INF_BITS = 0xFF800000
+NEG_INF_BITS = 0xFF800000  # -inf for the masks, as a bit pattern: WGSL has no infinite literal
 
 
 # ----------------------------------------------------------------------------------
@@ -863,7 +701,7 @@ class WgslBackend(Backend):
 
     def fill_words(self, buf: WgslArray, word: int) -> None:
         n = buf.buffer.size // 4
-        self.dispatch(_FILL, [buf], ["out"], grid_1d(-(-n // WG)), pack_params(("u", n), ("u", word)))
+        self.dispatch(_fill_source(), [buf], ["out"], grid_1d(-(-n // WG)), pack_params(("u", n), ("u", word)))
 
     # kernel launch machinery ---------------------------------------------------------
     def _layout(self, roles: tuple[str, ...], has_params: bool):
@@ -1081,7 +919,7 @@ class WgslBackend(Backend):
             def __init__(self, fn):
                 self.run = fn
 
-        copy = _Run(lambda: self.dispatch(_COPY, [src, dst], ["in", "out"], grid_1d(-(-n4 // WG)),
+        copy = _Run(lambda: self.dispatch(_copy_source(), [src, dst], ["in", "out"], grid_1d(-(-n4 // WG)),
                                           pack_params(("u", n4))))
         best_copy = self._best(copy, seconds)
         rng = np.random.default_rng(0)
@@ -1133,13 +971,13 @@ class WgslOps(Ops):
     def rms_norm(self, x, gamma, eps):
         x, gamma = self._dev(x), self._dev(gamma)
         rows = x.size // x.shape[-1]
-        return self._rowwise(_RMS_NORM, x, [("g", gamma)],
+        return self._rowwise(_section(_ROWS, "rms_norm"), x, [("g", gamma)],
                              pack_params(("u", rows), ("u", x.shape[-1]), ("f", eps), ("f", 1.0)))
 
     def softmax(self, x):
         x = self._dev(x)
         rows = x.size // x.shape[-1]
-        return self._rowwise(_SOFTMAX, x, [], pack_params(("u", rows), ("u", x.shape[-1])))
+        return self._rowwise(_section(_ROWS, "softmax"), x, [], pack_params(("u", rows), ("u", x.shape[-1])))
 
     def linear(self, x, w):
         """x: (..., K), w: (N, K) -> x @ wᵀ: the "nt" matmul with the rows of x as one batch."""
@@ -1164,7 +1002,7 @@ class WgslOps(Ops):
                 raise NotImplementedError(f"wgsl {op}: broadcast of {arr.shape} to {shape}")
         y = self.b.empty(shape, self.dtype)
         bufs = [("a", a, "in"), ("b", b, "in"), ("y", None, "out")]
-        self.b.dispatch(self._src(_ELEMWISE.replace("@@BODY@@", _BODIES[op]), bufs), [a, b, y],
+        self.b.dispatch(self._src(_per_element(_ELEMWISE_PARAMS, op), bufs), [a, b, y],
                         ["in", "in", "out"], grid_1d(-(-n // WG)),
                         pack_params(("u", n), ("u", a.size), ("u", b.size)))
         return y
@@ -1180,7 +1018,7 @@ class WgslOps(Ops):
         n = x.size
         y = self.b.empty(x.shape, self.dtype)
         bufs = [("a", x, "in"), ("y", None, "out")]
-        self.b.dispatch(self._src(_ELEMWISE.replace("@@BODY@@", _BODIES["silu"]), bufs), [x, y],
+        self.b.dispatch(self._src(_per_element(_ELEMWISE_PARAMS, "silu"), bufs), [x, y],
                         ["in", "out"], grid_1d(-(-n // WG)), pack_params(("u", n), ("u", n), ("u", n)))
         return y
 
@@ -1197,7 +1035,8 @@ class WgslOps(Ops):
             n = rows * w
             if n:
                 bufs = [("x", x, "in"), ("y", None, "out")]
-                self.b.dispatch(self._src(_SPLIT, bufs), [x, y], ["in", "out"], grid_1d(-(-n // WG)),
+                src = _per_element("n: u32, W: u32, w: u32, off: u32", "split")
+                self.b.dispatch(self._src(src, bufs), [x, y], ["in", "out"], grid_1d(-(-n // WG)),
                                 pack_params(("u", n), ("u", W), ("u", w), ("u", off)))
             out.append(y)
             off += w
@@ -1227,7 +1066,8 @@ class WgslOps(Ops):
         if n:
             table = self.b.rope_table(d, theta)
             bufs = [("x", x, "in"), ("pos", pos, "in"), ("freq", table, "in"), ("y", None, "out")]
-            self.b.dispatch(self._src(_ROPE + ROPE_WGSL, bufs), [x, pos, table, y], ["in", "in", "in", "out"],
+            src = _per_element("n: u32, heads: u32, half: u32, _p: u32", "rope", index="p") + ROPE_WGSL
+            self.b.dispatch(self._src(src, bufs), [x, pos, table, y], ["in", "in", "in", "out"],
                             grid_1d(-(-n // WG)), pack_params(("u", n), ("u", heads), ("u", d // 2)))
         return y
 
@@ -1249,8 +1089,7 @@ class WgslOps(Ops):
         bufs = [("a", a, "in"), ("b", b, "in"), ("y", None, "out")]
         params = pack_params(("u", M), ("u", K), ("u", N))
         if M <= GEMV_MAX_M:
-            src = self.b.gemv_source(_BMV.replace("@@MV_B@@", _BMV_B[kind])
-                                     .replace("@@COL_STRIDE@@", "K" if kind == "nt" else "1u"))
+            src = self.b.gemv_source(_bmv_template(kind))
             groups = (-(-N // GEMV_R), M, batch)
         else:
             src = _bmm_source(kind)
@@ -1277,14 +1116,15 @@ class WgslOps(Ops):
 
     def scale(self, x, s):
         x = self._dev(x)
-        return self._elementwise(_SCALE, x, [], pack_params(("u", x.size), ("f", s)))
+        return self._elementwise(_per_element("n: u32, s: f32, _p0: u32, _p1: u32", "scale"), x, [],
+                                 pack_params(("u", x.size), ("f", s)))
 
     def causal_mask(self, x):
         """x: (..., S, T): entry (i, j) -> -inf where j > i + T - S."""
         x = self._dev(x)
         S, T = x.shape[-2:]
-        return self._elementwise(_CAUSAL_MASK, x, [], pack_params(("u", x.size), ("u", S), ("u", T),
-                                                                  ("u", NEG_INF_BITS)))
+        return self._elementwise(_per_element("n: u32, S: u32, T: u32, ninf: u32", "causal_mask"), x, [],
+                                 pack_params(("u", x.size), ("u", S), ("u", T), ("u", NEG_INF_BITS)))
 
     def length_mask(self, x, lens):
         """x: (B, H, S, T), lens: (B,) int32: entries j >= lens[b] -> -inf."""
@@ -1293,8 +1133,9 @@ class WgslOps(Ops):
         B, T = x.shape[0], x.shape[-1]
         if x.ndim != 4 or lens.shape != (B,) or lens.dtype != "int32":
             raise ValueError(f"wgsl length_mask: x {x.shape}, lens {lens.shape} {lens.dtype}")
-        return self._elementwise(_LENGTH_MASK, x, [("lens", lens)],
-                                 pack_params(("u", x.size), ("u", T), ("u", x.size // max(B, 1)), ("u", NEG_INF_BITS)))
+        return self._elementwise(_per_element("n: u32, T: u32, per_b: u32, ninf: u32", "length_mask"),
+                                 x, [("lens", lens)], pack_params(("u", x.size), ("u", T), ("u", x.size // max(B, 1)),
+                                                                  ("u", NEG_INF_BITS)))
 
 
 BACKENDS = {"wgsl": WgslBackend()}
