@@ -32,10 +32,11 @@ def kernel_sources() -> set[str]:
 
 
 def spliced_fragments() -> dict[str, set[str]]:
-    """Fragment name -> the files that splice it: the kernel sources, and the harness's own
-    Python (the WGSL chain's matmul splices fb_tile.wgsl from harness/backends/wgsl.py)."""
+    """Fragment name -> the files that splice it: the kernel sources, the chain's sources in
+    harness/kernels (fb_chain_matmul.wgsl splices fb_tile.wgsl) and any Python."""
     found: dict[str, set[str]] = {}
-    for rel in sorted(kernel_sources() | _files(ROOT / "harness", "**/*.py") | _files(ROOT / "impls", "**/*.py")):
+    for rel in sorted(kernel_sources() | _files(ROOT / "harness", "**/*.py") | _files(ROOT / "impls", "**/*.py")
+                      | _files(ROOT / "harness" / "kernels", "*")):
         for name in _SPLICE.findall((ROOT / rel).read_text(encoding="utf-8")):
             found.setdefault(name, set()).add(rel)
     return found
@@ -83,14 +84,14 @@ def test_wheel_holds_every_spliced_fragment(names):
 
 def test_installed_wheel_splices_every_kernel_source(wheel, tmp_path):
     """From the unzipped wheel alone (no site-packages, so no editable install of this
-    checkout; cwd outside the repository), every kernel source and every harness module that
-    splices a fragment gets its fragments."""
+    checkout; cwd outside the repository), every kernel source and every other file that
+    splices a fragment (the chain's sources in harness/kernels) gets its fragments."""
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as z:
         z.extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    users = sorted({u for us in spliced_fragments().values() for u in us if u.endswith(".py")})
+    users = sorted({u for us in spliced_fragments().values() for u in us} - kernel_sources())
     code = """
 import json, sys
 from pathlib import Path
@@ -101,8 +102,8 @@ sources = sorted([*site.glob("impls/*/*.cu"), *site.glob("impls/*/*.wgsl")])
 done = {}
 for p in sources:
     done[p.relative_to(site).as_posix()] = len(s.spliced_source(p))
-for rel in json.loads(sys.argv[2]):  # harness modules with a splice line in their text
-    done[rel] = len(s.splice((site / rel).read_text(), rel))
+for rel in json.loads(sys.argv[2]):  # the chain's sources and any module with a splice line
+    done[rel] = len(s.splice((site / rel).read_text(), rel) if rel.endswith(".py") else s.spliced_source(site / rel))
 print(json.dumps(done))
 """
     r = subprocess.run([sys.executable, "-S", "-c", code, str(site), json.dumps(users)], cwd=elsewhere,

@@ -1,6 +1,6 @@
 // ---- fusebench CUDA prelude: 16-bit storage types, conversions, traits, reductions ----
-// Spliced into impls/*/*.cu where `//@fusebench-splice fb_prelude.cuh` stands (harness.cuda_compile.cuda_source),
-// so the compiled text stays header-free for nvcc, NVRTC and CuPy alike.
+// Spliced into impls/*/*.cu and the CUDA chain (harness/kernels/fb_chain.cu) where `//@fusebench-splice fb_prelude.cuh`
+// stands (harness.cuda_compile.cuda_source), so the compiled text stays header-free for nvcc, NVRTC and CuPy alike.
 typedef unsigned short fb_u16;
 
 struct alignas(16) fb_vec16 {

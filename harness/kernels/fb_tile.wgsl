@@ -1,5 +1,5 @@
 // ---- fusebench WGSL tile: a 64 x 64 output tile, 4 x 4 outputs per invocation ----------
-// Spliced into impls/*/*.wgsl and harness/backends/wgsl.py's matmul where
+// Spliced into impls/*/*.wgsl and the WGSL chain's matmul (harness/kernels/fb_chain_matmul.wgsl) where
 // `//@fusebench-splice fb_tile.wgsl` stands (harness.splice).
 //
 // A workgroup of 256 invocations owns a TM x TN tile of the output; invocation t owns rows
