@@ -129,8 +129,12 @@ class FusionSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     decompose: Callable[..., dict[str, Any]]
-    make_inputs_f64: Callable[[dict[str, int], np.random.Generator, str], dict[str, np.ndarray]]
     strategy: Callable[[], Any]
+    # how each input is drawn, by kind (INPUT_KINDS), in the order of `inputs`, at its
+    # declared shape; or, for inputs no kind describes, a generator of the spec's own
+    # `make_inputs_f64(dims, rng, value_shape) -> {input: float64 array}`
+    values: dict[str, str] = field(default_factory=dict)
+    make_inputs_f64: Callable[[dict[str, int], np.random.Generator, str], dict[str, np.ndarray]] | None = None
     shapes: dict[str, Sequence[Any]] = field(default_factory=dict)
     flops: Callable[[dict[str, int]], int] | None = None
     moved_bytes: Callable[[dict[str, int], int], int] | None = None
@@ -179,6 +183,14 @@ class FusionSpec:
                                     f"{', '.join(self.dims)}")
         elif self.output_shapes_f is None:
             problems.append("give `shapes` (the shape of every input and output over the dims)")
+        if self.make_inputs_f64 is None:
+            undrawn = [n for n in self.inputs if n not in self.values]
+            unknown = sorted({k for k in self.values.values() if k not in INPUT_KINDS})
+            if undrawn:
+                problems.append(f"no way to draw {', '.join(undrawn)}: give `values` (kinds: "
+                                f"{', '.join(INPUT_KINDS)}) or `make_inputs_f64`")
+            if unknown:
+                problems.append(f"unknown input kind(s) {', '.join(unknown)}; expected one of {', '.join(INPUT_KINDS)}")
         if self.cost_model is None and self.flops is None:
             problems.append("give `flops(dims)` (or a whole `cost_model`)")
         if self.cost_model is None and self.moved_bytes is None and not self.shapes:
@@ -282,7 +294,10 @@ class FusionSpec:
                     value_shape: str = "normal") -> dict[str, np.ndarray]:
         """Fresh random inputs, already rounded to `dtype` (host NumPy arrays)."""
         rng = np.random.default_rng(seed)
-        raw = self.make_inputs_f64(dims, rng, value_shape)
+        if self.make_inputs_f64 is not None:
+            raw = self.make_inputs_f64(dims, rng, value_shape)
+        else:
+            raw = {n: INPUT_KINDS[self.values[n]](rng, self.shape(n, dims), value_shape) for n in self.inputs}
         dt = np_dtype(dtype)
         return {k: np.ascontiguousarray(raw[k].astype(np.int32 if k in self.index_inputs else dt))
                 for k in self.inputs}
@@ -320,3 +335,21 @@ def activations(rng: np.random.Generator, shape: tuple[int, ...], value_shape: s
         c = rng.uniform(0.5, 2.0, size=shape[:-1] + (1,)) * rng.choice([-1.0, 1.0], size=shape[:-1] + (1,))
         return c * (1.0 + 1e-3 * x)
     raise ValueError(f"unknown value shape {value_shape!r}; expected one of {VALUE_SHAPES}")
+
+
+def _positions(rng: np.random.Generator, shape: tuple[int, ...], value_shape: str) -> np.ndarray:
+    from harness.ops import MAX_POSITION
+
+    return rng.integers(0, MAX_POSITION, size=shape)
+
+
+# How an input is drawn (float64, before rounding to the dtype), by kind: activations
+# follow the value shape; a weight matrix is N(0, 1) / sqrt(fan-in) (its last axis), so
+# that outputs stay O(1); a norm's weight is 1 + N(0, 0.1); positions are token indices
+# below harness.ops.MAX_POSITION.
+INPUT_KINDS: dict[str, Callable[[np.random.Generator, tuple[int, ...], str], np.ndarray]] = {
+    "activation": activations,
+    "weight": lambda rng, shape, value_shape: rng.standard_normal(shape) / shape[-1] ** 0.5,
+    "norm_weight": lambda rng, shape, value_shape: 1.0 + 0.1 * rng.standard_normal(shape),
+    "position": _positions,
+}

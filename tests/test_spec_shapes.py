@@ -53,6 +53,14 @@ def test_every_spec_derives_what_its_inputs_are(registry):
     assert seen == set(registry.fusions)
 
 
+def test_inputs_drawn_by_kind_at_their_declared_shapes():
+    spec = _spec(make_inputs_f64=None, values={"x": "activation", "w": "weight"})
+    inputs = spec.make_inputs({"M": 3, "H": 400, "N": 500}, "float32", seed=6, value_shape="large")
+    assert inputs["x"].shape == (3, 400) and inputs["w"].shape == (500, 400)
+    assert 200 < inputs["x"].std() < 400  # "large" activations: N(0, 1) x 300
+    assert abs(inputs["w"].std() * 400**0.5 - 1) < 0.05  # a weight: N(0, 1) / sqrt(fan-in)
+
+
 def test_default_bytes_read_each_input_and_write_each_output_once():
     spec = _spec()
     dims = {"M": 3, "H": 5, "N": 7}
@@ -137,6 +145,8 @@ def test_a_backend_limit_on_buffer_size_is_checked_for_every_kernel(monkeypatch)
     ({"shapes": {"x": ("M", "H"), "w": ("N", "H"), "y": ("M", "N"), "z": ("M",)}}, "neither inputs nor outputs"),
     ({"shapes": {"x": ("M", "H ** 2"), "w": ("N", "H"), "y": ("M", "N")}}, "only dimension names, integers"),
     ({"flops": None}, "give `flops(dims)`"),
+    ({"make_inputs_f64": None, "values": {"x": "activation"}}, "no way to draw w"),
+    ({"make_inputs_f64": None, "values": {"x": "activation", "w": "weights"}}, "unknown input kind(s) weights"),
 ])
 def test_a_spec_with_bad_declarations_is_refused(over, words):
     with pytest.raises(ValueError, match=re.escape(words)):

@@ -16,21 +16,12 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from harness.spec import BATCH_SIZES, FusionSpec, activations, awkward_size
+from harness.spec import BATCH_SIZES, FusionSpec, awkward_size
 
 
 def decompose(ops, x, residual, gamma, *, eps):
     h = ops.add(x, residual)
     return {"h": h, "y": ops.rms_norm(h, gamma, eps)}
-
-
-def make_inputs(dims, rng, value_shape):
-    M, H = dims["M"], dims["H"]
-    return {
-        "x": activations(rng, (M, H), value_shape),
-        "residual": activations(rng, (M, H), value_shape),
-        "gamma": 1.0 + 0.1 * rng.standard_normal(H),
-    }
 
 
 def flops(dims):
@@ -49,7 +40,7 @@ SPEC = FusionSpec(
     inputs=("x", "residual", "gamma"),
     outputs=("h", "y"),
     decompose=decompose,
-    make_inputs_f64=make_inputs,
+    values={"x": "activation", "residual": "activation", "gamma": "norm_weight"},
     shapes={"x": ("M", "H"), "residual": ("M", "H"), "gamma": ("H",), "h": ("M", "H"), "y": ("M", "H")},
     flops=flops,
     strategy=strategy,

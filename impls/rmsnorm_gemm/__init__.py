@@ -16,21 +16,12 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from harness.spec import BATCH_SIZES, FusionSpec, activations, awkward_size
+from harness.spec import BATCH_SIZES, FusionSpec, awkward_size
 
 
 def decompose(ops, x, gamma, w, *, eps):
     h = ops.rms_norm(x, gamma, eps)
     return {"y": ops.linear(h, w)}
-
-
-def make_inputs(dims, rng, value_shape):
-    M, H, N = dims["M"], dims["H"], dims["N"]
-    return {
-        "x": activations(rng, (M, H), value_shape),
-        "gamma": 1.0 + 0.1 * rng.standard_normal(H),
-        "w": rng.standard_normal((N, H)) / H**0.5,
-    }
 
 
 def flops(dims):
@@ -51,7 +42,7 @@ SPEC = FusionSpec(
     rotate=("x",),
     outputs=("y",),
     decompose=decompose,
-    make_inputs_f64=make_inputs,
+    values={"x": "activation", "gamma": "norm_weight", "w": "weight"},
     shapes={"x": ("M", "H"), "gamma": ("H",), "w": ("N", "H"), "y": ("M", "N")},
     flops=flops,
     strategy=strategy,

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from harness.ops import MAX_POSITION
-from harness.spec import BATCH_SIZES, FusionSpec, activations, awkward_size
+from harness.spec import BATCH_SIZES, FusionSpec, awkward_size
 
 
 N_OUT = "(n_heads + 2 * n_kv_heads) * head_dim"  # the packed q, k, v rows of w
@@ -36,17 +35,6 @@ def decompose(ops, x, gamma, w, pos, *, eps, theta, n_heads, n_kv_heads, head_di
         "q": ops.rope(ops.reshape(q, (M, n_heads, head_dim)), pos, theta),
         "k": ops.rope(ops.reshape(k, (M, n_kv_heads, head_dim)), pos, theta),
         "v": ops.reshape(v, (M, n_kv_heads, head_dim)),
-    }
-
-
-def make_inputs(dims, rng, value_shape):
-    M, H = dims["M"], dims["H"]
-    n_out = (dims["n_heads"] + 2 * dims["n_kv_heads"]) * dims["head_dim"]
-    return {
-        "x": activations(rng, (M, H), value_shape),
-        "gamma": 1.0 + 0.1 * rng.standard_normal(H),
-        "w": rng.standard_normal((n_out, H)) / H**0.5,
-        "pos": rng.integers(0, MAX_POSITION, size=M),
     }
 
 
@@ -81,7 +69,7 @@ SPEC = FusionSpec(
     rotate=("x", "pos"),
     outputs=("q", "k", "v"),
     decompose=decompose,
-    make_inputs_f64=make_inputs,
+    values={"x": "activation", "gamma": "norm_weight", "w": "weight", "pos": "position"},
     shapes={"x": ("M", "H"), "gamma": ("H",), "w": (N_OUT, "H"), "pos": ("M",),
             "q": ("M", "n_heads", "head_dim"), "k": ("M", "n_kv_heads", "head_dim"),
             "v": ("M", "n_kv_heads", "head_dim")},

@@ -16,22 +16,12 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from harness.spec import BATCH_SIZES, FusionSpec, activations, awkward_size
+from harness.spec import BATCH_SIZES, FusionSpec, awkward_size
 
 
 def decompose(ops, x, w_gate, w_up, w_down):
     act = ops.mul(ops.silu(ops.linear(x, w_gate)), ops.linear(x, w_up))
     return {"y": ops.linear(act, w_down)}
-
-
-def make_inputs(dims, rng, value_shape):
-    M, H, I = dims["M"], dims["H"], dims["I"]
-    return {
-        "x": activations(rng, (M, H), value_shape),
-        "w_gate": rng.standard_normal((I, H)) / H**0.5,
-        "w_up": rng.standard_normal((I, H)) / H**0.5,
-        "w_down": rng.standard_normal((H, I)) / I**0.5,
-    }
 
 
 def flops(dims):
@@ -52,7 +42,7 @@ SPEC = FusionSpec(
     rotate=("x",),
     outputs=("y",),
     decompose=decompose,
-    make_inputs_f64=make_inputs,
+    values={"x": "activation", "w_gate": "weight", "w_up": "weight", "w_down": "weight"},
     shapes={"x": ("M", "H"), "w_gate": ("I", "H"), "w_up": ("I", "H"), "w_down": ("H", "I"), "y": ("M", "H")},
     flops=flops,
     strategy=strategy,
