@@ -213,6 +213,7 @@ class Sampler:
                 self.between(len(self.samples))
             if self.cold:
                 backend.flush_cache()
+                backend.wake(self.launch.prepared)
             if probe is not None:
                 self.probed.append(_timed(backend, probe)[1])
             threads = thread_count()

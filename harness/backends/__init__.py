@@ -126,6 +126,11 @@ class Backend:
     def flush_cache(self) -> None:
         pass
 
+    def wake(self, prepared: "Prepared") -> None:
+        """After a flush, before `prepared`'s timed run: wake the worker threads it runs
+        on, so that a cold figure pays for cold data, not for parked threads (the CPU
+        backend wakes numba's pool for its numba kernels)."""
+
     # Device-timed backends (events, timestamp queries) set this: the timing loop then checks the
     # host clock around every sample against the device time it reports, so that work the
     # timer does not see (another stream, a side submission) cannot shorten a result.
