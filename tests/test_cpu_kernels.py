@@ -27,26 +27,26 @@ def test_widen_matches_numpy_on_every_bit_pattern(dtype, kind):
 
 def test_numba_cache_is_renewed_when_a_shared_helper_changes(tmp_path):
     """numba checks a cached kernel against its own file only; the kernels' cache lives in
-    a folder named after cpu_numba.py's content, so an edited helper cannot be served stale."""
+    a folder named after harness/kernels/fb_numba.py's content, so an edited helper cannot be served stale."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     pytest.importorskip("numba")
-    from harness.backends import cpu_numba
+    from harness.kernels import fb_numba
 
-    src = Path(cpu_numba.__file__).read_bytes()
+    src = Path(fb_numba.__file__).read_bytes()
     env = {"NUMBA_CACHE_DIR": str(tmp_path / "nc")}
-    here = cpu_numba.helpers_cache_dir(src, env)
+    here = fb_numba.helpers_cache_dir(src, env)
     assert here.startswith(str(tmp_path / "nc"))
-    assert cpu_numba.helpers_cache_dir(src + b"\n# an edited helper\n", env) != here
-    assert cpu_numba.helpers_cache_dir(src, {"XDG_CACHE_HOME": str(tmp_path)}).startswith(str(tmp_path / "fusebench"))
+    assert fb_numba.helpers_cache_dir(src + b"\n# an edited helper\n", env) != here
+    assert fb_numba.helpers_cache_dir(src, {"XDG_CACHE_HOME": str(tmp_path)}).startswith(str(tmp_path / "fusebench"))
     # a cached kernel defined after the import, in another file, calling a helper: its
     # cache is written under the content-named folder
     (tmp_path / "kern.py").write_text(
         "import numba as nb\n"
-        "from harness.backends.cpu_numba import swiglu\n"
+        "from harness.kernels.fb_numba import swiglu\n"
         "@nb.njit(cache=True)\n"
         "def k(g, u):\n"
         "    return swiglu(g, u)\n")

@@ -38,7 +38,7 @@ def _compile():
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import make_pow2, narrow16, widen
+    from harness.kernels.fb_numba import make_pow2, narrow16, widen
 
     @nb.njit(fastmath=True)
     def row(x, r, g, m, eps, kind, pow2, h, y, xb, rb):

@@ -2,7 +2,7 @@
 
 q: (B, Hq, S, d), k, v: (B, Hkv, S, d) -> o: (B, Hq, S, d). A task owns R = max(ROWS,
 GROUP_ROWS / g) query positions of the g = Hq / Hkv heads that share one kv head
-(cpu_numba.group_queries), so every K and V row loaded serves g·R query rows. Keys go by
+(fb_numba.group_queries), so every K and V row loaded serves g·R query rows. Keys go by
 in blocks of KEYS, only up to the task's last position (causal): the block's logits
 (g·R, KEYS) go to a small thread-local buffer, each row's running max and sum are updated
 and its float32 accumulator rescaled (online softmax), and the block's V rows are added
@@ -37,8 +37,8 @@ def _compile():
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import (balanced_block, causal_logits, group_queries, head_axpy, make_pow2, put,
-                                            widen_rows)
+    from harness.kernels.fb_numba import (balanced_block, causal_logits, group_queries, head_axpy, make_pow2, put,
+                                          widen_rows)
 
     @nb.njit(parallel=True, fastmath=True, cache=True)
     def kernel(q, k, v, scale, kind, o):

@@ -1,7 +1,7 @@
 """attn_score_softmax on the CPU: one numba kernel, logits never stored.
 
 q: (B, Hq, S, d), k: (B, Hkv, S, d) -> p: (B, Hq, S, S). A task owns ROWS query positions
-of the g = Hq / Hkv heads that share one kv head (cpu_numba.group_queries): every K row
+of the g = Hq / Hkv heads that share one kv head (fb_numba.group_queries): every K row
 loaded serves g·ROWS dot products. Keys go by in blocks of KEYS, only up to the task's
 last position (causal); the logits of the task's rows land in a thread-local float32
 buffer (g·ROWS × S: this is the on-chip part, sized by S at run time, so any S works),
@@ -34,7 +34,7 @@ def _compile():
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import balanced_block, causal_logits, group_queries, make_pow2, put, widen_rows
+    from harness.kernels.fb_numba import balanced_block, causal_logits, group_queries, make_pow2, put, widen_rows
 
     @nb.njit(parallel=True, fastmath=True, cache=True)
     def kernel(q, k, scale, kind, p):

@@ -41,7 +41,7 @@ def _compile():
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import head_axpy, head_dots, make_pow2, put, widen
+    from harness.kernels.fb_numba import head_axpy, head_dots, make_pow2, put, widen
 
     @nb.njit(parallel=True, fastmath=True, cache=True)
     def kernel(q, k, v, lens, scale, kind, o):

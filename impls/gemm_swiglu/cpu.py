@@ -10,7 +10,7 @@ x are widened to float32 in thread-local buffers as they are used (bfloat16 by a
 float16 by its bit fields). Decode (M = 1) uses each W element once, so there x is widened
 once and W is widened in registers as it streams (bfloat16: a shift; float16: one
 half -> float conversion, vcvtph2ps on x86); each pass streams two rows of W_gate and the
-same two rows of W_up side by side (cpu_numba.gate_up2), four sequential streams that
+same two rows of W_up side by side (fb_numba.gate_up2), four sequential streams that
 share every x load. Dot products accumulate in float32, silu * up is taken in
 float64, and the result is rounded (to nearest even) straight into the storage dtype as
 it is stored: no float32 (M, I) staging array and no second pass over y.
@@ -41,7 +41,7 @@ def _compile():
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import (
+    from harness.kernels.fb_numba import (
         bf16_f32,
         f16_f32,
         gate_up1,

@@ -8,7 +8,7 @@ dot products with the block. No (M, H) intermediate is ever written.
 float16 and bfloat16 arrive as raw 16-bit patterns; each W row is widened to float32 in
 a thread-local buffer as it is used (bfloat16 by a shift, float16 by its bit fields).
 Decode (M = 1) uses each W element once: there x is normalised once, and W streams two
-rows per pass (cpu_numba.dots_seq / dots_w16, 16-bit W widened in registers).
+rows per pass (fb_numba.dots_seq / dots_w16, 16-bit W widened in registers).
 The kernel accumulates in float32 and writes float32; rounding y to the storage dtype is
 one pass over the (M, N) output.
 """
@@ -37,7 +37,7 @@ def _compile():
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, widen, widen_rows
+    from harness.kernels.fb_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, widen, widen_rows
 
     @nb.njit(fastmath=True)
     def prologue(x, gamma, eps, kind):

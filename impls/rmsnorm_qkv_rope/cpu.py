@@ -45,8 +45,8 @@ def _compile():
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import (dots, dots2, dots_seq, dots_w16, make_pow2, normalise, put, widen,
-                                            widen_rows)
+    from harness.kernels.fb_numba import (dots, dots2, dots_seq, dots_w16, make_pow2, normalise, put, widen,
+                                          widen_rows)
 
     @nb.njit(fastmath=True)
     def prologue(x, gamma, eps, pos, inv_freq, kind):

@@ -2,7 +2,7 @@
 
 x: (M, H), w_gate, w_up: (I, H), w_down: (H, I) -> y: (M, H).
 
-Phase 1 is gemm_swiglu's kernel (the same cpu_numba helpers): each thread owns a block
+Phase 1 is gemm_swiglu's kernel (the same fb_numba helpers): each thread owns a block
 of BLOCK_ROWS rows of W_gate and of W_up, takes both dot products from one load of each x
 row (two rows at a time, prefill), applies silu(gate) * up in registers and stores the
 activation. Phase 2, the
@@ -49,9 +49,9 @@ def _compile():
         return _kernel
     import numba as nb
 
-    from harness.backends.cpu_numba import (dots, dots2, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2,
-                                            gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen,
-                                            widen_rows)
+    from harness.kernels.fb_numba import (dots, dots2, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2,
+                                          gate_up2_w16, make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen,
+                                          widen_rows)
 
     @nb.njit(fastmath=True)
     def block_down(act, td, n0, kind, y):

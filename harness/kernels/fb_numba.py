@@ -29,11 +29,11 @@ from numba.extending import intrinsic
 
 
 def helpers_cache_dir(source: bytes, env=os.environ) -> str:
-    """Where numba caches the fused CPU kernels for this content of cpu_numba.py: under
+    """Where numba caches the fused CPU kernels for this content of fb_numba.py: under
     $NUMBA_CACHE_DIR when it is set, else under $XDG_CACHE_HOME (~/.cache)/fusebench/numba."""
     base = env.get("NUMBA_CACHE_DIR") or os.path.join(
         env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fusebench", "numba")
-    return os.path.join(base, "cpu_numba-" + hashlib.sha256(source).hexdigest()[:16])
+    return os.path.join(base, "fb_numba-" + hashlib.sha256(source).hexdigest()[:16])
 
 
 def _use_helpers_cache_dir() -> None:
