@@ -1,5 +1,5 @@
-"""attention_prefill's numba kernels on the CPU (impls/attention_prefill/cpu.py describes them, prepares
-the arrays and calls `kernel`).
+"""attention_prefill's numba kernels on the CPU (impls/attention_prefill/cpu.py describes
+them, prepares the arrays and calls `kernel`).
 
 Plain module-level functions: numba is imported here, not in cpu.py, which imports this
 file when its kernel is first prepared (listing the registry never loads numba).

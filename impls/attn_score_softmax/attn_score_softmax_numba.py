@@ -1,5 +1,5 @@
-"""attn_score_softmax's numba kernels on the CPU (impls/attn_score_softmax/cpu.py describes them, prepares
-the arrays and calls `kernel`).
+"""attn_score_softmax's numba kernels on the CPU (impls/attn_score_softmax/cpu.py describes
+them, prepares the arrays and calls `kernel`).
 
 Plain module-level functions: numba is imported here, not in cpu.py, which imports this
 file when its kernel is first prepared (listing the registry never loads numba).

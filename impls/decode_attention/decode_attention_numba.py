@@ -1,5 +1,5 @@
-"""decode_attention's numba kernels on the CPU (impls/decode_attention/cpu.py describes them, prepares
-the arrays and calls `kernel`).
+"""decode_attention's numba kernels on the CPU (impls/decode_attention/cpu.py describes them,
+prepares the arrays and calls `kernel`).
 
 Plain module-level functions: numba is imported here, not in cpu.py, which imports this
 file when its kernel is first prepared (listing the registry never loads numba).
