@@ -70,12 +70,12 @@ def test_attention_strategies_reach_the_kernels_limits():
     threshold of the cpu, wgsl and cuda decode kernels, the wgsl loop budget's longest split
     included; and PINNED runs each of these on every pass."""
     from harness.attention import DECODE_LONG_T, GROUP_LIMIT, HEAD_DIM_LIMIT, HEAD_DIMS
-    from impls.decode_attention import cpu, cuda, wgsl
+    from impls.decode_attention import cuda, decode_attention_numba, wgsl
 
     assert HEAD_DIM_LIMIT in HEAD_DIMS and GROUP_LIMIT > max(wgsl.MAX_GW, cuda.GMAX)
     longest_wgsl_split = max(wgsl.max_keys_per_split(d4, wgsl.keys_per_tile(d4, gw), gw)
                              for d4 in range(1, HEAD_DIM_LIMIT // 4 + 1) for gw in range(1, wgsl.MAX_GW + 1))
-    thresholds = {"cpu SUM_BLOCK": cpu.SUM_BLOCK, "wgsl occupancy split": 2 * wgsl.MIN_SPLIT_KEYS,
+    thresholds = {"cpu SUM_BLOCK": decode_attention_numba.SUM_BLOCK, "wgsl occupancy split": 2 * wgsl.MIN_SPLIT_KEYS,
                   "wgsl loop budget": longest_wgsl_split, "cuda split": cuda.SPLIT_MIN_KEYS,
                   "cuda MAX_SPLITS": cuda.MAX_SPLITS * cuda.SPLIT_MIN_KEYS}
     for name, keys in thresholds.items():

@@ -61,7 +61,7 @@ def cpu_fingerprint() -> dict:
     }
 
 
-# How the fused numba kernels (impls/*/cpu.py) are told the storage dtype.
+# How the fused numba kernels (impls/<fusion>/<fusion>_numba.py, run by cpu.py) are told the storage dtype.
 KIND = {"float32": 0, "bfloat16": 1, "float16": 2}
 
 

@@ -1,9 +1,10 @@
-"""numba building blocks shared by the fused CPU kernels in impls/*/cpu.py.
+"""numba building blocks shared by the fused CPU kernels (impls/<fusion>/<fusion>_numba.py).
 
-Imported only from inside each kernel module's `_compile()`, so numba and llvmlite load
-when a CPU kernel is first built, never at harness start-up. Everything here is defined at
-module level: the kernels that call these helpers then refer to globals, not closure cells,
-which keeps numba's on-disk cache valid from one process to the next.
+Kept here beside the CUDA and WGSL fragments; imported only by those kernel files, which
+impls/*/cpu.py import on first use, so numba and llvmlite load when a CPU kernel is first
+prepared, never at harness start-up. Everything here is defined at module level: the
+kernels that call these helpers then refer to globals, not closure cells, which keeps
+numba's on-disk cache valid from one process to the next.
 
 Storage dtypes are passed as `kind` (harness.backends.cpu.KIND: 0 float32, 1 bfloat16,
 2 float16), 16-bit values as uint16 bit patterns (harness.backends.cpu.bits16).
@@ -12,7 +13,8 @@ numba's on-disk cache is checked against the file of the cached kernel only, not
 the helpers here that it calls: edit a helper, and every kernel that uses it would load its
 old machine code from the cache. Importing this module therefore points numba's cache
 (`numba.config.CACHE_DIR`) at a folder named after this file's content, so a changed
-helper means a fresh cache (helpers_cache_dir).
+helper means a fresh cache (helpers_cache_dir). A kernel file imports this module before
+it defines its cached kernels (numba picks a kernel's cache folder when it is decorated).
 """
 
 from __future__ import annotations
@@ -29,16 +31,16 @@ from numba.extending import intrinsic
 
 
 def helpers_cache_dir(source: bytes, env=os.environ) -> str:
-    """Where numba caches the fused CPU kernels for this content of cpu_numba.py: under
+    """Where numba caches the fused CPU kernels for this content of fb_numba.py: under
     $NUMBA_CACHE_DIR when it is set, else under $XDG_CACHE_HOME (~/.cache)/fusebench/numba."""
     base = env.get("NUMBA_CACHE_DIR") or os.path.join(
         env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fusebench", "numba")
-    return os.path.join(base, "cpu_numba-" + hashlib.sha256(source).hexdigest()[:16])
+    return os.path.join(base, "fb_numba-" + hashlib.sha256(source).hexdigest()[:16])
 
 
 def _use_helpers_cache_dir() -> None:
-    # before any kernel that calls these helpers is decorated (impls/*/cpu.py import this
-    # module first, in _compile); where the folder cannot be made, numba keeps its default
+    # before any kernel that calls these helpers is decorated (impls/*/*_numba.py import
+    # this module first); where the folder cannot be made, numba keeps its default
     # (__pycache__ beside each kernel), as before
     path = helpers_cache_dir(Path(__file__).read_bytes())
     try:
@@ -117,7 +119,7 @@ def put(out, m, n, v, kind):
 
 @nb.njit(fastmath=True)
 def widen(src, dst, kind, pow2):
-    # src: (H,) float32 or uint16 bit patterns; dst: (H,) float32 (as rmsnorm_gemm/cpu.py)
+    # src: (H,) float32 or uint16 bit patterns; dst: (H,) float32
     if kind == 0:
         for h in range(src.shape[0]):
             dst[h] = src[h]
