@@ -63,7 +63,8 @@ def _wgsl_texts() -> dict[str, str]:
 # ---- every file in harness/kernels/ is used ------------------------------------------------
 def test_every_kernel_file_is_used():
     """Reachable from a root (a fused source impls/*/*.{cu,wgsl}, or a file the Python names
-    in a string) through `//@fusebench-splice` lines: no orphan, and nothing named is missing."""
+    in a string) through `//@fusebench-splice` lines, or a Python module of numba helpers
+    that some module imports: no orphan, and nothing named is missing."""
     named = _named_in_python()
     roots = [*(REPO / "impls").glob("*/*.cu"), *(REPO / "impls").glob("*/*.wgsl"),
              *(KERNELS / n for n in named)]
@@ -78,8 +79,12 @@ def test_every_kernel_file_is_used():
             if frag not in seen:
                 seen.add(frag)
                 todo.append(KERNELS / frag)
-    used = seen | set(named)
-    orphans = sorted(p.name for p in KERNELS.iterdir() if p.name not in used)
+    python = "\n".join(q.read_text() for root in ("harness", "impls") for q in (REPO / root).rglob("*.py")
+                       if q.parent != KERNELS)
+    imported = {q.name for q in KERNELS.glob("*.py") if f"harness.kernels.{q.stem} import" in python
+                or f"from harness.kernels import {q.stem}" in python}  # numba helpers, imported
+    used = seen | set(named) | imported
+    orphans = sorted(p.name for p in KERNELS.iterdir() if p.name not in used and p.name != "__pycache__")
     assert not orphans, f"files in harness/kernels/ that nothing splices or names: {orphans}"
 
 
