@@ -7,7 +7,8 @@ shared-memory slot written once before it is read, every output element written 
 once, the causal tiles above the diagonal never loaded, the KV cache never read at
 positions >= lens[b] and read exactly once below, and the split-K partials and their
 combination. The emulations compute in float64 and must match the float64 reference.
-The GPU tests (cuda probe passes) run the kernels against the accuracy gate.
+The GPU tests (cuda probe passes; elsewhere one skip each) run the kernels against the
+accuracy gate.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import numpy as np
 import pytest
 
 from harness import cuda_compile as cc
-from tests.test_cuda_sources import _close, _cuda_backend, _defines, _gpu_or_skip, _impl_module, \
-    _judge_impl, _need_compiler
+from tests.devices import needs_cuda
+from tests.test_cuda_sources import _close, _cuda_backend, _defines, _impl_module, _judge_impl, _need_compiler
 
 REPO = Path(__file__).resolve().parent.parent
 FUSIONS = ("attn_score_softmax", "attention_prefill", "decode_attention")
@@ -684,20 +685,20 @@ def _ids(v):
     return v if isinstance(v, str) else "-".join(str(x) for x in v.values())
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fusion,params", GPU_PARAMS, ids=_ids)
 def test_gpu_fused_matches_reference(fusion, params, dtype):
-    _gpu_or_skip()
     spec = importlib.import_module(f"impls.{fusion}").SPEC
     for value_shape in spec.value_shapes:
         verdict = _judge_impl(f"{fusion}/cuda/fused", fusion, params, dtype, value_shape, seed=sum(params.values()))
         assert verdict.passed, (value_shape, verdict.reasons)
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_gpu_chain_matches_reference(fusion, dtype):
-    _gpu_or_skip()
     params = GPU_CASES[fusion][1]
     verdict = _judge_impl(f"{fusion}/cuda/unfused", fusion, params, dtype, "normal", seed=3)
     assert verdict.passed, verdict.reasons
@@ -713,12 +714,12 @@ def _run_decode(inputs, attrs, dtype):
     return p, p.outputs()["o"].astype(np.float64)
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("nsplit", [1, 3, 64])
 def test_gpu_decode_never_reads_past_lens(dtype, nsplit, monkeypatch):
     """Cache rows past lens[b] hold NaN: the output is the same as with finite values there,
     whatever the number of splits (forced through choose_splits)."""
-    _gpu_or_skip()
     mod = _impl_module("decode_attention")
     monkeypatch.setattr(mod, "choose_splits", lambda *args: nsplit)
     inputs, poisoned, attrs, _ = _decode_inputs(5, 1000, 8, 2, 128, dtype, seed=7)
@@ -731,9 +732,9 @@ def test_gpu_decode_never_reads_past_lens(dtype, nsplit, monkeypatch):
     assert (out[lens == 0] == 0).all()
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gpu_chain_attention_ops_match_numpy(dtype):
-    _gpu_or_skip()
     from harness.dtypes import np_dtype
     from harness.ops import NumpyOps
 

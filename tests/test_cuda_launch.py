@@ -16,7 +16,8 @@ import pytest
 from harness import cuda_compile as cc
 from harness.cuda_launch import (H200, BoundPlan, KernelFacts, Launch, LaunchLimitError, Plan, bind, check,
                                  needs_opt_in, registers_per_block)
-from tests.test_cuda_sources import _gpu_or_skip, _impl_module
+from tests.devices import needs_cuda
+from tests.test_cuda_sources import _impl_module
 
 DTYPES = ("float32", "float16", "bfloat16")
 FUSIONS = ("add_rmsnorm", "rmsnorm_gemm", "rmsnorm_qkv_rope", "gemm_swiglu", "swiglu_ffn",
@@ -359,9 +360,9 @@ def test_add_rmsnorm_static_shared_memory_from_ptxas():
 
 
 # ---- on a GPU: its own limits and the loaded kernels ----------------------------------------------
+@needs_cuda
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_gpu_every_plan_within_the_device_limits(fusion):
-    _gpu_or_skip()
     from harness.cuda_launch import device_limits, kernel_facts
 
     limits = device_limits()

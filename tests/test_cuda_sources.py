@@ -1,7 +1,8 @@
 """The CUDA sources: they compile (nvcc or NVRTC, no GPU needed), define the kernels their
 modules launch, and index memory correctly (a NumPy emulation of every kernel's loops that
 checks bounds, 16-byte alignment and that each output is written exactly once). The cuda
-backend's probe must fail softly without a GPU. GPU tests run only where the probe passes.
+backend's probe must fail softly without a GPU. GPU tests run only where the probe passes
+(elsewhere each is one skip, tests/devices.py).
 
 Without nvcc and NVRTC the compile tests skip, or fail when the environment variable CI is
 set (CI must be able to compile the sources).
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from harness import cuda_compile as cc
+from tests.devices import needs_cuda
 
 REPO = Path(__file__).resolve().parent.parent
 RMS_CU = REPO / "impls" / "rmsnorm_gemm" / "rmsnorm_gemm.cu"
@@ -51,12 +53,6 @@ def _cuda_backend():
     from harness.backends import get_backend
 
     return get_backend("cuda")
-
-
-def _gpu_or_skip():
-    ok, why = _cuda_backend().probe()
-    if not ok:
-        pytest.skip(f"no usable CUDA device: {why}")
 
 
 # ---- sources compile -----------------------------------------------------------------------
@@ -480,10 +476,10 @@ def _run(impl_key, inputs, dtype, eps=1e-5, poison=True):
     return p, p.outputs()["y"]
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("M,H,N", AWKWARD_SHAPES)
 def test_gpu_fused_matches_reference(M, H, N, dtype):
-    _gpu_or_skip()
     from harness.ops import NumpyOps
     from impls.rmsnorm_gemm import SPEC, decompose
 
@@ -503,8 +499,8 @@ def test_gpu_fused_matches_reference(M, H, N, dtype):
         assert np.sqrt(nmse) <= 2 * np.sqrt(nmse_chain) + 1e-7, (value_shape, nmse, nmse_chain)
 
 
+@needs_cuda
 def test_gpu_time_run_and_flush():
-    _gpu_or_skip()
     from impls.rmsnorm_gemm import SPEC
 
     b = _cuda_backend()
@@ -517,9 +513,9 @@ def test_gpu_time_run_and_flush():
     assert fp["gpu"] and fp["sm_count"] > 0 and fp["l2_bytes"] > 0
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_gpu_chain_ops_match_numpy(dtype):
-    _gpu_or_skip()
     from harness.dtypes import np_dtype
     from harness.ops import NumpyOps
 
@@ -546,8 +542,8 @@ def test_gpu_chain_ops_match_numpy(dtype):
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol)
 
 
+@needs_cuda
 def test_gpu_upload_download_poison_roundtrip():
-    _gpu_or_skip()
     b = _cuda_backend()
     for dt in (np.float32, np.float16, ml_dtypes.bfloat16):
         a = np.arange(12, dtype=np.float32).reshape(3, 4).astype(dt)
@@ -558,8 +554,8 @@ def test_gpu_upload_download_poison_roundtrip():
         assert np.isnan(b.download(buf).astype(np.float32)).all()
 
 
+@needs_cuda
 def test_gpu_measure_peak():
-    _gpu_or_skip()
     peak = _cuda_backend().measure_peak()
     assert peak["copy_gbps"] > 0 and peak["matmul_gflops"] > 0
 
@@ -1308,21 +1304,21 @@ def _judge_impl(impl_key, fusion, params, dtype, value_shape, seed):
     return Yardstick.for_inputs(spec, inputs, attrs, dtype).judge(out)
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("fusion,params", NEW_GPU_PARAMS, ids=lambda v: v if isinstance(v, str) else
                          "-".join(str(x) for x in v.values()))
 def test_gpu_new_fused_matches_reference(fusion, params, dtype):
-    _gpu_or_skip()
     for value_shape in ("normal", "outliers", "large"):
         v = _judge_impl(f"{fusion}/cuda/fused", fusion, params, dtype, value_shape, seed=sum(params.values()))
         assert v.passed, (value_shape, v.reasons)
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_gpu_onchip_decode_leaves_its_state_zeroed_and_repeats(dtype):
     """The onchip kernel's accumulator and ticket are zero after every run, so a second and
     third run give y again (to float32 rounding: the blocks' partials meet in any order)."""
-    _gpu_or_skip()
     import importlib
 
     if not _REGISTRY:
@@ -1345,19 +1341,19 @@ def test_gpu_onchip_decode_leaves_its_state_zeroed_and_repeats(dtype):
         assert np.abs(o - outs[0]).max() <= 4 * ulp * scale
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("fusion", NEW_FUSIONS)
 def test_gpu_new_chain_matches_reference(fusion, dtype):
     """The cuda/unfused chain (split, reshape, rope included) against the same gate."""
-    _gpu_or_skip()
     params = NEW_GPU_CASES[fusion][1]
     v = _judge_impl(f"{fusion}/cuda/unfused", fusion, params, dtype, "normal", seed=3)
     assert v.passed, v.reasons
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_gpu_chain_split_reshape_rope_match_numpy(dtype):
-    _gpu_or_skip()
     from harness.dtypes import np_dtype
     from harness.ops import NumpyOps
 

@@ -1,0 +1,46 @@
+"""What this machine can run, asked once at collection (the backends' probes are cached and
+never raise), so that a test needing a device the machine lacks is one skip with the
+reason instead of one skip per parameter. Where the device is there, the tests expand
+exactly as they are written: these helpers only remove what could never run here.
+
+- `needs_cuda`: a test (parametrised or not) that runs only on a usable CUDA device.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+def probe(backend: str) -> tuple[bool, str]:
+    """(ok, why) of `backend`'s probe; a backend whose module cannot load is unavailable."""
+    try:
+        from harness.backends import get_backend
+
+        return get_backend(backend).probe()
+    except Exception as e:  # never take collection down
+        return False, f"backend {backend!r} failed to load: {type(e).__name__}: {e}"
+
+
+def _argnames(mark) -> list[str]:
+    names = mark.args[0] if mark.args else mark.kwargs["argnames"]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    return list(names)
+
+
+def collapse(fn, reason: str):
+    """fn skipped with `reason` as one test: its parametrisations (pytest.mark.parametrize
+    applied below this) replaced by a single parameter, `no-device`."""
+    marks = list(getattr(fn, "pytestmark", []))
+    names = [n for m in marks if m.name == "parametrize" for n in _argnames(m)]
+    fn.pytestmark = [m for m in marks if m.name != "parametrize"]
+    fn = pytest.mark.skip(reason=reason)(fn)
+    if names:
+        fn = pytest.mark.parametrize(names, [pytest.param(*[None] * len(names), id="no-device")])(fn)
+    return fn
+
+
+def needs_cuda(fn):
+    """Decorator, above any parametrize: fn as written where the cuda backend's probe passes;
+    elsewhere one skip with the probe's reason."""
+    ok, why = probe("cuda")
+    return fn if ok else collapse(fn, f"no usable CUDA device: {why}")
