@@ -4,11 +4,16 @@ reason instead of one skip per parameter. Where the device is there, the tests e
 exactly as they are written: these helpers only remove what could never run here.
 
 - `needs_cuda`: a test (parametrised or not) that runs only on a usable CUDA device.
+- `runnable`: parameters over implementations, the ones this machine cannot run folded
+  into a single skipping parameter that names their backends and why.
 """
 
 from __future__ import annotations
 
 import pytest
+
+UNAVAILABLE_ID = "not-runnable-here"
+
 
 def probe(backend: str) -> tuple[bool, str]:
     """(ok, why) of `backend`'s probe; a backend whose module cannot load is unavailable."""
@@ -44,3 +49,25 @@ def needs_cuda(fn):
     elsewhere one skip with the probe's reason."""
     ok, why = probe("cuda")
     return fn if ok else collapse(fn, f"no usable CUDA device: {why}")
+
+
+def runnable(cases, dtypes=None) -> list:
+    """pytest params for `cases`, (implementation, values, id) each: the values (and, when
+    `dtypes` is given, each dtype the implementation claims, last, id "<id>-<dtype>") for
+    every implementation this machine can run; those it cannot run become one parameter,
+    `not-runnable-here`, that skips naming each backend and why."""
+    params, missing, width = [], {}, None
+    for impl, values, id_ in cases:
+        width = len(values) + (dtypes is not None)
+        ok, why = impl.available()
+        if not ok:
+            missing.setdefault(impl.backend, why)
+            continue
+        if dtypes is None:
+            params.append(pytest.param(*values, id=id_))
+        else:
+            params += [pytest.param(*values, d, id=f"{id_}-{d}") for d in dtypes if d in impl.dtypes]
+    if missing:
+        reason = "not runnable here: " + "; ".join(f"{b}: {why}" for b, why in missing.items())
+        params.append(pytest.param(*[None] * width, id=UNAVAILABLE_ID, marks=pytest.mark.skip(reason=reason)))
+    return params

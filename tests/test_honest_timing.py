@@ -29,6 +29,7 @@ from harness.cases import Case, load_cases, select
 from harness.registry import discover
 from harness.runner import Job, Options, _Set, run_job
 from harness.timing import measure, summarize
+from tests.devices import runnable
 
 QUICK = Options(bench=True, budget_s=0.05, warmup_s=0.0, min_samples=6, settle_s=0.0)
 
@@ -203,20 +204,18 @@ def _smoke_cases(registry):
 
 
 def _rotatable(registry):
+    """Every implementation's key (those this machine cannot run: one skip, tests/devices.py)."""
     out = []
     for impl in registry.select():
         if impl.kind == "reference" or impl.variant == "compile":  # compile: the same binding as eager, minutes to build
             continue
-        out.append(pytest.param(impl.key, id=impl.key))
-    return out
+        out.append((impl, (impl.key,), impl.key))
+    return runnable(out)
 
 
 @pytest.mark.parametrize("key", _rotatable(discover()))
 def test_every_implementation_reads_the_buffers_the_harness_rotates(registry, key):
     impl = registry.impls[key]
-    ok, why = impl.available()
-    if not ok:
-        pytest.skip(why)
     case = _smoke_cases(registry)[impl.fusion]
     spec = registry.fusions[impl.fusion]
     dims, attrs = spec.split(case.params)
