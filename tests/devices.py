@@ -6,11 +6,19 @@ exactly as they are written: these helpers only remove what could never run here
 - `needs_cuda`: a test (parametrised or not) that runs only on a usable CUDA device.
 - `runnable`: parameters over implementations, the ones this machine cannot run folded
   into a single skipping parameter that names their backends and why.
+- `need_compiler`, `cuda_backend`, `registry`, `judge`: what the CUDA tests share.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import os
+
+import numpy as np
 import pytest
+
+from harness import cuda_compile as cc
 
 UNAVAILABLE_ID = "not-runnable-here"
 
@@ -71,3 +79,50 @@ def runnable(cases, dtypes=None) -> list:
         reason = "not runnable here: " + "; ".join(f"{b}: {why}" for b, why in missing.items())
         params.append(pytest.param(*[None] * width, id=UNAVAILABLE_ID, marks=pytest.mark.skip(reason=reason)))
     return params
+
+
+# ---- shared by the CUDA tests -----------------------------------------------------------------
+def need_compiler(which: str | None = None) -> str:
+    """A CUDA compiler (`which`, or the first available); skip without one, or fail where
+    the environment variable CI is set (CI must be able to compile the sources)."""
+    found = cc.available_compilers()
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail(cc.NO_COMPILER)
+        pytest.skip(cc.NO_COMPILER)
+    if which is None:
+        return found[0]
+    if which not in found:
+        pytest.skip(f"{which} is not available here (have: {', '.join(found)})")
+    return which
+
+
+def cuda_backend():
+    from harness.backends import get_backend
+
+    return get_backend("cuda")
+
+
+@functools.lru_cache(maxsize=None)
+def registry():
+    """The built-in implementations (no entry-point plugins), discovered once."""
+    from harness.registry import discover
+
+    return discover(entry_points=False)
+
+
+def judge(impl_key, fusion, params, dtype, value_shape, seed):
+    """Run implementation `impl_key` once on poisoned outputs and judge it with the gate."""
+    from harness.accuracy import Yardstick
+
+    spec = importlib.import_module(f"impls.{fusion}").SPEC
+    dims, attrs = spec.split(params)
+    inputs = spec.make_inputs(dims, dtype, seed, value_shape)
+    p = registry().impls[impl_key].prepare(spec, inputs, attrs, dtype)
+    p.poison()
+    p.run()
+    out = p.outputs()
+    for name, shape in spec.output_shapes(dims).items():
+        assert out[name].shape == shape, (name, out[name].shape, shape)
+        assert not np.isnan(out[name].astype(np.float32)).any(), f"{name}: NaN (an element never written?)"
+    return Yardstick.for_inputs(spec, inputs, attrs, dtype).judge(out)
