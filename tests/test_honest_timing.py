@@ -32,6 +32,9 @@ from harness.timing import measure, summarize
 from tests.devices import runnable
 
 QUICK = Options(bench=True, budget_s=0.05, warmup_s=0.0, min_samples=6, settle_s=0.0)
+# A burst of load on a busy machine can disturb a figure: tests that judge figures measure
+# again, at most this many times, before they fail.
+ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -72,27 +75,43 @@ def test_a_kernel_that_caches_its_result_fails(registry, cheats):
     assert _run(registry, [cheats["caches_result"]], _case(3, 129, 67), Options())["caches_result"]["verdict"] == "pass"
 
 
-def test_cpu_cheats_are_caught_or_cannot_cheat(registry, cheats):
+def test_cpu_cheats_are_caught_or_cannot_cheat(registry, cheats, monkeypatch):
     """Four ways to move work out of the timed run on the CPU, each beside an honest
     kernel: a result kept per input content never serves a timed run (no two samples see
     the same inputs); work in outputs() or in a thread left running makes the figure
     invalid; work in refresh() never happens (the loop writes inputs with
-    Prepared.refresh itself), so the stale result fails the spot check inside the loop."""
+    Prepared.refresh itself), so the stale result fails the spot check inside the loop.
+
+    The verdicts and the flags on the cheats hold on every run. What a burst of load on a
+    busy machine can disturb, the honest figures (a slow read-back taken for work in
+    outputs(), one kernel's samples slowed more than another's), is judged on the first
+    of at most ATTEMPTS runs that is clean. The machine's measured peak is left out: it is
+    measured once per process, and if that was during a burst of load an honest kernel in
+    a quiet moment can go beyond it (a figure beyond the peak is the business of
+    test_a_figure_beyond_the_measured_peak_is_invalid_in_results_and_report)."""
+    monkeypatch.setattr(get_backend("cpu"), "_peak", {})
     honest = registry.impls["rmsnorm_gemm/cpu/fused"]
     names = ("caches_by_content", "lazy_outputs", "thread_after_run", "work_in_refresh")
     opts = Options(bench=True, budget_s=0.2, warmup_s=0.0, min_samples=12, settle_s=0.0)
-    recs = _run(registry, [cheats[n] for n in names] + [honest], _case(2, 1024, 1024), opts)
-    fair = recs["fused"]
-    assert fair["verdict"] == "pass" and not fair["invalid"], (fair["reason"], fair["invalid_reason"])
-    kept = recs["caches_by_content"]
-    assert kept["verdict"] == "pass" and not kept["invalid"], kept["invalid_reason"]
-    assert kept["median_s"] > 0.5 * fair["median_s"], (kept["median_s"], fair["median_s"])  # did the work
-    lazy = recs["lazy_outputs"]
-    assert lazy["invalid"] and "work done after run() returned" in lazy["invalid_reason"], lazy["invalid_reason"]
-    threaded = recs["thread_after_run"]
-    assert threaded["invalid"] and "run() left a thread running" in threaded["invalid_reason"], threaded
-    refreshed = recs["work_in_refresh"]
-    assert refreshed["verdict"] == "fail" and "in the timing loop, at sample" in refreshed["reason"], refreshed
+    seen = []
+    for _ in range(ATTEMPTS):
+        recs = _run(registry, [cheats[n] for n in names] + [honest], _case(2, 1024, 1024), opts)
+        fair, kept = recs["fused"], recs["caches_by_content"]
+        assert fair["verdict"] == "pass", fair["reason"]
+        assert kept["verdict"] == "pass", kept["reason"]
+        lazy = recs["lazy_outputs"]
+        assert lazy["invalid"] and "work done after run() returned" in lazy["invalid_reason"], lazy["invalid_reason"]
+        threaded = recs["thread_after_run"]
+        assert threaded["invalid"] and "run() left a thread running" in threaded["invalid_reason"], threaded
+        refreshed = recs["work_in_refresh"]
+        assert refreshed["verdict"] == "fail" and "in the timing loop, at sample" in refreshed["reason"], refreshed
+        seen.append({"honest invalid": fair["invalid_reason"], "kept invalid": kept["invalid_reason"],
+                     "kept / honest median": kept["median_s"] / fair["median_s"]})
+        # the honest kernel is not flagged, and the one that keeps results did the work
+        if not fair["invalid"] and not kept["invalid"] and kept["median_s"] > 0.5 * fair["median_s"]:
+            break
+    else:
+        pytest.fail(f"{ATTEMPTS} runs: {seen}")
 
 
 def test_no_two_samples_see_the_same_inputs():
