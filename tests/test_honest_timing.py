@@ -129,16 +129,22 @@ def test_work_outside_the_timed_pass_is_flagged_on_wgsl(registry, cheats):
     _available("wgsl")
     if not get_backend("wgsl").device_timed:
         pytest.skip("this WebGPU adapter has no timestamp queries: its timer is the host clock")
+    """The cheat is flagged on every run; the honest kernel beside it, whose host time a
+    burst of load can inflate, is judged on the first of at most ATTEMPTS clean runs."""
     honest = registry.impls["rmsnorm_gemm/wgsl/fused"]
-    # about 25 ms per call on lavapipe: far beyond the timer's own overhead (about 1 ms)
-    recs = _run(registry, [cheats["side_submission"], honest], _case(1, 4096, 1024))
-    cheat, fair = recs["side_submission"], recs["fused"]
-    assert cheat["verdict"] == "pass"  # the answer is right ...
-    assert cheat["invalid"] and "device timer did not see" in cheat["invalid_reason"]  # ... the time is not
-    assert cheat["unaccounted_s"] > 5 * cheat["median_s"]
-    assert not fair["invalid"], fair["invalid_reason"]
-    assert fair["unaccounted_s"] < 0.5 * fair["median_s"]
-
+    seen = []
+    for _ in range(ATTEMPTS):
+        # about 25 ms per call on lavapipe: far beyond the timer's own overhead (about 1 ms)
+        recs = _run(registry, [cheats["side_submission"], honest], _case(1, 4096, 1024))
+        cheat, fair = recs["side_submission"], recs["fused"]
+        assert cheat["verdict"] == "pass"  # the answer is right ...
+        assert cheat["invalid"] and "device timer did not see" in cheat["invalid_reason"]  # ... the time is not
+        assert cheat["unaccounted_s"] > 5 * cheat["median_s"]
+        seen.append((fair["invalid_reason"], fair["unaccounted_s"], fair["median_s"]))
+        if not fair["invalid"] and fair["unaccounted_s"] < 0.5 * fair["median_s"]:
+            break
+    else:
+        pytest.fail(f"the honest kernel (invalid reason, unaccounted s, median s) in {ATTEMPTS} runs: {seen}")
 
 
 def test_honest_small_chains_are_not_taken_for_side_submissions(registry):
@@ -146,7 +152,11 @@ def test_honest_small_chains_are_not_taken_for_side_submissions(registry):
     the host path's jitter and a cold cache are as large as the device time. The probe
     timed in the same loop must absorb both: no honest chain is flagged, and what is left
     unexplained stays below the probe's own overhead (hot and cold) in the typical record
-    (the median over the 16: one record may see a burst of load on a busy 2-core machine)."""
+    (the median over the 16: one record may see a burst of load on a busy 2-core machine).
+    A burst can still make one honest chain's host time look like a side submission
+    (4.97 ms unexplained against 2.15 ms of device time, under load from other processes),
+    so each job is timed again, at most ATTEMPTS times, until none of its records is
+    flagged; a chain flagged on every attempt fails."""
     _available("wgsl")
     if not get_backend("wgsl").device_timed:
         pytest.skip("this WebGPU adapter has no timestamp queries: its timer is the host clock")
@@ -156,11 +166,18 @@ def test_honest_small_chains_are_not_taken_for_side_submissions(registry):
         opts = Options(bench=True, budget_s=0.05, warmup_s=0.0, min_samples=8, settle_s=0.0, cold=cold)
         for fusion in ("rmsnorm_gemm", "gemm_swiglu", "swiglu_ffn", "rmsnorm_qkv_rope"):
             impls = [registry.impls[f"{fusion}/wgsl/unfused"], registry.impls[f"{fusion}/wgsl/fused"]]
-            for r in _run(registry, impls, cases[fusion], opts).values():
-                where = f"{r['impl']} {r['case']} cold={cold}"
-                assert r["verdict"] == "pass", (where, r["reason"])
-                assert not r["invalid"], (where, r["invalid_reason"])
-                assert r["timer_overhead_s"] > 0, where
+            flagged = []
+            for _ in range(ATTEMPTS):
+                recs = list(_run(registry, impls, cases[fusion], opts).values())
+                for r in recs:
+                    assert r["verdict"] == "pass", (f"{r['impl']} {r['case']} cold={cold}", r["reason"])
+                flagged.append([(r["impl"], r["invalid_reason"]) for r in recs if r["invalid"]])
+                if not flagged[-1]:
+                    break
+            else:
+                pytest.fail(f"{fusion} cold={cold}: flagged in each of {ATTEMPTS} runs: {flagged}")
+            for r in recs:
+                assert r["timer_overhead_s"] > 0, f"{r['impl']} {r['case']} cold={cold}"
                 ratios.append(r["unaccounted_s"] / r["timer_overhead_s"])
     assert len(ratios) == 16
     assert np.median(ratios) < 1, sorted(ratios)
