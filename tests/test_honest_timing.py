@@ -229,9 +229,18 @@ def test_a_figure_beyond_the_measured_peak_is_invalid_in_results_and_report(regi
     assert html.count("INVALID") >= 2 and "timing invalid:" in html and "of the measured peak" in html
     rows = {r["variant"]: r for r in build_rows(read_records([out]).records)}
     assert rows["fused"]["speedup_chain"] is None  # no speedup is drawn from an invalid figure
-    # against the true peak the same kernels are valid
-    monkeypatch.setattr(cpu, "_peak", true_peak)
-    assert not any(r["invalid"] for r in _run(registry, impls, _case(8, 512, 512)).values())
+    # against the machine's own peak the same kernels are valid. The peak is measured afresh
+    # for each of at most ATTEMPTS runs: measured during a burst of load (as the cached one
+    # may have been) it can sit below what an honest kernel reaches in a quiet moment
+    seen = []
+    for _ in range(ATTEMPTS):
+        monkeypatch.setattr(cpu, "_peak", cpu.measure_peak())
+        again = _run(registry, impls, _case(8, 512, 512))
+        seen.append({k: r["invalid_reason"] for k, r in again.items() if r["invalid"]})
+        if not seen[-1]:
+            break
+    else:
+        pytest.fail(f"honest kernels flagged against the measured peak in {ATTEMPTS} runs: {seen}")
 
 
 def _smoke_cases(registry):
