@@ -16,7 +16,8 @@ import pytest
 from harness import cuda_compile as cc
 from harness.cuda_launch import (H200, BoundPlan, KernelFacts, Launch, LaunchLimitError, Plan, bind, check,
                                  needs_opt_in, registers_per_block)
-from tests.test_cuda_sources import _gpu_or_skip, _impl_module
+from tests.cuda_emulation import impl_module
+from tests.devices import needs_cuda
 
 DTYPES = ("float32", "float16", "bfloat16")
 FUSIONS = ("add_rmsnorm", "rmsnorm_gemm", "rmsnorm_qkv_rope", "gemm_swiglu", "swiglu_ffn",
@@ -265,7 +266,7 @@ def _max_threads(fusion: str) -> dict[str, int]:
 
 def _largest_dynamic_smem(fusion: str, limits=H200, facts=None) -> dict[str, int]:
     """Check every enumerated plan of `fusion`; kernel -> the largest dynamic shared memory asked."""
-    m = _impl_module(fusion)
+    m = impl_module(fusion)
     largest: dict[str, int] = {}
     n = 0
     for what, plan in PLANS[fusion](m):
@@ -286,14 +287,14 @@ LARGEST_DYNAMIC_SMEM = {"add_rmsnorm": 28920 * 4}     # every other fusion: stat
 def test_every_plan_within_h200_limits(fusion):
     bounds = _max_threads(fusion)
     facts = {k: KernelFacts(max_threads=t) for k, t in bounds.items()}
-    assert not cc.available_compilers() or set(bounds) >= set(_impl_module(fusion).KERNELS)
+    assert not cc.available_compilers() or set(bounds) >= set(impl_module(fusion).KERNELS)
     largest = _largest_dynamic_smem(fusion, H200, facts)
     assert max(largest.values()) == LARGEST_DYNAMIC_SMEM.get(fusion, 0), largest
 
 
 def plan_of_case(fusion: str, p: dict, dtype: str) -> Plan:
     """The launch plan prepare() makes for a case's parameters (16-byte aligned buffers)."""
-    m = _impl_module(fusion)
+    m = impl_module(fusion)
     heads = (p.get("n_heads"), p.get("n_kv_heads"), p.get("head_dim"))
     args = {
         "add_rmsnorm": (p.get("M"), p.get("H")),
@@ -325,7 +326,7 @@ def test_every_shipped_case_within_h200_limits(registry):
 
 
 def test_add_rmsnorm_keeps_405b_rows_on_chip_with_the_opt_in():
-    m = _impl_module("add_rmsnorm")
+    m = impl_module("add_rmsnorm")
     for dtype in DTYPES:
         for M, H, opt_in in ((5, 12280, False), (5, 12281, True), (5, 12288, True), (1, 16384, True)):
             plan = m.launch_plan(M, H, dtype)
@@ -344,7 +345,7 @@ def test_add_rmsnorm_static_shared_memory_from_ptxas():
     compilers = cc.available_compilers()
     if not compilers:
         pytest.skip(cc.NO_COMPILER)
-    m = _impl_module("add_rmsnorm")
+    m = impl_module("add_rmsnorm")
     r, usage = cc.ptxas_usage(cc.REPO_ROOT / "impls" / "add_rmsnorm" / "add_rmsnorm.cu", compilers[0])
     assert r.ok, r.log
     assert set(usage) == set(m.KERNELS), r.log
@@ -359,14 +360,14 @@ def test_add_rmsnorm_static_shared_memory_from_ptxas():
 
 
 # ---- on a GPU: its own limits and the loaded kernels ----------------------------------------------
+@needs_cuda
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_gpu_every_plan_within_the_device_limits(fusion):
-    _gpu_or_skip()
     from harness.cuda_launch import device_limits, kernel_facts
 
     limits = device_limits()
     assert limits.shared_per_block_optin >= limits.shared_per_block >= 48 * 1024 and limits.sm_count >= 1
-    m = _impl_module(fusion)
+    m = impl_module(fusion)
     module = m.load_module()
     facts = {k: kernel_facts(module.get_function(k)) for k in m.KERNELS}
     assert all(f.registers and f.max_threads for f in facts.values()), facts

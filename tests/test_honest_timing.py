@@ -29,8 +29,12 @@ from harness.cases import Case, load_cases, select
 from harness.registry import discover
 from harness.runner import Job, Options, _Set, run_job
 from harness.timing import measure, summarize
+from tests.devices import runnable
 
 QUICK = Options(bench=True, budget_s=0.05, warmup_s=0.0, min_samples=6, settle_s=0.0)
+# A burst of load on a busy machine can disturb a figure: tests that judge figures measure
+# again, at most this many times, before they fail.
+ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -71,27 +75,43 @@ def test_a_kernel_that_caches_its_result_fails(registry, cheats):
     assert _run(registry, [cheats["caches_result"]], _case(3, 129, 67), Options())["caches_result"]["verdict"] == "pass"
 
 
-def test_cpu_cheats_are_caught_or_cannot_cheat(registry, cheats):
+def test_cpu_cheats_are_caught_or_cannot_cheat(registry, cheats, monkeypatch):
     """Four ways to move work out of the timed run on the CPU, each beside an honest
     kernel: a result kept per input content never serves a timed run (no two samples see
     the same inputs); work in outputs() or in a thread left running makes the figure
     invalid; work in refresh() never happens (the loop writes inputs with
-    Prepared.refresh itself), so the stale result fails the spot check inside the loop."""
+    Prepared.refresh itself), so the stale result fails the spot check inside the loop.
+
+    The verdicts and the flags on the cheats hold on every run. What a burst of load on a
+    busy machine can disturb, the honest figures (a slow read-back taken for work in
+    outputs(), one kernel's samples slowed more than another's), is judged on the first
+    of at most ATTEMPTS runs that is clean. The machine's measured peak is left out: it is
+    measured once per process, and if that was during a burst of load an honest kernel in
+    a quiet moment can go beyond it (a figure beyond the peak is the business of
+    test_a_figure_beyond_the_measured_peak_is_invalid_in_results_and_report)."""
+    monkeypatch.setattr(get_backend("cpu"), "_peak", {})
     honest = registry.impls["rmsnorm_gemm/cpu/fused"]
     names = ("caches_by_content", "lazy_outputs", "thread_after_run", "work_in_refresh")
     opts = Options(bench=True, budget_s=0.2, warmup_s=0.0, min_samples=12, settle_s=0.0)
-    recs = _run(registry, [cheats[n] for n in names] + [honest], _case(2, 1024, 1024), opts)
-    fair = recs["fused"]
-    assert fair["verdict"] == "pass" and not fair["invalid"], (fair["reason"], fair["invalid_reason"])
-    kept = recs["caches_by_content"]
-    assert kept["verdict"] == "pass" and not kept["invalid"], kept["invalid_reason"]
-    assert kept["median_s"] > 0.5 * fair["median_s"], (kept["median_s"], fair["median_s"])  # did the work
-    lazy = recs["lazy_outputs"]
-    assert lazy["invalid"] and "work done after run() returned" in lazy["invalid_reason"], lazy["invalid_reason"]
-    threaded = recs["thread_after_run"]
-    assert threaded["invalid"] and "run() left a thread running" in threaded["invalid_reason"], threaded
-    refreshed = recs["work_in_refresh"]
-    assert refreshed["verdict"] == "fail" and "in the timing loop, at sample" in refreshed["reason"], refreshed
+    seen = []
+    for _ in range(ATTEMPTS):
+        recs = _run(registry, [cheats[n] for n in names] + [honest], _case(2, 1024, 1024), opts)
+        fair, kept = recs["fused"], recs["caches_by_content"]
+        assert fair["verdict"] == "pass", fair["reason"]
+        assert kept["verdict"] == "pass", kept["reason"]
+        lazy = recs["lazy_outputs"]
+        assert lazy["invalid"] and "work done after run() returned" in lazy["invalid_reason"], lazy["invalid_reason"]
+        threaded = recs["thread_after_run"]
+        assert threaded["invalid"] and "run() left a thread running" in threaded["invalid_reason"], threaded
+        refreshed = recs["work_in_refresh"]
+        assert refreshed["verdict"] == "fail" and "in the timing loop, at sample" in refreshed["reason"], refreshed
+        seen.append({"honest invalid": fair["invalid_reason"], "kept invalid": kept["invalid_reason"],
+                     "kept / honest median": kept["median_s"] / fair["median_s"]})
+        # the honest kernel is not flagged, and the one that keeps results did the work
+        if not fair["invalid"] and not kept["invalid"] and kept["median_s"] > 0.5 * fair["median_s"]:
+            break
+    else:
+        pytest.fail(f"{ATTEMPTS} runs: {seen}")
 
 
 def test_no_two_samples_see_the_same_inputs():
@@ -109,16 +129,22 @@ def test_work_outside_the_timed_pass_is_flagged_on_wgsl(registry, cheats):
     _available("wgsl")
     if not get_backend("wgsl").device_timed:
         pytest.skip("this WebGPU adapter has no timestamp queries: its timer is the host clock")
+    """The cheat is flagged on every run; the honest kernel beside it, whose host time a
+    burst of load can inflate, is judged on the first of at most ATTEMPTS clean runs."""
     honest = registry.impls["rmsnorm_gemm/wgsl/fused"]
-    # about 25 ms per call on lavapipe: far beyond the timer's own overhead (about 1 ms)
-    recs = _run(registry, [cheats["side_submission"], honest], _case(1, 4096, 1024))
-    cheat, fair = recs["side_submission"], recs["fused"]
-    assert cheat["verdict"] == "pass"  # the answer is right ...
-    assert cheat["invalid"] and "device timer did not see" in cheat["invalid_reason"]  # ... the time is not
-    assert cheat["unaccounted_s"] > 5 * cheat["median_s"]
-    assert not fair["invalid"], fair["invalid_reason"]
-    assert fair["unaccounted_s"] < 0.5 * fair["median_s"]
-
+    seen = []
+    for _ in range(ATTEMPTS):
+        # about 25 ms per call on lavapipe: far beyond the timer's own overhead (about 1 ms)
+        recs = _run(registry, [cheats["side_submission"], honest], _case(1, 4096, 1024))
+        cheat, fair = recs["side_submission"], recs["fused"]
+        assert cheat["verdict"] == "pass"  # the answer is right ...
+        assert cheat["invalid"] and "device timer did not see" in cheat["invalid_reason"]  # ... the time is not
+        assert cheat["unaccounted_s"] > 5 * cheat["median_s"]
+        seen.append((fair["invalid_reason"], fair["unaccounted_s"], fair["median_s"]))
+        if not fair["invalid"] and fair["unaccounted_s"] < 0.5 * fair["median_s"]:
+            break
+    else:
+        pytest.fail(f"the honest kernel (invalid reason, unaccounted s, median s) in {ATTEMPTS} runs: {seen}")
 
 
 def test_honest_small_chains_are_not_taken_for_side_submissions(registry):
@@ -126,7 +152,11 @@ def test_honest_small_chains_are_not_taken_for_side_submissions(registry):
     the host path's jitter and a cold cache are as large as the device time. The probe
     timed in the same loop must absorb both: no honest chain is flagged, and what is left
     unexplained stays below the probe's own overhead (hot and cold) in the typical record
-    (the median over the 16: one record may see a burst of load on a busy 2-core machine)."""
+    (the median over the 16: one record may see a burst of load on a busy 2-core machine).
+    A burst can still make one honest chain's host time look like a side submission
+    (4.97 ms unexplained against 2.15 ms of device time, under load from other processes),
+    so each job is timed again, at most ATTEMPTS times, until none of its records is
+    flagged; a chain flagged on every attempt fails."""
     _available("wgsl")
     if not get_backend("wgsl").device_timed:
         pytest.skip("this WebGPU adapter has no timestamp queries: its timer is the host clock")
@@ -136,11 +166,18 @@ def test_honest_small_chains_are_not_taken_for_side_submissions(registry):
         opts = Options(bench=True, budget_s=0.05, warmup_s=0.0, min_samples=8, settle_s=0.0, cold=cold)
         for fusion in ("rmsnorm_gemm", "gemm_swiglu", "swiglu_ffn", "rmsnorm_qkv_rope"):
             impls = [registry.impls[f"{fusion}/wgsl/unfused"], registry.impls[f"{fusion}/wgsl/fused"]]
-            for r in _run(registry, impls, cases[fusion], opts).values():
-                where = f"{r['impl']} {r['case']} cold={cold}"
-                assert r["verdict"] == "pass", (where, r["reason"])
-                assert not r["invalid"], (where, r["invalid_reason"])
-                assert r["timer_overhead_s"] > 0, where
+            flagged = []
+            for _ in range(ATTEMPTS):
+                recs = list(_run(registry, impls, cases[fusion], opts).values())
+                for r in recs:
+                    assert r["verdict"] == "pass", (f"{r['impl']} {r['case']} cold={cold}", r["reason"])
+                flagged.append([(r["impl"], r["invalid_reason"]) for r in recs if r["invalid"]])
+                if not flagged[-1]:
+                    break
+            else:
+                pytest.fail(f"{fusion} cold={cold}: flagged in each of {ATTEMPTS} runs: {flagged}")
+            for r in recs:
+                assert r["timer_overhead_s"] > 0, f"{r['impl']} {r['case']} cold={cold}"
                 ratios.append(r["unaccounted_s"] / r["timer_overhead_s"])
     assert len(ratios) == 16
     assert np.median(ratios) < 1, sorted(ratios)
@@ -192,9 +229,18 @@ def test_a_figure_beyond_the_measured_peak_is_invalid_in_results_and_report(regi
     assert html.count("INVALID") >= 2 and "timing invalid:" in html and "of the measured peak" in html
     rows = {r["variant"]: r for r in build_rows(read_records([out]).records)}
     assert rows["fused"]["speedup_chain"] is None  # no speedup is drawn from an invalid figure
-    # against the true peak the same kernels are valid
-    monkeypatch.setattr(cpu, "_peak", true_peak)
-    assert not any(r["invalid"] for r in _run(registry, impls, _case(8, 512, 512)).values())
+    # against the machine's own peak the same kernels are valid. The peak is measured afresh
+    # for each of at most ATTEMPTS runs: measured during a burst of load (as the cached one
+    # may have been) it can sit below what an honest kernel reaches in a quiet moment
+    seen = []
+    for _ in range(ATTEMPTS):
+        monkeypatch.setattr(cpu, "_peak", cpu.measure_peak())
+        again = _run(registry, impls, _case(8, 512, 512))
+        seen.append({k: r["invalid_reason"] for k, r in again.items() if r["invalid"]})
+        if not seen[-1]:
+            break
+    else:
+        pytest.fail(f"honest kernels flagged against the measured peak in {ATTEMPTS} runs: {seen}")
 
 
 def _smoke_cases(registry):
@@ -203,20 +249,18 @@ def _smoke_cases(registry):
 
 
 def _rotatable(registry):
+    """Every implementation's key (those this machine cannot run: one skip, tests/devices.py)."""
     out = []
     for impl in registry.select():
         if impl.kind == "reference" or impl.variant == "compile":  # compile: the same binding as eager, minutes to build
             continue
-        out.append(pytest.param(impl.key, id=impl.key))
-    return out
+        out.append((impl, (impl.key,), impl.key))
+    return runnable(out)
 
 
 @pytest.mark.parametrize("key", _rotatable(discover()))
 def test_every_implementation_reads_the_buffers_the_harness_rotates(registry, key):
     impl = registry.impls[key]
-    ok, why = impl.available()
-    if not ok:
-        pytest.skip(why)
     case = _smoke_cases(registry)[impl.fusion]
     spec = registry.fusions[impl.fusion]
     dims, attrs = spec.split(case.params)
