@@ -181,6 +181,29 @@ class Backend:
     def measure_peak(self) -> dict[str, float]:
         return {}
 
+    def measure_peak_again(self) -> dict[str, float]:
+        """A fresh measurement, past any cache measure_peak() keeps (repeak)."""
+        return self.measure_peak()
+
+    # how often a peak may be measured again in one process (each probe takes seconds)
+    REPEAKS = 3
+
+    def repeak(self) -> dict[str, float]:
+        """The peak measured once more, each figure the best of all measurements so far: a
+        probe run while other work kept the machine busy reads low (a copy rate of 6.8 GB/s
+        against 11.8 reached by an honest kernel a moment later on a loaded 2-core machine),
+        and a kernel above it must not be called invalid for the machine's load. At most
+        REPEAKS times per process; after that the peak as it stands."""
+        peak = dict(self.peak())
+        if getattr(self, "_repeaks", 0) < self.REPEAKS:
+            self._repeaks = getattr(self, "_repeaks", 0) + 1
+            for k, v in self.measure_peak_again().items():
+                old = peak.get(k)
+                numbers = isinstance(v, (int, float)) and isinstance(old, (int, float))
+                peak[k] = max(old, v) if numbers else (v if old is None else old)
+            self._peak = peak
+        return peak
+
 
 class Prepared:
     """One implementation, ready to run on one input set.

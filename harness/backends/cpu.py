@@ -124,6 +124,9 @@ class CpuBackend(Backend):
     def measure_peak(self):
         return host_peak()
 
+    def measure_peak_again(self):
+        return host_peak_again()
+
 
 _wake = None
 
@@ -198,6 +201,11 @@ def _streams():
         except ImportError:
             _numba_streams = (np.copyto, np.sum)
     return _numba_streams
+
+
+def host_peak_again() -> dict:
+    """host_peak measured afresh (Backend.repeak keeps the best of each figure)."""
+    return host_peak.__wrapped__()
 
 
 @functools.cache

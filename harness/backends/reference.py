@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.backends import Backend
-from harness.backends.cpu import cpu_fingerprint, host_peak
+from harness.backends.cpu import cpu_fingerprint, host_peak, host_peak_again
 from harness.ops import NumpyOps
 
 
@@ -35,6 +35,9 @@ class ReferenceBackend(Backend):
     # 6. peak probe: the CPU's (the reference runs there)
     def measure_peak(self):
         return host_peak()
+
+    def measure_peak_again(self):
+        return host_peak_again()
 
 
 BACKENDS = {"reference": ReferenceBackend()}

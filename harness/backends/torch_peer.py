@@ -17,7 +17,7 @@ import numpy as np
 
 from harness.backends import Backend, Prepared, Replay
 from harness.backends.gpu_timing import Hold, graph_launches, method_name
-from harness.backends.cpu import cpu_fingerprint, host_peak, last_level_cache_bytes
+from harness.backends.cpu import cpu_fingerprint, host_peak, host_peak_again, last_level_cache_bytes
 from harness.dtypes import DTYPES
 from harness.ops import MAX_POSITION, Ops, rope_angles
 
@@ -309,6 +309,9 @@ class TorchBackend(Backend):
         return CompiledChain(self, spec, inputs, attrs, dtype)
 
     # 6. peak probe
+    def measure_peak_again(self):
+        return host_peak_again() if self.device != "cuda" else self.measure_peak()
+
     def measure_peak(self):
         if self.device != "cuda":
             return host_peak()
