@@ -4,7 +4,9 @@ Runs from any number of machines and commits are merged; for each (machine, comm
 fusion, case with its parameters, dtype, implementation) the newest record is shown, so
 no commit's figures are hidden by another's. Speedups compare medians from the same
 machine, commit and case parameters: over the unfused chain on the same backend, and over
-the torch peers on the same device class (harness.backends.TORCH_PEER_OF). Committed runs from real
+the torch peers on the same device class (harness.backends.TORCH_PEER_OF), each of them and
+the fastest that passes; each speedup has its 99 % interval from the run's noise, which says
+whether it is faster, slower, or cannot be told from 1× (interval_class). Committed runs from real
 hardware under reports/data/ are merged in unless asked not to.
 """
 
@@ -22,6 +24,12 @@ from harness.results import REPO_ROOT, merge, read_records, workload_of, write_o
 
 COMMITTED_DATA = REPO_ROOT / "reports" / "data"
 IDENTITY = ("machine", "commit", "fusion", "case", "dtype", "backend", "variant")
+
+UNDER_TEST = ("fused",)  # the kernels under test; reference, chains and torch peers are yardsticks
+
+
+def failed(r: dict) -> bool:
+    return r.get("status") in ("fail", "error") or r.get("verdict") == "fail"
 
 
 def _identity(r: dict, backend: str | None = None, variant: str | None = None) -> tuple:
@@ -88,6 +96,11 @@ def build_rows(records: list[dict]) -> list[dict]:
         ok = other and other.get("verdict") == "pass" and not other.get("invalid") and other.get("median_s")
         return other if ok and timing_class(other) == timing_class(r) else None  # never mix the classes
 
+    peers: dict[tuple, list[dict]] = {}  # the torch peers of each case, every variant (eager, compile, sdpa ...)
+    for r in latest:
+        if r["kind"] == "peer":
+            peers.setdefault(_identity(r, r["backend"], "*"), []).append(r)
+
     rows = []
     for r in latest:
         med = r.get("median_s")
@@ -102,7 +115,8 @@ def build_rows(records: list[dict]) -> list[dict]:
         base.pop(r["variant"] if r["backend"] == peer else "chain" if r["variant"] == "unfused" else None, None)
         if r.get("invalid") or not _num(med) or med <= 0:
             base = {}  # a figure flagged invalid (beyond the peak, work the timer missed) is no speedup
-        row = {**r, "commit_short": _commit(r), "details": _details(r), "timing_class": timing_class(r)}
+        row = {**r, "commit_short": _commit(r), "details": _details(r), "timing_class": timing_class(r),
+               "under_test": r["kind"] in UNDER_TEST, "failed": failed(r), "place": f"{r['machine']} · {_commit(r)}"}
         for k in ("chain", "eager", "compile"):
             noisy = bool(base.get(k)) and (too_noisy(r) or too_noisy(base[k]))
             row[f"speedup_{k}_noisy"] = noisy  # said so, never drawn as a speedup
@@ -110,10 +124,52 @@ def build_rows(records: list[dict]) -> list[dict]:
                 base[k] = None
             row[f"speedup_{k}"] = base[k]["median_s"] / med if base.get(k) else None
             row[f"speedup_{k}_ci"] = speedup_interval(base[k], r) if base.get(k) else None
+        timed = not r.get("invalid") and _num(med) and med > 0
+        row["speedup_chain_why"] = None if row["speedup_chain"] or row["speedup_chain_noisy"] or not row["under_test"] else (
+            "this figure is invalid" if r.get("invalid") else "not timed" if not timed
+            else _why_not(r, index.get(_identity(r, r["backend"], "unfused")), "chain"))
+        _best_peer(row, r, peers.get(_identity(r, peer, "*"), []) if r["kind"] in ("fused", "unfused") and timed else [],
+                   lambda p: baseline(r, p["backend"], p["variant"]))
         rows.append(row)
     rows.sort(key=lambda r: (r["fusion"], r["case"], r["dtype"], r["machine"], r["backend"], r["variant"],
                              str(r.get("timestamp"))))
     return rows
+
+
+def _best_peer(row: dict, r: dict, peers: list[dict], usable) -> None:
+    """row["speedup_peer"] (and _ci, _noisy, _name): over the fastest torch peer of r's case
+    that passes and was timed as r was (any variant: eager, compile, sdpa ...); noisy when
+    that peer's or r's median is too noisy to rank (a slower peer is never put in its place)."""
+    best = min((p for p in peers if usable(p)), key=lambda p: p["median_s"], default=None)
+    noisy = bool(best) and (too_noisy(r) or too_noisy(best))
+    whys = sorted({_why_not(r, p, "torch peer") for p in peers})
+    row["speedup_peer_why"] = None if best else "; ".join(whys) if peers else "no torch peer measured"
+    row["speedup_peer_name"] = best["variant"] if best else None
+    row["speedup_peer_noisy"] = noisy
+    ok = best and not noisy
+    row["speedup_peer"] = best["median_s"] / r["median_s"] if ok else None
+    row["speedup_peer_ci"] = speedup_interval(best, r) if ok else None
+
+
+def _why_not(r: dict, other: dict | None, what: str) -> str:
+    """Why r has no speedup over `other` (its chain or a torch peer)."""
+    if other is None:
+        return f"no {what} measured"
+    if other.get("verdict") != "pass":
+        return f"{what} fails"
+    if other.get("invalid") or not _num(other.get("median_s")):
+        return f"no valid {what} time"
+    if timing_class(other) != timing_class(r):
+        return f"{what} timed differently ({timing_class(other)} vs {timing_class(r)})"
+    return f"{what} not comparable"
+
+
+def interval_class(ci) -> str:
+    """What a speedup's interval says: "faster" (all of it above 1×), "slower" (all below)
+    or "unsure" (it holds 1×, or there is none: this run cannot tell)."""
+    if not ci:
+        return "unsure"
+    return "faster" if ci[0] > 1 else "slower" if ci[1] < 1 else "unsure"
 
 
 # A median whose relative standard error is above this cannot rank two implementations
