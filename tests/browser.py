@@ -39,3 +39,12 @@ def chrome(console_log: bool = False):
     if console_log:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def viewport(driver, width: int, height: int) -> None:
+    """Size the window so that the page itself gets width x height CSS pixels (the window's
+    own frame, where headless Chromium draws one, is added on top)."""
+    driver.set_window_size(width, height)
+    dw, dh = driver.execute_script("return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]")
+    if dw or dh:
+        driver.set_window_size(width + dw, height + dh)
