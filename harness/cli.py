@@ -120,6 +120,11 @@ def _positive(text: str) -> float:
     return v
 
 
+PROGRESS_HELP = ("Progress goes to stderr, with an ETA once the first case has run (from the time each implementation "
+                 "took so far): a bar on a terminal, else a plain line every 30 s. FUSEBENCH_PROGRESS=auto|bar|lines|off "
+                 "chooses, FUSEBENCH_PROGRESS_EVERY=SECONDS sets the lines' interval.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="fusebench", description="Correctness and benchmarks for fused LLM kernels.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -129,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", type=_csv, action="extend")
     p.add_argument("--backend", type=_csv, action="extend")
 
-    p = sub.add_parser("check", help="accuracy gate: exit 1 on any failure")
+    p = sub.add_parser("check", help="accuracy gate: exit 1 on any failure", epilog=PROGRESS_HELP)
     _add_filters(p)
     _add_isolation(p)
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
@@ -138,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also append the records (verdicts and errors, no timings) to this results file")
     _add_allow_empty(p)
 
-    p = sub.add_parser("bench", help="time implementations into a results file")
+    p = sub.add_parser("bench", help="time implementations into a results file", epilog=PROGRESS_HELP)
     _add_filters(p)
     _add_isolation(p)
     _add_timing(p)
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the per-fusion tables (medians, speedups, %% of peak, accuracy) instead of writing "
                         "HTML (both with -o)")
 
-    p = sub.add_parser("run", help="check + bench + report on the quick suite: the main job")
+    p = sub.add_parser("run", help="check + bench + report on the quick suite: the main job", epilog=PROGRESS_HELP)
     _add_filters(p)
     _add_isolation(p)
     _add_timing(p)
@@ -308,13 +313,13 @@ class Outcome(NamedTuple):
 
 
 def _execute(args, bench: bool, write: bool = False) -> Outcome:
-    """Run the jobs with a progress bar, each backend's kernels in its worker process
+    """Run the jobs with progress and an ETA (harness.progress: a bar on a terminal, plain
+    lines without one, as FUSEBENCH_PROGRESS says), each backend's kernels in its worker process
     (harness.workers) unless --no-isolation; with `write`, records go to the results file
     (args.out, else reports/runs/<time>-<machine>.jsonl) as they finish, and --resume
     continues the last run of an earlier file (or --resume-run's), skipping what that run
     finished (_resume)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from harness.progress import Estimator, Reporter
     from harness.results import ResultsWriter, RunInfo
     from harness.runner import Options, plan, run_job, unavailable_records
     from harness.workers import IsolatedRunner
@@ -358,20 +363,19 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
     try:
         for rec in missing:
             keep(rec)
-        total = sum(len(j.impls) for j in jobs)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=False, disable=not sys.stderr.isatty() and not os.environ.get("FUSEBENCH_PROGRESS"),
-                      console=_stderr_console()) as progress:
-            task = progress.add_task("starting", total=total)
-            for job in jobs:
+        est = Estimator([(j.case.id, j.dtype, [(i.key, i.backend, i.variant) for i in j.impls]) for j in jobs])
+        with Reporter(est, _stderr_console, _warn) as progress:
+            for n, job in enumerate(jobs):
                 def on_impl(impl, job=job):
-                    progress.update(task, description=f"{job.case.id} {job.dtype} {impl.backend}/{impl.variant}")
+                    progress.doing(f"{impl.fusion} {job.case.id} {job.dtype} {impl.backend}/{impl.variant}")
 
                 def on_record(rec):
                     keep(rec)
-                    progress.advance(task)
+                    progress.finished(rec)
 
+                est.start_job(n)
                 run(reg, job, opts, on_record, on_impl)
+                est.end_job()
     except _FailFast as stop:
         print(f"stopped at the first failure (--fail-fast): {stop.record['impl']} {stop.record['case']} "
               f"{stop.record['dtype']}: {stop.record.get('reason', '')}", file=sys.stderr)
