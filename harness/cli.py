@@ -271,29 +271,122 @@ def _selection(args, reg):
     return cases, impls
 
 
+# --- what a chain needs ------------------------------------------------------------------
+
+class _Recording:
+    """An Ops that notes the name of every primitive called through it."""
+
+    def __init__(self, ops):
+        self._ops, self.used = ops, set()
+
+    def __getattr__(self, name):
+        f = getattr(self._ops, name)
+        if callable(f):
+            self.used.add(name)
+        return f
+
+
+def chain_primitives(spec, cases=()) -> set[str] | None:
+    """The primitives the spec's decomposition calls, found by running it once in float64
+    NumPy on the smallest of `cases` for the fusion (else on sizes its hypothesis strategy
+    draws); None where that cannot be done (no sizes, or the decomposition raised)."""
+    import warnings
+
+    from harness.ops import NumpyOps
+
+    mine = [c for c in cases if c.fusion == spec.name]
+    try:
+        if mine:
+            params = min(mine, key=lambda c: spec.cost(spec.split(c.params)[0], "float32").bytes).params
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                params = dict(spec.strategy().example())
+        dims, attrs = spec.split(params)
+        inputs = spec.make_inputs(dims, "float32", 0)
+        ops = _Recording(NumpyOps("float64"))
+        spec.decompose(ops, **inputs, **attrs)
+    except Exception:  # a spec that cannot be traced here: say nothing rather than guess
+        return None
+    return ops.used
+
+
+def _ops_class(backend: str):
+    """The Ops class the backend's chain runs with, found in its module without
+    instantiating it (no device needed); None when the module does not name exactly one."""
+    import importlib
+
+    from harness.ops import Ops
+
+    try:
+        module = importlib.import_module(BACKEND_MODULES[backend])
+    except Exception:
+        return None
+    found = {v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Ops) and v is not Ops}
+    leaves = [c for c in found if not any(o is not c and issubclass(o, c) for o in found)]
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def chain_gaps(reg, impls, cases=()) -> dict[str, str]:
+    """{implementation key: why it cannot run} for the derived chains (unfused, the torch
+    eager and compile peers, the float64 reference) whose backend's Ops lacks a primitive
+    the fusion's decomposition calls: the reason ChainPrepared would give on the first
+    case, found without a device."""
+    from harness.ops import Ops
+    from harness.registry import DERIVED, _chain_factory, _compile_factory
+
+    used: dict[str, set[str] | None] = {}
+    out = {}
+    for impl in impls:
+        if impl.origin != DERIVED or impl.factory not in (_chain_factory, _compile_factory):
+            continue
+        if impl.fusion not in used:
+            used[impl.fusion] = chain_primitives(reg.fusions[impl.fusion], cases)
+        cls = _ops_class(impl.backend)
+        if used[impl.fusion] is None or cls is None:
+            continue
+        lacking = sorted(op for op in used[impl.fusion] if getattr(cls, op, None) is getattr(Ops, op, None))
+        if lacking:
+            out[impl.key] = f"backend {impl.backend!r} lacks a primitive this chain needs: {', '.join(lacking)}"
+    return out
+
+
 # --- list ------------------------------------------------------------------------------
 
 def cmd_list(args) -> int:
     reg = _registry()
     _check_names(args, reg)
     rows = []
-    for impl in reg.select(fusions=args.fusion, backends=args.backend):
+    impls = reg.select(fusions=args.fusion, backends=args.backend)
+    gaps = chain_gaps(reg, impls, _shipped_cases(reg))
+    for impl in impls:
         ok, why = impl.available()
+        if ok and impl.key in gaps:
+            ok, why = False, gaps[impl.key]
         rows.append({"fusion": impl.fusion, "backend": impl.backend, "variant": impl.variant, "kind": impl.kind,
                      "dtypes": list(impl.dtypes), "available": ok, "reason": why, "key": impl.key})
     if args.json:
         print(json.dumps({"implementations": rows, "problems": reg.problems}, indent=2))
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="fusebench implementations")
     for col in ("fusion", "backend", "variant", "kind", "dtypes", "available"):
         t.add_column(col)
     for r in rows:
-        avail = "[green]yes[/]" if r["available"] else f"[red]no[/]: {r['reason']}"
+        avail = "[green]yes[/]" if r["available"] else f"[red]no[/]: {escape(r['reason'])}"
         t.add_row(r["fusion"], r["backend"], r["variant"], r["kind"], ", ".join(r["dtypes"]), avail)
     _console().print(t)
     return 0
+
+
+def _shipped_cases(reg) -> list:
+    """The shipped cases (sizes to trace the chains on); none where they cannot be read."""
+    try:
+        return load_cases(reg)
+    except CaseError:
+        return []
 
 
 # --- check / bench / run ---------------------------------------------------------------
@@ -321,12 +414,16 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
     finished (_resume)."""
     from harness.progress import Estimator, Reporter
     from harness.results import ResultsWriter, RunInfo
-    from harness.runner import Options, plan, run_job, unavailable_records
+    from harness.runner import Options, impl_fields, plan, run_job, unavailable_records
     from harness.workers import IsolatedRunner
 
     reg = _registry()
     cases, impls = _selection(args, reg)
     missing, usable = unavailable_records(impls)
+    gaps = chain_gaps(reg, usable, cases)  # a chain that would be unavailable on every case: one record, not one per case
+    missing += [{**impl_fields(i), "case": "-", "dtype": "-", "status": "unavailable", "reason": gaps[i.key]}
+                for i in usable if i.key in gaps]
+    usable = [i for i in usable if i.key not in gaps]
     backends = [get_backend(b) for b in dict.fromkeys(i.backend for i in impls)]
     info = RunInfo.collect(backends)
     opts = Options(bench=bench, seed=args.seed)
