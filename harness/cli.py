@@ -266,8 +266,15 @@ def _selection(args, reg):
         raise UsageError(f"no case matches the filters ({'; '.join(used)}); case names are <file>.<name> from "
                          f"{'the given case files' if args.cases else 'cases/*.toml'}, e.g. llama3_8b.decode, "
                          f"and --suite full has every case")
-    if not any(i.kind != "reference" for i in impls):
-        raise UsageError("no implementation matches the filters")
+    chosen = {c.fusion for c in cases}
+    kept = [i for i in impls if i.fusion in chosen]  # a fusion without a case here runs nothing: not even listed
+    if not kept:
+        raise UsageError("no implementation matches the filters" + (
+            f" among the fusions of the cases selected ({', '.join(sorted(chosen))})" if impls else ""))
+    impls = kept
+    if not any(i.kind != "reference" for i in impls) and args.command == "bench":  # check and run take it
+        raise UsageError("the float64 reference is the yardstick every verdict is measured against: checked, never "
+                         "timed; `fusebench check --backend reference` checks it, or name a backend to time")
     return cases, impls
 
 
@@ -616,7 +623,11 @@ def _gate(outcome: Outcome, allow_empty: bool) -> tuple[int, list[str]]:
         lines.append(f"the gate cannot pass: {len(outcome.problems)} registry problem(s) (a plugin that failed to "
                      f"load or was refused), each in a warning above")
         code = 1
-    if not any(r["status"] in JUDGED and r.get("kind") != "reference" for r in records) and not allow_empty:
+    # the float64 reference counts as checked only where it was all that was asked for (--backend reference:
+    # its decomposition run on every case and judged against itself, the yardstick)
+    only_reference = bool(records) and all(r.get("kind") == "reference" for r in records)
+    if not any(r["status"] in JUDGED and (r.get("kind") != "reference" or only_reference) for r in records) \
+            and not allow_empty:
         unavailable = sum(r["status"] == "unavailable" for r in records)
         lines.append(f"nothing was checked ({skipped} skipped, {unavailable} unavailable): not a pass; "
                      f"--allow-empty accepts a run that checks nothing")
