@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timing(p)
 
     p = sub.add_parser("report", help="results files -> one self-contained HTML report")
-    p.add_argument("results", nargs="*", help="results files or folders (JSON lines)")
+    p.add_argument("results", nargs="*",
+                   help="results files or folders (JSON lines); default: every results file in reports/runs/, where "
+                        "run and bench write them")
     p.add_argument("-o", "--output", default=None, help="HTML file to write (default reports/report.html)")
     p.add_argument("--no-committed", action="store_true", help="leave out the committed runs in reports/data/")
     p.add_argument("--text", action="store_true",
@@ -398,9 +400,13 @@ def _shipped_cases(reg) -> list:
 
 # --- check / bench / run ---------------------------------------------------------------
 
+# where `run` and `bench` write results (relative to the working directory), and `report` reads them
+RUNS = Path("reports") / "runs"
+
+
 def _default_results_path(info) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("reports") / "runs" / f"{stamp}-{info.machine}.jsonl"
+    return RUNS / f"{stamp}-{info.machine}.jsonl"
 
 
 class Outcome(NamedTuple):
@@ -508,7 +514,7 @@ def _resume_path(args, info) -> Path:
     elif args.out:
         path = Path(args.out)
     else:
-        found = sorted(Path("reports", "runs").glob(f"*-{info.machine}.jsonl"))
+        found = sorted(RUNS.glob(f"*-{info.machine}.jsonl"))
         if not found:
             raise UsageError(f"--resume: no earlier results file of machine {info.machine} in reports/runs/")
         path = found[-1]
@@ -704,6 +710,14 @@ def cmd_report(args) -> int:
             raise UsageError(f"results file {r!r} does not exist")
     if args.output and Path(args.output).is_dir():
         raise UsageError(f"-o {args.output!r} is a directory; give the HTML file to write")
+    if not args.results:  # what `run` and `bench` wrote here
+        found = sorted(f for f in RUNS.glob("*.jsonl") if f.is_file()) if RUNS.is_dir() else []
+        if not found:
+            raise UsageError(f"no results files given, and none in {RUNS}/ (where `fusebench run` and `bench` write "
+                             f"them); give results files or folders (JSON lines), e.g. `fusebench report "
+                             f"path/to/run.jsonl`")
+        args.results = [str(f) for f in found]
+    _say_read(args.results, not args.no_committed)
     if args.text:
         from harness.report import with_committed
         from harness.textreport import print_tables
@@ -716,6 +730,19 @@ def cmd_report(args) -> int:
                        on_problem=None if args.text else _warn)  # --text has listed them already
     print(f"report: {out}")
     return 0
+
+
+def _say_read(paths, include_committed: bool) -> None:
+    """One line naming the results files a report reads (folders expanded), and whether
+    the committed runs are merged in."""
+    from harness.report import COMMITTED_DATA, with_committed
+    from harness.results import expand_paths
+
+    files = [str(f) for f in expand_paths(paths)]
+    shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+    committed = with_committed([], include_committed)
+    extra = f"; with the committed runs in {COMMITTED_DATA} (--no-committed leaves them out)" if committed else ""
+    print(f"reading {len(files)} results file{'s' * (len(files) != 1)}: {shown}{extra}")
 
 
 def cmd_run(args) -> int:
