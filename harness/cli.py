@@ -104,6 +104,12 @@ def _add_isolation(p: argparse.ArgumentParser) -> None:
                    help="run every kernel in this process (faster to start, for debugging; a crash ends the run)")
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="print the full tables (every record's verdict, errors, timings) before the one-screen "
+                        "summary; they are written to <results>.txt either way")
+
+
 def _add_allow_empty(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-empty", action="store_true",
                    help="exit 0 when nothing was checked (every case skipped, every implementation unavailable); "
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(p)
     _add_isolation(p)
     _add_timing(p)
+    _add_verbose(p)
 
     p = sub.add_parser("report", help="results files -> one self-contained HTML report")
     p.add_argument("results", nargs="*",
@@ -162,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(p)
     _add_isolation(p)
     _add_timing(p)
+    _add_verbose(p)
     p.add_argument("--report", default=None, help="HTML file to write (default reports/report-<time>.html)")
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
     _add_allow_empty(p)
@@ -587,20 +595,37 @@ def _console():
     return Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", 220)))
 
 
-def _print_check_table(records: list[dict]) -> None:
+def _print_check_table(records: list[dict], console=None) -> None:
+    """The accuracy gate's table: failures first, then one row per record, except that the
+    unavailable implementations of a backend collapse to one row per reason."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from harness.textreport import ULP_NOTE, ULP_NOTE_FROM, _impls_text, unavailable_groups
 
     t = Table(title="accuracy gate")
     for col in ("case", "dtype", "implementation", "verdict", "NMSE", "max ULP", "chain NMSE", "reason"):
         t.add_column(col, overflow="fold")
-    for r in records:
-        if r["status"] in ("unavailable", "skipped"):  # not run here (no backend, too large): not a failure
-            t.add_row(r["case"], r["dtype"], r["impl"], f"[yellow]{r['status']}[/]", "", "", "", r.get("reason", ""))
+    failed = [r for r in records if r["status"] in ("fail", "error")]
+    for r in failed + [r for r in records if r["status"] not in ("fail", "error", "unavailable")]:
+        if r["status"] == "skipped":  # too large for this machine: not a failure
+            t.add_row(r["case"], r["dtype"], r["impl"], f"[yellow]{r['status']}[/]", "", "", "",
+                      escape(r.get("reason", "")))
             continue
         v = "[green]pass[/]" if r.get("verdict") == "pass" else "[bold red]FAIL[/]"
         t.add_row(r["case"], r["dtype"], r["impl"], v, _g(r.get("nmse")), _g(r.get("max_ulp")),
-                  _g(r.get("chain_nmse")), r.get("reason", ""))
-    _console().print(t)
+                  _g(r.get("chain_nmse")), escape(r.get("reason", "")))
+    for backend, why, keys in unavailable_groups(records):  # not run here (no device, a missing primitive)
+        t.add_row("-", "-", f"{backend}: {_impls_text(keys)}", "[yellow]unavailable[/]", "", "", "", escape(why))
+    console = console or _console()
+    console.print(t)
+    if any(_num(r.get("max_ulp")) and r["max_ulp"] >= ULP_NOTE_FROM and r.get("verdict") == "pass"
+           for r in records):
+        console.print(f"[dim]{ULP_NOTE}[/]", overflow="fold")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _g(x) -> str:
@@ -672,7 +697,7 @@ def cmd_check(args) -> int:
     return code
 
 
-def _print_bench_table(records: list[dict]) -> None:
+def _print_bench_table(records: list[dict], console=None, warn: bool = True) -> None:
     from rich.table import Table
 
     t = Table(title="timings (median, cold cache)")
@@ -685,10 +710,58 @@ def _print_bench_table(records: list[dict]) -> None:
         t.add_row(r["case"], r["dtype"], r["impl"], _ms(r["median_s"]), f"{_ms(r['p20_s'])}-{_ms(r['p80_s'])}",
                   str(r["n"]), f"{r['gbps']:.1f}", peak + (" [red]INVALID[/]" if r.get("invalid") else ""),
                   r.get("verdict", ""))
-    _console().print(t)
-    for r in records:
+    (console or _console()).print(t)
+    for r in records if warn else ():
         if r.get("invalid"):
             print(f"INVALID timing: {r['impl']} {r['case']} {r['dtype']}: {r.get('invalid_reason', '')}", file=sys.stderr)
+
+
+def _write_tables(records: list[dict], results: Path, bench: bool) -> Path | None:
+    """The full tables (accuracy gate, timings, and the invalid timings' reasons) as text
+    beside the results file (<results>.txt); None, with a warning, where it cannot be written."""
+    import io
+
+    from rich.console import Console
+
+    if not results.is_file():  # -o /dev/stdout or the like: no place beside it
+        return None
+    buf = io.StringIO()
+    console = Console(file=buf, width=240, color_system=None, force_terminal=False, soft_wrap=False)
+    _print_check_table(records, console)
+    if bench:
+        _print_bench_table(records, console, warn=False)
+        for r in records:
+            if r.get("invalid"):
+                console.print(f"INVALID timing: {r['impl']} {r['case']} {r['dtype']}: {r.get('invalid_reason', '')}",
+                              markup=False, overflow="fold")
+    from harness.results import write_output
+
+    try:
+        return write_output(results.with_suffix(".txt"), buf.getvalue())
+    except OSError as e:
+        _warn(f"cannot write the full tables beside {results}: {e.strerror or e}")
+        return None
+
+
+def _print_summary(args, outcome: Outcome) -> None:
+    """The end of a run or bench: the one-screen summary (harness.textreport.print_summary),
+    after the full tables with --verbose; the tables also go to <results>.txt."""
+    from harness.textreport import print_summary
+
+    records = outcome.records
+    if args.verbose:
+        _print_check_table(records)
+        _print_bench_table(records)
+    console = _console()
+    machines = sorted({str(r.get("machine")) for r in records if r.get("machine")})
+    commits = sorted({str(r.get("commit", ""))[:10] + ("+dirty" if r.get("dirty") else "") for r in records
+                      if r.get("commit")})
+    title = f"{args.command}: {len(records)} records" + (f" on {', '.join(machines)}" if machines else "") + \
+        (f" at {', '.join(commits)}" if commits else "")
+    print_summary(records, console, title=title)
+    tables = _write_tables(records, outcome.path, bench=True) if outcome.path else None
+    if tables:
+        print(f"full tables: {tables}" + ("" if args.verbose else " (or --verbose)"))
 
 
 def _ms(s: float) -> str:
@@ -696,9 +769,9 @@ def _ms(s: float) -> str:
 
 
 def cmd_bench(args) -> int:
-    records, path, _ = _execute(args, bench=True, write=True)
-    _print_bench_table(records)
-    print(f"results: {path}")
+    outcome = _execute(args, bench=True, write=True)
+    _print_summary(args, outcome)
+    print(f"results: {outcome.path}")
     return 0
 
 
@@ -749,11 +822,10 @@ def cmd_run(args) -> int:
     from harness.report import write_report
 
     outcome = _execute(args, bench=True, write=True)
-    records, path = outcome.records, outcome.path
-    _print_check_table(records)
-    _print_bench_table(records)
+    path = outcome.path
     report_path = Path(args.report) if args.report else path.parent.parent / f"report-{path.stem}.html"
     out = write_report([path], report_path, include_committed=True, on_problem=_warn)
+    _print_summary(args, outcome)
     print(f"results: {path}")
     print(f"report: {out.resolve()}")
     _write_junit(args, outcome)
