@@ -303,19 +303,24 @@ class _Recording:
         return f
 
 
+TRACE_BYTES = 64 * 2**20  # the largest case chain_primitives runs the decomposition on
+
+
 def chain_primitives(spec, cases=()) -> set[str] | None:
     """The primitives the spec's decomposition calls, found by running it once in float64
-    NumPy on the smallest of `cases` for the fusion (else on sizes its hypothesis strategy
-    draws); None where that cannot be done (no sizes, or the decomposition raised)."""
+    NumPy on the smallest of `cases` for the fusion, if that is small (TRACE_BYTES), else on
+    sizes its hypothesis strategy draws; None where that cannot be done (the decomposition
+    raised, or no sizes)."""
     import warnings
 
     from harness.ops import NumpyOps
 
     mine = [c for c in cases if c.fusion == spec.name]
     try:
-        if mine:
-            params = min(mine, key=lambda c: spec.cost(spec.split(c.params)[0], "float32").bytes).params
-        else:
+        smallest = min(mine, key=lambda c: spec.cost(spec.split(c.params)[0], "float32").bytes) if mine else None
+        if smallest is not None and spec.cost(spec.split(smallest.params)[0], "float32").bytes <= TRACE_BYTES:
+            params = smallest.params
+        else:  # no case, or only large ones (Llama-3.1-405B's weights): the small sizes property tests draw
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 params = dict(spec.strategy().example())
@@ -441,7 +446,7 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
     reg = _registry()
     cases, impls = _selection(args, reg)
     missing, usable = unavailable_records(impls)
-    gaps = chain_gaps(reg, usable, cases)  # a chain that would be unavailable on every case: one record, not one per case
+    gaps = chain_gaps(reg, usable, cases + _shipped_cases(reg))  # unavailable on every case: one record, not one a case
     missing += [{**impl_fields(i), "case": "-", "dtype": "-", "status": "unavailable", "reason": gaps[i.key]}
                 for i in usable if i.key in gaps]
     usable = [i for i in usable if i.key not in gaps]

@@ -290,3 +290,19 @@ def test_chain_gaps_need_no_device():
     gaps = chain_gaps(reg, impls)
     assert gaps == {f"add_layernorm/{b}/unfused": f"backend {b!r} lacks a primitive this chain needs: layer_norm"
                     for b in ("wgsl", "cuda")}
+
+
+def test_chain_primitives_trace_small_sizes_only():
+    """The trace runs the decomposition on the smallest case given, unless even that one is
+    large (405B-sized weights): then on the small sizes the spec's strategy draws."""
+    from harness.cases import Case
+    from harness.cli import TRACE_BYTES, chain_primitives
+    from tests.plugins.add_layernorm import SPEC
+
+    def case(M, H):
+        return Case("add_layernorm", f"t.{M}", "t", {"M": M, "H": H}, ("float32",), ("quick",), "t.toml", 1)
+
+    huge = case(2**20, 16384)
+    assert SPEC.cost(SPEC.split(huge.params)[0], "float32").bytes > TRACE_BYTES
+    assert chain_primitives(SPEC, [huge]) == {"add", "layer_norm"}  # would need GiBs if it ran on it
+    assert chain_primitives(SPEC, [huge, case(1, 8)]) == {"add", "layer_norm"}
