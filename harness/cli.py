@@ -104,6 +104,12 @@ def _add_isolation(p: argparse.ArgumentParser) -> None:
                    help="run every kernel in this process (faster to start, for debugging; a crash ends the run)")
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="print the full tables (every record's verdict, errors, timings) before the one-screen "
+                        "summary; they are written to <results>.txt either way")
+
+
 def _add_allow_empty(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-empty", action="store_true",
                    help="exit 0 when nothing was checked (every case skipped, every implementation unavailable); "
@@ -120,6 +126,11 @@ def _positive(text: str) -> float:
     return v
 
 
+PROGRESS_HELP = ("Progress goes to stderr, with an ETA once the first case has run (from the time each implementation "
+                 "took so far): a bar on a terminal, else a plain line every 30 s. FUSEBENCH_PROGRESS=auto|bar|lines|off "
+                 "chooses, FUSEBENCH_PROGRESS_EVERY=SECONDS sets the lines' interval.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="fusebench", description="Correctness and benchmarks for fused LLM kernels.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -129,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", type=_csv, action="extend")
     p.add_argument("--backend", type=_csv, action="extend")
 
-    p = sub.add_parser("check", help="accuracy gate: exit 1 on any failure")
+    p = sub.add_parser("check", help="accuracy gate: exit 1 on any failure", epilog=PROGRESS_HELP)
     _add_filters(p)
     _add_isolation(p)
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
@@ -138,23 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also append the records (verdicts and errors, no timings) to this results file")
     _add_allow_empty(p)
 
-    p = sub.add_parser("bench", help="time implementations into a results file")
+    p = sub.add_parser("bench", help="time implementations into a results file", epilog=PROGRESS_HELP)
     _add_filters(p)
     _add_isolation(p)
     _add_timing(p)
+    _add_verbose(p)
 
     p = sub.add_parser("report", help="results files -> one self-contained HTML report")
-    p.add_argument("results", nargs="*", help="results files or folders (JSON lines)")
+    p.add_argument("results", nargs="*",
+                   help="results files or folders (JSON lines); default: every results file in reports/runs/, where "
+                        "run and bench write them")
     p.add_argument("-o", "--output", default=None, help="HTML file to write (default reports/report.html)")
     p.add_argument("--no-committed", action="store_true", help="leave out the committed runs in reports/data/")
     p.add_argument("--text", action="store_true",
                    help="print the per-fusion tables (medians, speedups, %% of peak, accuracy) instead of writing "
                         "HTML (both with -o)")
 
-    p = sub.add_parser("run", help="check + bench + report on the quick suite: the main job")
+    p = sub.add_parser("run", help="check + bench + report on the quick suite: the main job", epilog=PROGRESS_HELP)
     _add_filters(p)
     _add_isolation(p)
     _add_timing(p)
+    _add_verbose(p)
     p.add_argument("--report", default=None, help="HTML file to write (default reports/report-<time>.html)")
     p.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML, for CI")
     _add_allow_empty(p)
@@ -261,9 +276,101 @@ def _selection(args, reg):
         raise UsageError(f"no case matches the filters ({'; '.join(used)}); case names are <file>.<name> from "
                          f"{'the given case files' if args.cases else 'cases/*.toml'}, e.g. llama3_8b.decode, "
                          f"and --suite full has every case")
-    if not any(i.kind != "reference" for i in impls):
-        raise UsageError("no implementation matches the filters")
+    chosen = {c.fusion for c in cases}
+    kept = [i for i in impls if i.fusion in chosen]  # a fusion without a case here runs nothing: not even listed
+    if not kept:
+        raise UsageError("no implementation matches the filters" + (
+            f" among the fusions of the cases selected ({', '.join(sorted(chosen))})" if impls else ""))
+    impls = kept
+    if not any(i.kind != "reference" for i in impls) and args.command == "bench":  # check and run take it
+        raise UsageError("the float64 reference is the yardstick every verdict is measured against: checked, never "
+                         "timed; `fusebench check --backend reference` checks it, or name a backend to time")
     return cases, impls
+
+
+# --- what a chain needs ------------------------------------------------------------------
+
+class _Recording:
+    """An Ops that notes the name of every primitive called through it."""
+
+    def __init__(self, ops):
+        self._ops, self.used = ops, set()
+
+    def __getattr__(self, name):
+        f = getattr(self._ops, name)
+        if callable(f):
+            self.used.add(name)
+        return f
+
+
+TRACE_BYTES = 64 * 2**20  # the largest case chain_primitives runs the decomposition on
+
+
+def chain_primitives(spec, cases=()) -> set[str] | None:
+    """The primitives the spec's decomposition calls, found by running it once in float64
+    NumPy on the smallest of `cases` for the fusion, if that is small (TRACE_BYTES), else on
+    sizes its hypothesis strategy draws; None where that cannot be done (the decomposition
+    raised, or no sizes)."""
+    import warnings
+
+    from harness.ops import NumpyOps
+
+    mine = [c for c in cases if c.fusion == spec.name]
+    try:
+        smallest = min(mine, key=lambda c: spec.cost(spec.split(c.params)[0], "float32").bytes) if mine else None
+        if smallest is not None and spec.cost(spec.split(smallest.params)[0], "float32").bytes <= TRACE_BYTES:
+            params = smallest.params
+        else:  # no case, or only large ones (Llama-3.1-405B's weights): the small sizes property tests draw
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                params = dict(spec.strategy().example())
+        dims, attrs = spec.split(params)
+        inputs = spec.make_inputs(dims, "float32", 0)
+        ops = _Recording(NumpyOps("float64"))
+        spec.decompose(ops, **inputs, **attrs)
+    except Exception:  # a spec that cannot be traced here: say nothing rather than guess
+        return None
+    return ops.used
+
+
+def _ops_class(backend: str):
+    """The Ops class the backend's chain runs with, found in its module without
+    instantiating it (no device needed); None when the module does not name exactly one."""
+    import importlib
+
+    from harness.ops import Ops
+
+    try:
+        module = importlib.import_module(BACKEND_MODULES[backend])
+    except Exception:
+        return None
+    found = {v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Ops) and v is not Ops}
+    leaves = [c for c in found if not any(o is not c and issubclass(o, c) for o in found)]
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def chain_gaps(reg, impls, cases=()) -> dict[str, str]:
+    """{implementation key: why it cannot run} for the derived chains (unfused, the torch
+    eager and compile peers, the float64 reference) whose backend's Ops lacks a primitive
+    the fusion's decomposition calls: the reason ChainPrepared would give on the first
+    case, found without a device."""
+    from harness.ops import Ops
+    from harness.registry import DERIVED, _chain_factory, _compile_factory
+
+    used: dict[str, set[str] | None] = {}
+    out = {}
+    for impl in impls:
+        if impl.origin != DERIVED or impl.factory not in (_chain_factory, _compile_factory):
+            continue
+        if impl.fusion not in used:
+            used[impl.fusion] = chain_primitives(reg.fusions[impl.fusion], cases)
+        cls = _ops_class(impl.backend)
+        if used[impl.fusion] is None or cls is None:
+            continue
+        lacking = sorted(op for op in used[impl.fusion] if getattr(cls, op, None) is getattr(Ops, op, None))
+        if lacking:
+            out[impl.key] = f"backend {impl.backend!r} lacks a primitive this chain needs: {', '.join(lacking)}"
+    return out
 
 
 # --- list ------------------------------------------------------------------------------
@@ -272,30 +379,47 @@ def cmd_list(args) -> int:
     reg = _registry()
     _check_names(args, reg)
     rows = []
-    for impl in reg.select(fusions=args.fusion, backends=args.backend):
+    impls = reg.select(fusions=args.fusion, backends=args.backend)
+    gaps = chain_gaps(reg, impls, _shipped_cases(reg))
+    for impl in impls:
         ok, why = impl.available()
+        if ok and impl.key in gaps:
+            ok, why = False, gaps[impl.key]
         rows.append({"fusion": impl.fusion, "backend": impl.backend, "variant": impl.variant, "kind": impl.kind,
                      "dtypes": list(impl.dtypes), "available": ok, "reason": why, "key": impl.key})
     if args.json:
         print(json.dumps({"implementations": rows, "problems": reg.problems}, indent=2))
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="fusebench implementations")
     for col in ("fusion", "backend", "variant", "kind", "dtypes", "available"):
         t.add_column(col)
     for r in rows:
-        avail = "[green]yes[/]" if r["available"] else f"[red]no[/]: {r['reason']}"
+        avail = "[green]yes[/]" if r["available"] else f"[red]no[/]: {escape(r['reason'])}"
         t.add_row(r["fusion"], r["backend"], r["variant"], r["kind"], ", ".join(r["dtypes"]), avail)
     _console().print(t)
     return 0
 
 
+def _shipped_cases(reg) -> list:
+    """The shipped cases (sizes to trace the chains on); none where they cannot be read."""
+    try:
+        return load_cases(reg)
+    except CaseError:
+        return []
+
+
 # --- check / bench / run ---------------------------------------------------------------
+
+# where `run` and `bench` write results (relative to the working directory), and `report` reads them
+RUNS = Path("reports") / "runs"
+
 
 def _default_results_path(info) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("reports") / "runs" / f"{stamp}-{info.machine}.jsonl"
+    return RUNS / f"{stamp}-{info.machine}.jsonl"
 
 
 class Outcome(NamedTuple):
@@ -308,20 +432,24 @@ class Outcome(NamedTuple):
 
 
 def _execute(args, bench: bool, write: bool = False) -> Outcome:
-    """Run the jobs with a progress bar, each backend's kernels in its worker process
+    """Run the jobs with progress and an ETA (harness.progress: a bar on a terminal, plain
+    lines without one, as FUSEBENCH_PROGRESS says), each backend's kernels in its worker process
     (harness.workers) unless --no-isolation; with `write`, records go to the results file
     (args.out, else reports/runs/<time>-<machine>.jsonl) as they finish, and --resume
     continues the last run of an earlier file (or --resume-run's), skipping what that run
     finished (_resume)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from harness.progress import Estimator, Reporter
     from harness.results import ResultsWriter, RunInfo
-    from harness.runner import Options, plan, run_job, unavailable_records
+    from harness.runner import Options, impl_fields, plan, run_job, unavailable_records
     from harness.workers import IsolatedRunner
 
     reg = _registry()
     cases, impls = _selection(args, reg)
     missing, usable = unavailable_records(impls)
+    gaps = chain_gaps(reg, usable, cases + _shipped_cases(reg))  # unavailable on every case: one record, not one a case
+    missing += [{**impl_fields(i), "case": "-", "dtype": "-", "status": "unavailable", "reason": gaps[i.key]}
+                for i in usable if i.key in gaps]
+    usable = [i for i in usable if i.key not in gaps]
     backends = [get_backend(b) for b in dict.fromkeys(i.backend for i in impls)]
     info = RunInfo.collect(backends)
     opts = Options(bench=bench, seed=args.seed)
@@ -358,20 +486,19 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
     try:
         for rec in missing:
             keep(rec)
-        total = sum(len(j.impls) for j in jobs)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=False, disable=not sys.stderr.isatty() and not os.environ.get("FUSEBENCH_PROGRESS"),
-                      console=_stderr_console()) as progress:
-            task = progress.add_task("starting", total=total)
-            for job in jobs:
+        est = Estimator([(j.case.id, j.dtype, [(i.key, i.backend, i.variant) for i in j.impls]) for j in jobs])
+        with Reporter(est, _stderr_console, _warn) as progress:
+            for n, job in enumerate(jobs):
                 def on_impl(impl, job=job):
-                    progress.update(task, description=f"{job.case.id} {job.dtype} {impl.backend}/{impl.variant}")
+                    progress.doing(f"{impl.fusion} {job.case.id} {job.dtype} {impl.backend}/{impl.variant}")
 
                 def on_record(rec):
                     keep(rec)
-                    progress.advance(task)
+                    progress.finished(rec)
 
+                est.start_job(n)
                 run(reg, job, opts, on_record, on_impl)
+                est.end_job()
     except _FailFast as stop:
         print(f"stopped at the first failure (--fail-fast): {stop.record['impl']} {stop.record['case']} "
               f"{stop.record['dtype']}: {stop.record.get('reason', '')}", file=sys.stderr)
@@ -400,7 +527,7 @@ def _resume_path(args, info) -> Path:
     elif args.out:
         path = Path(args.out)
     else:
-        found = sorted(Path("reports", "runs").glob(f"*-{info.machine}.jsonl"))
+        found = sorted(RUNS.glob(f"*-{info.machine}.jsonl"))
         if not found:
             raise UsageError(f"--resume: no earlier results file of machine {info.machine} in reports/runs/")
         path = found[-1]
@@ -473,20 +600,37 @@ def _console():
     return Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", 220)))
 
 
-def _print_check_table(records: list[dict]) -> None:
+def _print_check_table(records: list[dict], console=None) -> None:
+    """The accuracy gate's table: failures first, then one row per record, except that the
+    unavailable implementations of a backend collapse to one row per reason."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from harness.textreport import ULP_NOTE, ULP_NOTE_FROM, _impls_text, unavailable_groups
 
     t = Table(title="accuracy gate")
     for col in ("case", "dtype", "implementation", "verdict", "NMSE", "max ULP", "chain NMSE", "reason"):
         t.add_column(col, overflow="fold")
-    for r in records:
-        if r["status"] in ("unavailable", "skipped"):  # not run here (no backend, too large): not a failure
-            t.add_row(r["case"], r["dtype"], r["impl"], f"[yellow]{r['status']}[/]", "", "", "", r.get("reason", ""))
+    failed = [r for r in records if r["status"] in ("fail", "error")]
+    for r in failed + [r for r in records if r["status"] not in ("fail", "error", "unavailable")]:
+        if r["status"] == "skipped":  # too large for this machine: not a failure
+            t.add_row(r["case"], r["dtype"], r["impl"], f"[yellow]{r['status']}[/]", "", "", "",
+                      escape(r.get("reason", "")))
             continue
         v = "[green]pass[/]" if r.get("verdict") == "pass" else "[bold red]FAIL[/]"
         t.add_row(r["case"], r["dtype"], r["impl"], v, _g(r.get("nmse")), _g(r.get("max_ulp")),
-                  _g(r.get("chain_nmse")), r.get("reason", ""))
-    _console().print(t)
+                  _g(r.get("chain_nmse")), escape(r.get("reason", "")))
+    for backend, why, keys in unavailable_groups(records):  # not run here (no device, a missing primitive)
+        t.add_row("-", "-", f"{backend}: {_impls_text(keys)}", "[yellow]unavailable[/]", "", "", "", escape(why))
+    console = console or _console()
+    console.print(t)
+    if any(_num(r.get("max_ulp")) and r["max_ulp"] >= ULP_NOTE_FROM and r.get("verdict") == "pass"
+           for r in records):
+        console.print(f"[dim]{ULP_NOTE}[/]", overflow="fold")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _g(x) -> str:
@@ -515,7 +659,11 @@ def _gate(outcome: Outcome, allow_empty: bool) -> tuple[int, list[str]]:
         lines.append(f"the gate cannot pass: {len(outcome.problems)} registry problem(s) (a plugin that failed to "
                      f"load or was refused), each in a warning above")
         code = 1
-    if not any(r["status"] in JUDGED and r.get("kind") != "reference" for r in records) and not allow_empty:
+    # the float64 reference counts as checked only where it was all that was asked for (--backend reference:
+    # its decomposition run on every case and judged against itself, the yardstick)
+    only_reference = bool(records) and all(r.get("kind") == "reference" for r in records)
+    if not any(r["status"] in JUDGED and (r.get("kind") != "reference" or only_reference) for r in records) \
+            and not allow_empty:
         unavailable = sum(r["status"] == "unavailable" for r in records)
         lines.append(f"nothing was checked ({skipped} skipped, {unavailable} unavailable): not a pass; "
                      f"--allow-empty accepts a run that checks nothing")
@@ -554,7 +702,7 @@ def cmd_check(args) -> int:
     return code
 
 
-def _print_bench_table(records: list[dict]) -> None:
+def _print_bench_table(records: list[dict], console=None, warn: bool = True) -> None:
     from rich.table import Table
 
     t = Table(title="timings (median, cold cache)")
@@ -567,10 +715,58 @@ def _print_bench_table(records: list[dict]) -> None:
         t.add_row(r["case"], r["dtype"], r["impl"], _ms(r["median_s"]), f"{_ms(r['p20_s'])}-{_ms(r['p80_s'])}",
                   str(r["n"]), f"{r['gbps']:.1f}", peak + (" [red]INVALID[/]" if r.get("invalid") else ""),
                   r.get("verdict", ""))
-    _console().print(t)
-    for r in records:
+    (console or _console()).print(t)
+    for r in records if warn else ():
         if r.get("invalid"):
             print(f"INVALID timing: {r['impl']} {r['case']} {r['dtype']}: {r.get('invalid_reason', '')}", file=sys.stderr)
+
+
+def _write_tables(records: list[dict], results: Path, bench: bool) -> Path | None:
+    """The full tables (accuracy gate, timings, and the invalid timings' reasons) as text
+    beside the results file (<results>.txt); None, with a warning, where it cannot be written."""
+    import io
+
+    from rich.console import Console
+
+    if not results.is_file():  # -o /dev/stdout or the like: no place beside it
+        return None
+    buf = io.StringIO()
+    console = Console(file=buf, width=240, color_system=None, force_terminal=False, soft_wrap=False)
+    _print_check_table(records, console)
+    if bench:
+        _print_bench_table(records, console, warn=False)
+        for r in records:
+            if r.get("invalid"):
+                console.print(f"INVALID timing: {r['impl']} {r['case']} {r['dtype']}: {r.get('invalid_reason', '')}",
+                              markup=False, overflow="fold")
+    from harness.results import write_output
+
+    try:
+        return write_output(results.with_suffix(".txt"), buf.getvalue())
+    except OSError as e:
+        _warn(f"cannot write the full tables beside {results}: {e.strerror or e}")
+        return None
+
+
+def _print_summary(args, outcome: Outcome) -> None:
+    """The end of a run or bench: the one-screen summary (harness.textreport.print_summary),
+    after the full tables with --verbose; the tables also go to <results>.txt."""
+    from harness.textreport import print_summary
+
+    records = outcome.records
+    if args.verbose:
+        _print_check_table(records)
+        _print_bench_table(records)
+    console = _console()
+    machines = sorted({str(r.get("machine")) for r in records if r.get("machine")})
+    commits = sorted({str(r.get("commit", ""))[:10] + ("+dirty" if r.get("dirty") else "") for r in records
+                      if r.get("commit")})
+    title = f"{args.command}: {len(records)} records" + (f" on {', '.join(machines)}" if machines else "") + \
+        (f" at {', '.join(commits)}" if commits else "")
+    print_summary(records, console, title=title)
+    tables = _write_tables(records, outcome.path, bench=True) if outcome.path else None
+    if tables:
+        print(f"full tables: {tables}" + ("" if args.verbose else " (or --verbose)"))
 
 
 def _ms(s: float) -> str:
@@ -578,9 +774,9 @@ def _ms(s: float) -> str:
 
 
 def cmd_bench(args) -> int:
-    records, path, _ = _execute(args, bench=True, write=True)
-    _print_bench_table(records)
-    print(f"results: {path}")
+    outcome = _execute(args, bench=True, write=True)
+    _print_summary(args, outcome)
+    print(f"results: {outcome.path}")
     return 0
 
 
@@ -592,6 +788,14 @@ def cmd_report(args) -> int:
             raise UsageError(f"results file {r!r} does not exist")
     if args.output and Path(args.output).is_dir():
         raise UsageError(f"-o {args.output!r} is a directory; give the HTML file to write")
+    if not args.results:  # what `run` and `bench` wrote here
+        found = sorted(f for f in RUNS.glob("*.jsonl") if f.is_file()) if RUNS.is_dir() else []
+        if not found:
+            raise UsageError(f"no results files given, and none in {RUNS}/ (where `fusebench run` and `bench` write "
+                             f"them); give results files or folders (JSON lines), e.g. `fusebench report "
+                             f"path/to/run.jsonl`")
+        args.results = [str(f) for f in found]
+    _say_read(args.results, not args.no_committed)
     if args.text:
         from harness.report import with_committed
         from harness.textreport import print_tables
@@ -606,15 +810,27 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _say_read(paths, include_committed: bool) -> None:
+    """One line naming the results files a report reads (folders expanded), and whether
+    the committed runs are merged in."""
+    from harness.report import COMMITTED_DATA, with_committed
+    from harness.results import expand_paths
+
+    files = [str(f) for f in expand_paths(paths)]
+    shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+    committed = with_committed([], include_committed)
+    extra = f"; with the committed runs in {COMMITTED_DATA} (--no-committed leaves them out)" if committed else ""
+    print(f"reading {len(files)} results file{'s' * (len(files) != 1)}: {shown}{extra}")
+
+
 def cmd_run(args) -> int:
     from harness.report import write_report
 
     outcome = _execute(args, bench=True, write=True)
-    records, path = outcome.records, outcome.path
-    _print_check_table(records)
-    _print_bench_table(records)
+    path = outcome.path
     report_path = Path(args.report) if args.report else path.parent.parent / f"report-{path.stem}.html"
     out = write_report([path], report_path, include_committed=True, on_problem=_warn)
+    _print_summary(args, outcome)
     print(f"results: {path}")
     print(f"report: {out.resolve()}")
     _write_junit(args, outcome)
