@@ -55,6 +55,7 @@ class Backend:
     def __init__(self) -> None:
         self._probe: tuple[bool, str] | None = None
         self._peak: dict[str, float] | None = None
+        self._repeaks = 0  # how often repeak() has measured the peak again
 
     # 1. probe and fingerprint ------------------------------------------------------
     def probe(self) -> tuple[bool, str]:
@@ -195,8 +196,8 @@ class Backend:
         and a kernel above it must not be called invalid for the machine's load. At most
         REPEAKS times per process; after that the peak as it stands."""
         peak = dict(self.peak())
-        if getattr(self, "_repeaks", 0) < self.REPEAKS:
-            self._repeaks = getattr(self, "_repeaks", 0) + 1
+        if self._repeaks < self.REPEAKS:
+            self._repeaks += 1
             for k, v in self.measure_peak_again().items():
                 old = peak.get(k)
                 numbers = isinstance(v, (int, float)) and isinstance(old, (int, float))
@@ -242,6 +243,8 @@ class Prepared:
     # the kernel indexes its buffers the way the backend's kernels do (Backend.max_elements);
     # a chain of library calls does not
     indexes_with_backend_ints = True
+    # the launch plan bound in __init__ (cuda_launch.bind, WgslBackend.bind) that run() launches
+    launches = None
 
     def _check_sizes(self) -> None:
         limit = self.backend.max_elements
@@ -291,10 +294,9 @@ class Prepared:
         """Launch the work: by default the launch plan bound in __init__ (`self.launches`:
         CUDA's cuda_launch.bind, WGSL's WgslBackend.bind); a kernel that calls a library
         (numba) overrides this."""
-        launches = getattr(self, "launches", None)
-        if launches is None:
+        if self.launches is None:
             raise NotImplementedError(f"{type(self).__name__}: no run() and no bound launch plan (self.launches)")
-        launches.run()
+        self.launches.run()
 
     def buffers(self, **scratch) -> dict[str, Any]:
         """Every buffer a launch plan may name: the inputs, the outputs and `scratch`."""
