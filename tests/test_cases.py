@@ -25,6 +25,17 @@ def test_shipped_cases_load(registry):
     assert select(cases, suite="smoke") and all("smoke" in c.suites for c in select(cases, suite="smoke"))
 
 
+
+def test_quick_suite_is_the_smoke_cases_and_one_real_size_per_fusion(registry):
+    """The main job's suite (`fusebench run`, issue 21): every fusion at its smoke sizes and at
+    one size of a real model, so that every fusion meets every backend in minutes."""
+    quick = select(load_cases(registry), suite="quick")
+    for fusion in registry.fusions:
+        smoke = [c for c in quick if c.fusion == fusion and c.model == "smoke"]
+        real = [c.id for c in quick if c.fusion == fusion and c.model != "smoke"]
+        assert smoke and len(real) == 1, (fusion, real)
+        assert all("smoke" in c.suites for c in smoke)
+
 def test_llama3_1_405b_cases_from_its_config_in_the_full_suite_only(registry):
     """hidden 16384, intermediate 53248, 128 q and 8 kv heads of 128, rope_theta 500000, eps
     1e-5; decode (M = 1) of every block fusion and decode attention against 131072 keys."""
@@ -42,14 +53,15 @@ def test_llama3_1_405b_cases_from_its_config_in_the_full_suite_only(registry):
 
 def test_gemma2_2b_cases_from_its_config(registry):
     """hidden 2304, 8 q and 4 kv heads of 256 (head_dim HEAD_DIM_LIMIT), eps 1e-6, theta 10000:
-    the block fusions that fit its layer at decode and the attention fusions, with decode
-    against 4096 keys at batch 1 the one quick case (issue 19); no SwiGLU (Gemma-2's MLP is GeGLU)."""
+    the block fusions that fit its layer at decode and the attention fusions, decode against
+    4096 keys at batch 1 among them (issue 19), all in the full suite only (the quick suite
+    holds one real size per fusion); no SwiGLU (Gemma-2's MLP is GeGLU)."""
     from harness.attention import HEAD_DIM_LIMIT
 
     cases = {(c.fusion, c.id): c for c in load_cases(registry) if c.model == "Gemma-2-2B"}
     heads = {"n_heads": 8, "n_kv_heads": 4, "head_dim": HEAD_DIM_LIMIT}
     assert cases["decode_attention", "gemma2_2b.decode4096"].params == {"B": 1, "T": 4096, **heads}
-    assert [key for key, c in cases.items() if "quick" in c.suites] == [("decode_attention", "gemma2_2b.decode4096")]
+    assert [key for key, c in cases.items() if "quick" in c.suites] == []
     assert {fusion for fusion, _ in cases} == {"rmsnorm_gemm", "add_rmsnorm", "rmsnorm_qkv_rope",
                                                "decode_attention", "attention_prefill", "attn_score_softmax"}
     assert cases["rmsnorm_gemm", "gemma2_2b.decode"].params == {"M": 1, "H": 2304, "N": 8 * 256 + 2 * 4 * 256,
