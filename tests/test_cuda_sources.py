@@ -144,7 +144,7 @@ def test_launch_constants_match_source():
     assert m.GEMV_ROWS_PER_BLOCK == (d["FB_GEMV_THREADS"] // 32) * d["FB_GEMV_ROWS"]
     assert m.RMS_THREADS == d["FB_RMS_THREADS"] and m.RMS_ROWS_PER_BLOCK == d["FB_RMS_THREADS"] // 32
     assert m.TILED_THREADS == d["FB_TILED_THREADS"] == 256  # the kernel assumes 16 x 16 threads
-    assert (m.TILE_M, m.TILE_N) == (d["FB_TM"], d["FB_TN"]) == (64, 64)  # 16 threads x 4
+    assert (m.TILE_M, m.TILE_N) == (d["FB_TM"], 2 * d["FB_TP"]) == (64, 64)  # 16 threads x 4 (2 pairs)
     assert d["FB_GEMV_CHUNK"] % 8 == 0 and d["FB_TK"] % 8 == 0  # multiples of every VEC
 
 
