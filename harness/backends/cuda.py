@@ -81,6 +81,27 @@ class KernelModule:
         return self._by_device[dev]
 
 
+class FusedCuda(Prepared):
+    """A fused CUDA kernel's Prepared: plan() asks its module's `launch_plan` for this device
+    (aligned: whether every array in `aligned_of` starts on 16 bytes, the kernels' vector
+    loads' condition), bind_launches() binds the plan to the arguments for run()."""
+
+    limits = None
+
+    def plan(self, launch_plan, *dims, aligned_of=None, **kw):
+        from harness.cuda_launch import device_limits
+
+        self.limits = device_limits()
+        if aligned_of is not None:
+            kw["aligned"] = all(a.data.ptr % 16 == 0 for a in aligned_of)
+        return launch_plan(*dims, self.dtype, limits=self.limits, **kw)
+
+    def bind_launches(self, module, plan, args) -> None:
+        from harness.cuda_launch import bind
+
+        self.launches = bind(module, plan, args, self.limits, f"{self.spec.name}/cuda")
+
+
 def storage_dtype(dtype: str):
     """The CuPy dtype that holds `dtype` on the device (bfloat16 -> uint16 bit patterns)."""
     import cupy as cp
