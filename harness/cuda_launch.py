@@ -21,6 +21,9 @@ CUDA_ERROR_INVALID_VALUE at launch.
     bind(module, plan, args, limits) -> BoundPlan        check with the compiled kernels' facts,
                                                          opt in to large dynamic shared memory,
                                                          and launch with BoundPlan.run()
+    pair_gemm_plan / pair_gemv_launch / pair_tiled_launch
+                                                         the launches of the pair GEMM core
+                                                         (harness/kernels/fb_pair_gemm.cuh)
 
 The limits checked: grid x <= 2^31 - 1, grid y and z <= 65535, every dimension >= 1; block
 x, y <= 1024, z <= 64, threads per block <= 1024 and <= the compiled kernel's own maximum
@@ -106,6 +109,40 @@ class KernelFacts(NamedTuple):
     static_smem: int = 0
     registers: int = 0
     max_threads: int = 0
+
+
+# ---- the pair GEMM core's launches (harness/kernels/fb_pair_gemm.cuh, fb_rms_input.cuh) -------
+# Shared by the fusions built on it (rmsnorm_gemm, rmsnorm_qkv_rope, gemm_swiglu, swiglu_ffn);
+# must match the #defines there.
+GEMV_THREADS, GEMV_PAIRS_PER_BLOCK = 256, 8     # FB_GEMV_THREADS; one pair per warp
+TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32  # FB_TILED_THREADS, FB_TM, FB_TP
+RMS_THREADS, RMS_ROWS_PER_BLOCK = 256, 8        # FB_RMS_THREADS; one warp per row
+GEMV_MAX_M = 8          # up to this many rows the weight-streaming GEMV wins
+MAX_GRID_Y = 65535      # the kernels loop over blockIdx.y beyond this
+
+
+def pair_gemv_launch(kernel: str, M: int, npairs: int) -> Launch:
+    """fb_pair_gemv over M input rows and npairs pairs: a block per 8 pairs and row."""
+    return Launch(kernel, (cdiv(npairs, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)), (GEMV_THREADS,))
+
+
+def pair_tiled_launch(kernel: str, M: int, npairs: int) -> Launch:
+    """fb_pair_tiled over M input rows and npairs pairs: a block per 64 rows x 32 pairs."""
+    return Launch(kernel, (cdiv(npairs, TILE_PAIRS), min(cdiv(M, TILE_M), MAX_GRID_Y)), (TILED_THREADS,))
+
+
+def pair_gemm_plan(prefix: str, suffix: str, M: int, npairs: int, vec: int, rms: bool = False) -> Plan:
+    """The plan of a one-GEMM fusion on the pair core, kernels named `<prefix>_<kind>_<suffix>`:
+    decode (M <= GEMV_MAX_M) the GEMV; prefill the tiled kernel, after the inverse-RMS pass
+    (`<prefix>_rms_<suffix>`) where `rms`. No launch when M or npairs is 0. Switches {vec}."""
+    if M == 0 or npairs == 0:
+        launches = ()
+    elif M <= GEMV_MAX_M:
+        launches = (pair_gemv_launch(f"{prefix}_gemv_{suffix}", M, npairs),)
+    else:
+        rms_pass = (Launch(f"{prefix}_rms_{suffix}", (cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),)
+        launches = (*(rms_pass if rms else ()), pair_tiled_launch(f"{prefix}_tiled_{suffix}", M, npairs))
+    return Plan(launches, {"vec": vec})
 
 
 # ---- the checks -----------------------------------------------------------------------------

@@ -147,8 +147,9 @@ def scratch_mem(out: Out) -> Mem:
 
 
 # ---- rmsnorm_gemm ---------------------------------------------------------------------------
-# The transcription of rmsnorm_gemm.cu: the GEMV (decode), the row statistics and the tiled
-# GEMM (prefill) kernels.
+# The transcription of rmsnorm_gemm.cu's GEMV (decode) and of the row statistics (prefill pass 1,
+# harness/kernels/fb_rms_input.cuh, also rmsnorm_qkv_rope's); its tiled GEMM (prefill pass 2) is
+# the pair core's, emulated below (emulate_pair_tiled over NormA and RowPairs).
 D = defines(CU["rmsnorm_gemm"])
 
 
@@ -218,67 +219,6 @@ def emulate_rms(x, inv, M, H, eps, grid):
             inv.store(m, 1.0 / np.sqrt(ss / H + eps))
 
 
-def emulate_tiled(x, g, w, inv, y, M, H, N, vec, grid):
-    TM, TN, TK, PAD, THREADS = D["FB_TM"], D["FB_TN"], D["FB_TK"], D["FB_TPAD"], D["FB_TILED_THREADS"]
-    VEC = x.vec
-    KV = TK // VEC
-    for bx in range(grid[0]):
-        n0 = bx * TN
-        for by in range(grid[1]):
-            mt = by
-            while mt * TM < M:
-                m0 = mt * TM
-                acc = np.zeros((THREADS, 4, 4))
-                k0 = 0
-                while k0 < H:
-                    As = np.full((TK, TM + PAD), np.nan)
-                    Ws = np.full((TK, TN + PAD), np.nan)
-                    wa = np.zeros((TK, TM), dtype=int)
-                    ww = np.zeros((TK, TN), dtype=int)
-                    for tid in range(THREADS):
-                        if vec:
-                            for v in range(tid, TM * KV, THREADS):
-                                row, kk = v // KV, (v % KV) * VEC
-                                gk, gm, gn = k0 + kk, m0 + row, n0 + row
-                                if gm < M and gk < H:
-                                    f = x.vload(gm * H + gk) * inv.v[gm] * np.array(
-                                        [g.load(gk + e) for e in range(VEC)])
-                                else:
-                                    f = np.zeros(VEC)
-                                As[kk:kk + VEC, row] = f
-                                wa[kk:kk + VEC, row] += 1
-                                f = w.vload(gn * H + gk) if (gn < N and gk < H) else np.zeros(VEC)
-                                Ws[kk:kk + VEC, row] = f
-                                ww[kk:kk + VEC, row] += 1
-                        else:
-                            for e in range(tid, TM * TK, THREADS):
-                                row, kk = e // TK, e % TK
-                                gk, gm, gn = k0 + kk, m0 + row, n0 + row
-                                As[kk, row] = (x.load(gm * H + gk) * inv.v[gm] * g.load(gk)
-                                               if gm < M and gk < H else 0.0)
-                                Ws[kk, row] = w.load(gn * H + gk) if gn < N and gk < H else 0.0
-                                wa[kk, row] += 1
-                                ww[kk, row] += 1
-                    assert (wa == 1).all() and (ww == 1).all(), "shared tile slot written 0 or 2+ times"
-                    for tid in range(THREADS):
-                        tx, ty = tid & 15, tid >> 4
-                        a = As[:, ty * 4:ty * 4 + 4]
-                        b = Ws[:, tx * 4:tx * 4 + 4]
-                        assert not (np.isnan(a).any() or np.isnan(b).any())
-                        acc[tid] += a.T @ b
-                    k0 += TK
-                for tid in range(THREADS):
-                    tx, ty = tid & 15, tid >> 4
-                    for i in range(4):
-                        gm = m0 + ty * 4 + i
-                        if gm < M:
-                            for j in range(4):
-                                gn = n0 + tx * 4 + j
-                                if gn < N:
-                                    y.store(gm * N + gn, acc[tid, i, j])
-                mt += grid[1]
-
-
 def emulate_rmsnorm_gemm(inputs, dtype, eps, grid_y_cap=None, aligned=True):
     """Run the launch plan of impls/rmsnorm_gemm/cuda.py through the emulated kernels."""
     mod = impl_module("rmsnorm_gemm")
@@ -299,7 +239,7 @@ def emulate_rmsnorm_gemm(inputs, dtype, eps, grid_y_cap=None, aligned=True):
             emulate_rms(x, inv, M, H, eps, grid)
             assert (inv.writes == 1).all()
         else:
-            emulate_tiled(x, g, w, inv, y, M, H, N, vec, grid)
+            emulate_pair_tiled(D, NormA(x, g, inv, H), RowPairs(w, y, H, N), M, H, -(-N // 2), vec, x.vec, grid)
     return y, vec, plan
 
 

@@ -138,14 +138,9 @@ def test_kernel_module_compiles_spliced_source_once_per_device(monkeypatch):
 
 # ---- launch geometry matches the #defines ------------------------------------------------------
 def test_launch_constants_match_source():
-    m = impl_module("rmsnorm_gemm")
-    d = defines(RMS_CU)
-    assert m.GEMV_THREADS == d["FB_GEMV_THREADS"]
-    assert m.GEMV_ROWS_PER_BLOCK == (d["FB_GEMV_THREADS"] // 32) * d["FB_GEMV_ROWS"]
-    assert m.RMS_THREADS == d["FB_RMS_THREADS"] and m.RMS_ROWS_PER_BLOCK == d["FB_RMS_THREADS"] // 32
-    assert m.TILED_THREADS == d["FB_TILED_THREADS"] == 256  # the kernel assumes 16 x 16 threads
-    assert (m.TILE_M, m.TILE_N) == (d["FB_TM"], d["FB_TN"]) == (64, 64)  # 16 threads x 4
-    assert d["FB_GEMV_CHUNK"] % 8 == 0 and d["FB_TK"] % 8 == 0  # multiples of every VEC
+    m, d = impl_module("rmsnorm_gemm"), defines(RMS_CU)
+    assert m.GEMV_ROWS_PER_BLOCK == (d["FB_GEMV_THREADS"] // 32) * d["FB_GEMV_ROWS"]  # its own GEMV
+    assert m.TILE_N == 2 * d["FB_TP"] == 64  # the pair core's tiles: 32 pairs of W rows
 
 
 # ---- emulation of the kernels' indexing (tests/cuda_emulation.py) ---------------------------
@@ -329,15 +324,19 @@ def test_new_fusions_registered(fusion):
 
 
 def test_new_launch_constants_match_sources():
-    for fusion in ("rmsnorm_qkv_rope", "gemm_swiglu", "swiglu_ffn"):
-        m, d = impl_module(fusion), defines(NEW_CU[fusion])
-        assert m.GEMV_THREADS == d["FB_GEMV_THREADS"] == 256
-        assert m.GEMV_PAIRS_PER_BLOCK == d["FB_GEMV_PAIRS_PER_BLOCK"] == d["FB_GEMV_THREADS"] // 32
-        assert m.TILED_THREADS == d["FB_TILED_THREADS"] == 256
-        assert (m.TILE_M, m.TILE_PAIRS) == (d["FB_TM"], d["FB_TP"]) == (64, 32)
-        assert d["FB_GEMV_CHUNK"] % 8 == 0 and d["FB_TK"] % 8 == 0
-    m, d = impl_module("rmsnorm_qkv_rope"), defines(NEW_CU["rmsnorm_qkv_rope"])
-    assert m.RMS_THREADS == d["FB_RMS_THREADS"] and m.RMS_ROWS_PER_BLOCK == d["FB_RMS_THREADS"] // 32
+    """The pair core's launch geometry (harness.cuda_launch) against each source's #defines."""
+    from harness import cuda_launch as cl
+
+    for fusion in ("rmsnorm_gemm", "rmsnorm_qkv_rope", "gemm_swiglu", "swiglu_ffn"):
+        d = defines(CU[fusion])
+        assert cl.GEMV_THREADS == d["FB_GEMV_THREADS"] == 256
+        assert cl.GEMV_PAIRS_PER_BLOCK == d["FB_GEMV_PAIRS_PER_BLOCK"] == d["FB_GEMV_THREADS"] // 32
+        assert cl.TILED_THREADS == d["FB_TILED_THREADS"] == 256  # the kernel assumes 16 x 16 threads
+        assert (cl.TILE_M, cl.TILE_PAIRS) == (d["FB_TM"], d["FB_TP"]) == (64, 32)  # 16 threads x 4
+        assert d["FB_GEMV_CHUNK"] % 8 == 0 and d["FB_TK"] % 8 == 0  # multiples of every VEC
+    for fusion in ("rmsnorm_gemm", "rmsnorm_qkv_rope"):
+        d = defines(CU[fusion])
+        assert cl.RMS_THREADS == d["FB_RMS_THREADS"] and cl.RMS_ROWS_PER_BLOCK == d["FB_RMS_THREADS"] // 32
     m, d = impl_module("add_rmsnorm"), defines(NEW_CU["add_rmsnorm"])
     assert m.THREADS == d["FB_ADD_THREADS"] and m.STATIC_SMEM == 4 * (d["FB_ADD_THREADS"] // 32)  # red[FB_ADD_WARPS]
 

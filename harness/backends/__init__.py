@@ -392,6 +392,17 @@ class _CountingOps:
         return counted
 
 
+class BinaryKernelOps:
+    """For a backend's Ops whose add and mul are one elementwise kernel, reached through its
+    `_binary(op, a, b)` with op "add" or "mul" (listed before Ops among the bases)."""
+
+    def add(self, a, b):
+        return self._binary("add", a, b)
+
+    def mul(self, a, b):
+        return self._binary("mul", a, b)
+
+
 _loaded: dict[str, Backend] = {}
 
 

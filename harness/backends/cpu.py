@@ -75,9 +75,7 @@ class CpuBackend(Backend):
     device_kind = "cpu"
     dtypes = ("float32", "float16", "bfloat16")
 
-    def __init__(self):
-        super().__init__()
-        self._flush_buf: np.ndarray | None = None
+    _flush_buf: np.ndarray | None = None  # flush_cache()'s buffer, made on its first call
 
     # 1. probe and fingerprint
     def _probe_impl(self):

@@ -23,9 +23,11 @@ cupy-cuda12x and cupy-cuda13x both work.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from harness.backends import Backend, BackendUnavailable, Prepared, Replay
+from harness.backends import Backend, BackendUnavailable, BinaryKernelOps, Prepared, Replay
 from harness.backends.gpu_timing import HOLD_SOURCE, Hold, graph_launches, method_name
 from harness.cuda_compile import cuda_source
 from harness.ops import Ops
@@ -81,6 +83,27 @@ class KernelModule:
         return self._by_device[dev]
 
 
+class FusedCuda(Prepared):
+    """A fused CUDA kernel's Prepared: plan() asks its module's `launch_plan` for this device
+    (aligned: whether every array in `aligned_of` starts on 16 bytes, the kernels' vector
+    loads' condition), bind_launches() binds the plan to the arguments for run()."""
+
+    limits = None
+
+    def plan(self, launch_plan, *dims, aligned_of=None, **kw):
+        from harness.cuda_launch import device_limits
+
+        self.limits = device_limits()
+        if aligned_of is not None:
+            kw["aligned"] = all(a.data.ptr % 16 == 0 for a in aligned_of)
+        return launch_plan(*dims, self.dtype, limits=self.limits, **kw)
+
+    def bind_launches(self, module, plan, args) -> None:
+        from harness.cuda_launch import bind
+
+        self.launches = bind(module, plan, args, self.limits, f"{self.spec.name}/cuda")
+
+
 def storage_dtype(dtype: str):
     """The CuPy dtype that holds `dtype` on the device (bfloat16 -> uint16 bit patterns)."""
     import cupy as cp
@@ -96,40 +119,59 @@ def _version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}" if v else "unknown"
 
 
+def _gemm_needed(what: str, a, b, out, K: int) -> bool:
+    """Whether a cuBLAS call must run for out = a @ op(b): the arrays must be C-contiguous;
+    an empty out needs nothing, and K = 0 only zeros."""
+    for arr in (a, b, out):
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{what} needs C-contiguous arrays")
+    if out.size == 0:
+        return False
+    if K == 0:
+        out.fill(0)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _cublas_host_scalars():
+    """(handle, alpha, beta): the cuBLAS handle on the caller's stream (graph capture) and
+    pointers to the host float32 scalars 1 and 0, the handle's pointer mode set to host for
+    the call and restored after."""
+    import cupy as cp
+    from cupy.cuda import cublas
+
+    alpha = np.array(1.0, dtype=np.float32)
+    beta = np.array(0.0, dtype=np.float32)
+    handle = cp.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, 0)  # CUBLAS_POINTER_MODE_HOST
+    try:
+        yield handle, alpha.ctypes.data, beta.ctypes.data
+    finally:
+        cublas.setPointerMode(handle, mode)
+
+
 def gemm_ex(a, b, out, a_type: int) -> None:
     """out(M, N) = a(M, K) @ b(N, K).T with cuBLAS gemmEx, float32 compute.
 
     Row-major trick: cuBLAS is column-major, so compute out.T (N x M, ld N) =
     b (seen column-major as K x N, ld K) transposed @ a (seen as K x M, ld K)."""
-    import cupy as cp
     from cupy.cuda import cublas
 
     M, K = a.shape
     N = b.shape[0]
     if b.shape[1] != K or out.shape != (M, N):
         raise ValueError(f"gemm_ex: shapes {a.shape} @ {b.shape}.T -> {out.shape} do not match")
-    for arr in (a, b, out):
-        if not arr.flags.c_contiguous:
-            raise ValueError("gemm_ex needs C-contiguous arrays")
-    if M == 0 or N == 0:
+    if not _gemm_needed("gemm_ex", a, b, out, K):
         return
-    if K == 0:
-        out.fill(0)
-        return
-    alpha = np.array(1.0, dtype=np.float32)
-    beta = np.array(0.0, dtype=np.float32)
-    handle = cp.cuda.device.get_cublas_handle()
-    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)  # the caller's stream (graph capture)
-    mode = cublas.getPointerMode(handle)  # alpha and beta are host pointers
-    cublas.setPointerMode(handle, 0)  # CUBLAS_POINTER_MODE_HOST
-    try:
+    with _cublas_host_scalars() as (handle, alpha, beta):
         cublas.gemmEx(handle, _CUBLAS_OP_T, _CUBLAS_OP_N, N, M, K,
-                      alpha.ctypes.data, b.data.ptr, a_type, K,
+                      alpha, b.data.ptr, a_type, K,
                       a.data.ptr, a_type, K,
-                      beta.ctypes.data, out.data.ptr, a_type, N,
+                      beta, out.data.ptr, a_type, N,
                       _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
-    finally:
-        cublas.setPointerMode(handle, mode)
 
 
 def gemm_strided_batched(a, b, out, a_type: int, transpose_b: bool) -> None:
@@ -139,7 +181,6 @@ def gemm_strided_batched(a, b, out, a_type: int, transpose_b: bool) -> None:
     a: (n, S, K), b: (n, N, K) (transpose_b) or (n, K, N), out: (n, S, N), C-contiguous.
     Row-major trick as in gemm_ex: out[i].T (N x S, ld N) = op(b[i]) @ a[i].T, where b[i]
     seen column-major is K x N (ld K; transposed) or N x K (ld N; not transposed)."""
-    import cupy as cp
     from cupy.cuda import cublas
 
     n, S, K = a.shape
@@ -148,29 +189,15 @@ def gemm_strided_batched(a, b, out, a_type: int, transpose_b: bool) -> None:
     if b.shape != want_b or out.shape != (n, S, N):
         raise ValueError(f"gemm_strided_batched: shapes {a.shape} @ {b.shape}{'.T' if transpose_b else ''} "
                          f"-> {out.shape} do not match")
-    for arr in (a, b, out):
-        if not arr.flags.c_contiguous:
-            raise ValueError("gemm_strided_batched needs C-contiguous arrays")
-    if out.size == 0:
+    if not _gemm_needed("gemm_strided_batched", a, b, out, K):
         return
-    if K == 0:
-        out.fill(0)
-        return
-    alpha = np.array(1.0, dtype=np.float32)
-    beta = np.array(0.0, dtype=np.float32)
     op_b, ldb = (_CUBLAS_OP_T, K) if transpose_b else (_CUBLAS_OP_N, N)
-    handle = cp.cuda.device.get_cublas_handle()
-    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)  # the caller's stream (graph capture)
-    mode = cublas.getPointerMode(handle)  # alpha and beta are host pointers
-    cublas.setPointerMode(handle, 0)  # CUBLAS_POINTER_MODE_HOST
-    try:
+    with _cublas_host_scalars() as (handle, alpha, beta):
         cublas.gemmStridedBatchedEx(handle, op_b, _CUBLAS_OP_N, N, S, K,
-                                    alpha.ctypes.data, b.data.ptr, a_type, ldb, N * K,
+                                    alpha, b.data.ptr, a_type, ldb, N * K,
                                     a.data.ptr, a_type, K, S * K,
-                                    beta.ctypes.data, out.data.ptr, a_type, N, S * N,
+                                    beta, out.data.ptr, a_type, N, S * N,
                                     n, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
-    finally:
-        cublas.setPointerMode(handle, mode)
 
 
 class _Minimal(Prepared):
@@ -191,9 +218,10 @@ class CudaBackend(Backend):
     device_kind = "gpu"
     dtypes = ("float32", "float16", "bfloat16")
 
+    _flush_buf = None  # flush_cache()'s buffer, made on its first call
+
     def __init__(self):
         super().__init__()
-        self._flush_buf = None
         self._flush_val = 0
         self._timing_stream = None
         self._hold_kernel = None
@@ -451,7 +479,7 @@ def _short(e: Exception) -> str:
     return s.splitlines()[0]
 
 
-class CudaOps(Ops):
+class CudaOps(BinaryKernelOps, Ops):
     """The chain's primitives on CuPy arrays in one storage dtype (float32 compute)."""
 
     THREADS = 256
@@ -505,12 +533,6 @@ class CudaOps(Ops):
         if y.size:
             self.k[op]((self._grid(y.size),), (self.THREADS,), (a, b, y, np.int64(y.size)))
         return y
-
-    def add(self, a, b):
-        return self._binary("add", a, b)
-
-    def mul(self, a, b):
-        return self._binary("mul", a, b)
 
     def silu(self, x):
         x = self._arr(x)

@@ -74,7 +74,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from harness.backends import Backend, BackendUnavailable, Prepared
+from harness.backends import Backend, BackendUnavailable, BinaryKernelOps, Prepared
 from harness.dtypes import np_dtype
 from harness.ops import Ops
 from harness.splice import kernel_sections
@@ -940,7 +940,7 @@ class WgslBackend(Backend):
         return best
 
 
-class WgslOps(Ops):
+class WgslOps(BinaryKernelOps, Ops):
     """Primitive ops, one WGSL dispatch each, results in new device arrays of the storage
     dtype (computed in f32). Inputs may be in any storage dtype the backend holds."""
 
@@ -1006,12 +1006,6 @@ class WgslOps(Ops):
                         ["in", "in", "out"], grid_1d(-(-n // WG)),
                         pack_params(("u", n), ("u", a.size), ("u", b.size)))
         return y
-
-    def add(self, a, b):
-        return self._binary("add", a, b)
-
-    def mul(self, a, b):
-        return self._binary("mul", a, b)
 
     def silu(self, x):
         x = self._dev(x)

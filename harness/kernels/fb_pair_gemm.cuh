@@ -163,29 +163,6 @@ __device__ __forceinline__ void fb_pair_tiled(const AS& as, const PR& pr, int M,
 }
 
 // ---- operands ---------------------------------------------------------------------------
-// GEMV input row m: RMSNorm(x)[m] = x[m] * inv_rms * gamma, inv_rms computed by the block.
-template <class D>
-struct FbNormRow {
-    const typename D::T* x;
-    const typename D::T* gamma;
-    int H;
-    float eps;
-    __device__ __forceinline__ float scale(int m, float* red) const {
-        const typename D::T* xr = x + (long long)m * H;
-        float ss = 0.f;
-        for (int h = threadIdx.x; h < H; h += FB_GEMV_THREADS) {
-            const float v = D::load(xr, h);
-            ss += v * v;
-        }
-        return fb_inv_rms(fb_block_sum<FB_GEMV_WARPS>(ss, red), H, eps);
-    }
-    __device__ __forceinline__ void fill(float* xs, int m, int c0, int L, float s) const {
-        const typename D::T* xr = x + (long long)m * H + c0;
-        for (int i = threadIdx.x; i < L; i += FB_GEMV_THREADS)
-            xs[i] = D::load(xr, i) * s * D::load(gamma, c0 + i);
-    }
-};
-
 // GEMV input row m of a plain (M, K) matrix in storage type DA (FbF32 for float scratch).
 template <class DA>
 struct FbPlainRow {
@@ -209,5 +186,26 @@ struct FbPlainA {
         const fb_vec16* p = reinterpret_cast<const fb_vec16*>(x + (long long)gm * K + gk);
 #pragma unroll
         for (int q = 0; q < N / DA::VEC; ++q) DA::unpack(p[q], f + q * DA::VEC);
+    }
+};
+
+// ---- pairs ------------------------------------------------------------------------------
+// The W rows of a plain GEMM y = a @ W.T (W: (N, K), y: (M, N) in storage type D) taken two
+// at a time: pair p is rows 2p and 2p + 1, (N + 1) / 2 pairs; for an odd N the last pair
+// reads row N - 1 twice and stores one output.
+template <class D>
+struct FbRowPairs {
+    typedef typename D::T T;
+    const T* w;
+    T* y;
+    int K, N;
+    __device__ __forceinline__ const T* row(int p, int which) const {
+        const int n = min(2 * p + which, N - 1);
+        return w + (long long)n * K;
+    }
+    __device__ __forceinline__ void store(int m, int p, float a0, float a1) const {
+        const int n = 2 * p;
+        D::store(y, (long long)m * N + n, a0);
+        if (n + 1 < N) D::store(y, (long long)m * N + n + 1, a1);
     }
 };

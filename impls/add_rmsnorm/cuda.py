@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule
-from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits, resident_blocks_by_shared
+from harness.backends.cuda import SUFFIX, VEC, FusedCuda, KernelModule
+from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, resident_blocks_by_shared
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("add_rmsnorm.cu")
@@ -63,20 +62,17 @@ def launch_plan(M: int, H: int, dtype: str, aligned: bool = True, limits: Device
     return Plan(launches, {"vec": vec, "cache": cache})
 
 
-class AddRmsNormCuda(Prepared):
+class AddRmsNormCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        mod = load_module()
         self.x, self.res, self.gamma = self.bind_inputs(inputs, ("x", "residual", "gamma"))
         M, H = self.dims["M"], self.dims["H"]
         self.alloc_outputs()
-        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.res, self.gamma, *self.out.values()))
-        limits = device_limits()
-        plan = launch_plan(M, H, dtype, aligned, limits)
+        plan = self.plan(launch_plan, M, H, aligned_of=(self.x, self.res, self.gamma, *self.out.values()))
         vec, cache = plan.switches["vec"], plan.switches["cache"]
         args = (self.x, self.res, self.gamma, self.out["h"], self.out["y"], np.int32(M), np.int32(H),
                 np.float32(attrs["eps"]), np.int32(vec), np.int32(cache))
-        self.launches = bind(mod, plan, [args], limits, "add_rmsnorm/cuda")
+        self.bind_launches(load_module(), plan, [args])
         self.vec, self.cache = bool(vec), bool(cache)
 
 

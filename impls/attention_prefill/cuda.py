@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, KernelModule, cdiv
-from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
+from harness.backends.cuda import SUFFIX, FusedCuda, KernelModule, cdiv
+from harness.cuda_launch import H200, DeviceLimits, Launch, Plan
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("attention_prefill.cu")
@@ -47,18 +46,15 @@ def launch_plan(B: int, Hq: int, S: int, d: int, dtype: str, limits: DeviceLimit
                         (THREADS,)),))
 
 
-class AttentionPrefillCuda(Prepared):
+class AttentionPrefillCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        mod = load_module()
         self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
         B, S, Hq, Hkv, d = (self.dims[k] for k in ("B", "S", "n_heads", "n_kv_heads", "head_dim"))
         self.alloc_outputs()
-        limits = device_limits()
-        plan = launch_plan(B, Hq, S, d, dtype, limits)
         args = (self.q, self.k, self.v, self.out["o"], np.int32(B), np.int32(Hq), np.int32(Hkv), np.int32(S),
                 np.int32(d), np.float32(attrs["scale"]))
-        self.launches = bind(mod, plan, [args], limits, "attention_prefill/cuda")
+        self.bind_launches(load_module(), self.plan(launch_plan, B, Hq, S, d), [args])
 
 
 register(Implementation("attention_prefill", "cuda", "fused", "fused", AttentionPrefillCuda,

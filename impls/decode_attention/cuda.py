@@ -30,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
-from harness.cuda_launch import (H200, DeviceLimits, Launch, Plan, bind, device_limits, kernel_facts,
-                                 registers_per_block)
+from harness.backends.cuda import SUFFIX, VEC, FusedCuda, KernelModule, cdiv
+from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, kernel_facts, registers_per_block
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("decode_attention.cu")
@@ -101,21 +99,18 @@ def launch_plan(B: int, T: int, Hq: int, Hkv: int, d: int, dtype: str, aligned: 
     return Plan(tuple(launches), switches)
 
 
-class DecodeAttentionCuda(Prepared):
+class DecodeAttentionCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
         mod = load_module()
-        self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
-        self.lens = self.bind_inputs(inputs, ("lens",))[0]
+        self.q, self.k, self.v, self.lens = self.bind_inputs(inputs, ("q", "k", "v", "lens"))
         B, T, Hq, Hkv, d = (self.dims[k] for k in ("B", "T", "n_heads", "n_kv_heads", "head_dim"))
         self.alloc_outputs()
-        aligned = all(a.data.ptr % 16 == 0 for a in (self.q, self.k, self.v))
-        limits = device_limits()
         split_kernel = mod.get_function(f"decode_attention_split_g{head_group(Hq // Hkv)}_{SUFFIX[dtype]}")
-        plan = launch_plan(B, T, Hq, Hkv, d, dtype, aligned, limits,
-                           resident_blocks(kernel_facts(split_kernel).registers))
+        plan = self.plan(launch_plan, B, T, Hq, Hkv, d, aligned_of=(self.q, self.k, self.v),
+                         blocks_per_sm=resident_blocks(kernel_facts(split_kernel).registers))
         vec, nsplit, G = (plan.switches[k] for k in ("vec", "nsplit", "G"))
         parts = B * Hq * nsplit if nsplit > 1 else 1     # split partials (a dummy when nsplit = 1)
         self.pm = cp.empty(parts, dtype=cp.float32)
@@ -125,7 +120,7 @@ class DecodeAttentionCuda(Prepared):
         args = [(self.q, self.k, self.v, self.lens, self.out["o"], self.pm, self.pl, self.pacc, i32(B), i32(Hq),
                  i32(Hkv), i32(T), i32(d), np.float32(attrs["scale"]), i32(nsplit), i32(vec)),
                 (self.pm, self.pl, self.pacc, self.out["o"], i32(B * Hq), i32(nsplit), i32(d))]
-        self.launches = bind(mod, plan, args, limits, "decode_attention/cuda")
+        self.bind_launches(mod, plan, args)
         self.vec, self.nsplit, self.heads_per_block = bool(vec), nsplit, G
 
 

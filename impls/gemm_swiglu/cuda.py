@@ -22,18 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
-from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
+from harness.backends.cuda import SUFFIX, VEC, FusedCuda, KernelModule
+from harness.cuda_launch import H200, DeviceLimits, Plan, pair_gemm_plan
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("gemm_swiglu.cu")
 KERNELS = tuple(f"gemm_swiglu_{k}_{s}" for s in SUFFIX.values() for k in ("gemv", "tiled"))
-
-GEMV_THREADS, GEMV_PAIRS_PER_BLOCK = 256, 8
-TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32
-GEMV_MAX_M = 8
-MAX_GRID_Y = 65535
 
 load_module = KernelModule(SOURCE_PATH)
 
@@ -41,32 +35,19 @@ load_module = KernelModule(SOURCE_PATH)
 def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True, limits: DeviceLimits = H200) -> Plan:
     """Plan(launches, {vec}) for x: (M, H), w_gate, w_up: (I, H); no CuPy needed. No launch
     when y is empty. Static shared memory only (16 KiB)."""
-    sfx = SUFFIX[dtype]
-    vec = int(aligned and H % VEC[dtype] == 0)
-    if M == 0 or I == 0:
-        launches = ()
-    elif M <= GEMV_MAX_M:
-        launches = (Launch(f"gemm_swiglu_gemv_{sfx}", (cdiv(I, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
-                           (GEMV_THREADS,)),)
-    else:
-        launches = (Launch(f"gemm_swiglu_tiled_{sfx}", (cdiv(I, TILE_PAIRS), min(cdiv(M, TILE_M), MAX_GRID_Y)),
-                           (TILED_THREADS,)),)
-    return Plan(launches, {"vec": vec})
+    return pair_gemm_plan("gemm_swiglu", SUFFIX[dtype], M, I, int(aligned and H % VEC[dtype] == 0))
 
 
-class GemmSwigluCuda(Prepared):
+class GemmSwigluCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        mod = load_module()
         self.x, self.wg, self.wu = self.bind_inputs(inputs, ("x", "w_gate", "w_up"))
         M, H, I = self.dims["M"], self.dims["H"], self.dims["I"]
         self.alloc_outputs()
-        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu))
-        limits = device_limits()
-        plan = launch_plan(M, H, I, dtype, aligned, limits)
+        plan = self.plan(launch_plan, M, H, I, aligned_of=(self.x, self.wg, self.wu))
         vec = plan.switches["vec"]
         args = (self.x, self.wg, self.wu, self.out["y"], np.int32(M), np.int32(H), np.int32(I), np.int32(vec))
-        self.launches = bind(mod, plan, [args], limits, "gemm_swiglu/cuda")
+        self.bind_launches(load_module(), plan, [args])
         self.vec = bool(vec)
 
 

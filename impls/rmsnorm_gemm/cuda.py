@@ -28,20 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
-from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
+from harness.backends.cuda import SUFFIX, VEC, FusedCuda, KernelModule, cdiv
+from harness.cuda_launch import (GEMV_MAX_M, GEMV_PAIRS_PER_BLOCK, H200, TILE_PAIRS, DeviceLimits, Plan,
+                                pair_gemm_plan)
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("rmsnorm_gemm.cu")
 KERNELS = tuple(f"rmsnorm_gemm_{k}_{s}" for s in SUFFIX.values() for k in ("gemv", "rms", "tiled"))
 
-# Launch geometry; must match the #defines in rmsnorm_gemm.cu.
-GEMV_THREADS, GEMV_ROWS_PER_BLOCK = 256, 16
-RMS_THREADS, RMS_ROWS_PER_BLOCK = 256, 8
-TILED_THREADS, TILE_M, TILE_N = 256, 64, 64
-GEMV_MAX_M = 8          # up to this many rows the W-streaming GEMV wins
-MAX_GRID_Y = 65535      # the kernels loop over blockIdx.y beyond this
+# Launch geometry: the pair core's (harness.cuda_launch), over the pairs of consecutive W rows;
+# rmsnorm_gemm.cu's own GEMV takes the same 2 rows a warp.
+GEMV_ROWS_PER_BLOCK, TILE_N = 2 * GEMV_PAIRS_PER_BLOCK, 2 * TILE_PAIRS
 
 load_module = KernelModule(SOURCE_PATH)
 
@@ -50,34 +47,18 @@ def launch_plan(M: int, H: int, N: int, dtype: str, aligned: bool = True, limits
     """Plan(launches, {vec}) for x: (M, H), w: (N, H); no CuPy needed, so the tests can
     check the geometry (and emulate the kernels) without a GPU. `aligned`: all base pointers
     are 16-byte aligned. No launch when y is empty. Static shared memory only (16 KiB)."""
-    sfx = SUFFIX[dtype]
-    vec = int(aligned and H % VEC[dtype] == 0)
-    if M == 0 or N == 0:
-        launches = ()
-    elif M <= GEMV_MAX_M:
-        launches = (Launch(f"rmsnorm_gemm_gemv_{sfx}", (cdiv(N, GEMV_ROWS_PER_BLOCK), min(M, MAX_GRID_Y)),
-                           (GEMV_THREADS,)),)
-    else:
-        launches = (
-            Launch(f"rmsnorm_gemm_rms_{sfx}", (cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
-            Launch(f"rmsnorm_gemm_tiled_{sfx}", (cdiv(N, TILE_N), min(cdiv(M, TILE_M), MAX_GRID_Y)),
-                   (TILED_THREADS,)),
-        )
-    return Plan(launches, {"vec": vec})
+    return pair_gemm_plan("rmsnorm_gemm", SUFFIX[dtype], M, cdiv(N, 2), int(aligned and H % VEC[dtype] == 0), rms=True)
 
 
-class RmsNormGemmCuda(Prepared):
+class RmsNormGemmCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        mod = load_module()
         self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
         M, H, N = self.dims["M"], self.dims["H"], self.dims["N"]
         self.alloc_outputs()
-        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.gamma, self.w))
-        limits = device_limits()
-        plan = launch_plan(M, H, N, dtype, aligned, limits)
+        plan = self.plan(launch_plan, M, H, N, aligned_of=(self.x, self.gamma, self.w))
         vec = plan.switches["vec"]
         eps, i32 = np.float32(attrs["eps"]), np.int32
         y = self.out["y"]
@@ -87,7 +68,7 @@ class RmsNormGemmCuda(Prepared):
             self.inv_rms = cp.empty(M, dtype=cp.float32)
             args = [(self.x, self.inv_rms, i32(M), i32(H), eps),
                     (self.x, self.gamma, self.w, self.inv_rms, y, i32(M), i32(H), i32(N), i32(vec))]
-        self.launches = bind(mod, plan, args, limits, "rmsnorm_gemm/cuda")
+        self.bind_launches(load_module(), plan, args)
         self.vec = bool(vec)
 
 

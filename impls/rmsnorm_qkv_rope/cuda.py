@@ -26,20 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
-from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
+from harness.backends.cuda import SUFFIX, VEC, FusedCuda, KernelModule
+from harness.cuda_launch import GEMV_MAX_M, H200, DeviceLimits, Plan, pair_gemm_plan
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("rmsnorm_qkv_rope.cu")
 KERNELS = tuple(f"rmsnorm_qkv_rope_{k}_{s}" for s in SUFFIX.values() for k in ("gemv", "rms", "tiled"))
-
-# Launch geometry; must match the #defines in rmsnorm_qkv_rope.cu.
-GEMV_THREADS, GEMV_PAIRS_PER_BLOCK = 256, 8
-RMS_THREADS, RMS_ROWS_PER_BLOCK = 256, 8
-TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32
-GEMV_MAX_M = 8
-MAX_GRID_Y = 65535
 
 load_module = KernelModule(SOURCE_PATH)
 
@@ -48,36 +40,19 @@ def launch_plan(M: int, H: int, n_heads: int, n_kv_heads: int, head_dim: int, dt
                 aligned: bool = True, limits: DeviceLimits = H200) -> Plan:
     """Plan(launches, {vec}) for x: (M, H) and (n_heads + 2·n_kv_heads)·head_dim/2 rotation
     pairs; no CuPy needed. No launch when M = 0. Static shared memory only (16 KiB)."""
-    sfx = SUFFIX[dtype]
-    vec = int(aligned and H % VEC[dtype] == 0)
     P = (n_heads + 2 * n_kv_heads) * (head_dim // 2)
-    if M == 0 or P == 0:
-        launches = ()
-    elif M <= GEMV_MAX_M:
-        launches = (Launch(f"rmsnorm_qkv_rope_gemv_{sfx}", (cdiv(P, GEMV_PAIRS_PER_BLOCK), min(M, MAX_GRID_Y)),
-                           (GEMV_THREADS,)),)
-    else:
-        launches = (
-            Launch(f"rmsnorm_qkv_rope_rms_{sfx}", (cdiv(M, RMS_ROWS_PER_BLOCK),), (RMS_THREADS,)),
-            Launch(f"rmsnorm_qkv_rope_tiled_{sfx}", (cdiv(P, TILE_PAIRS), min(cdiv(M, TILE_M), MAX_GRID_Y)),
-                   (TILED_THREADS,)),
-        )
-    return Plan(launches, {"vec": vec})
+    return pair_gemm_plan("rmsnorm_qkv_rope", SUFFIX[dtype], M, P, int(aligned and H % VEC[dtype] == 0), rms=True)
 
 
-class RmsNormQkvRopeCuda(Prepared):
+class RmsNormQkvRopeCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        mod = load_module()
-        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
-        self.pos = self.bind_inputs(inputs, ("pos",))[0]
+        self.x, self.gamma, self.w, self.pos = self.bind_inputs(inputs, ("x", "gamma", "w", "pos"))
         M, H, nh, nkv, d = (self.dims[k] for k in ("M", "H", "n_heads", "n_kv_heads", "head_dim"))
         self.alloc_outputs()
-        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.gamma, self.w))
-        limits = device_limits()
-        plan = launch_plan(M, H, nh, nkv, d, dtype, aligned, limits)
+        plan = self.plan(launch_plan, M, H, nh, nkv, d, aligned_of=(self.x, self.gamma, self.w))
         vec = plan.switches["vec"]
         i32, eps, theta = np.int32, np.float32(attrs["eps"]), np.float64(attrs["theta"])
         q, k, v = self.out["q"], self.out["k"], self.out["v"]
@@ -89,7 +64,7 @@ class RmsNormQkvRopeCuda(Prepared):
             args = [(self.x, self.inv_rms, i32(M), i32(H), eps),
                     (self.x, self.gamma, self.w, self.inv_rms, self.pos, q, k, v, i32(M), i32(H), i32(nh),
                      i32(nkv), i32(d), theta, i32(vec))]
-        self.launches = bind(mod, plan, args, limits, "rmsnorm_qkv_rope/cuda")
+        self.bind_launches(load_module(), plan, args)
         self.vec = bool(vec)
 
 

@@ -28,43 +28,7 @@
 
 //@fusebench-splice fb_pair_gemm.cuh
 
-// Tiled A operand: RMSNorm(x) with the inverse RMS of every row precomputed.
-template <class D>
-struct FbNormA {
-    const typename D::T* x;
-    const typename D::T* gamma;
-    const float* inv_rms;
-    int H;
-    __device__ __forceinline__ float load(int gm, int gk) const {
-        return D::load(x, (long long)gm * H + gk) * inv_rms[gm] * D::load(gamma, gk);
-    }
-    __device__ __forceinline__ void load_vec(int gm, int gk, float* f) const {
-        D::unpack(*reinterpret_cast<const fb_vec16*>(x + (long long)gm * H + gk), f);
-        const float s = inv_rms[gm];
-#pragma unroll
-        for (int e = 0; e < D::VEC; ++e) f[e] = f[e] * s * D::load(gamma, gk + e);
-    }
-};
-
-// ---- prefill pass 1: inverse RMS of every row (one warp per row) ---------------------------
-#define FB_RMS_THREADS 256
-#define FB_RMS_ROWS_PER_BLOCK (FB_RMS_THREADS / 32)
-
-template <class D>
-__device__ __forceinline__ void fb_rms(const typename D::T* __restrict__ x,
-                                       float* __restrict__ inv_rms, int M, int H, float eps) {
-    const int lane = threadIdx.x & 31;
-    const long long m = (long long)blockIdx.x * FB_RMS_ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    if (m >= M) return;                                  // no barriers below: safe
-    const typename D::T* xr = x + m * H;
-    float ss = 0.f;
-    for (int h = lane; h < H; h += 32) {
-        const float v = D::load(xr, h);
-        ss += v * v;
-    }
-    ss = fb_warp_sum(ss);
-    if (lane == 0) inv_rms[m] = fb_inv_rms(ss, H, eps);
-}
+//@fusebench-splice fb_rms_input.cuh
 
 // ---- rotary embedding ---------------------------------------------------------------------
 __device__ __forceinline__ void fb_rope_cs(int pos, int i, int d, double theta, float& c, float& s) {
@@ -124,10 +88,7 @@ struct FbQkvPairs {
         const FbQkvPairs<D> pr = {w, pos, q, k, v, H, nh, nkv, d, theta};                         \
         fb_pair_gemv<D>(xs, pr, M, H, (nh + 2 * nkv) * (d >> 1), vec);                            \
     }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(FB_RMS_THREADS) rmsnorm_qkv_rope_rms_##SUFFIX(   \
-        const D::T* __restrict__ x, float* __restrict__ inv_rms, int M, int H, float eps) {       \
-        fb_rms<D>(x, inv_rms, M, H, eps);                                                         \
-    }                                                                                             \
+    FB_DEFINE_RMS_KERNEL(rmsnorm_qkv_rope_rms_##SUFFIX, D)                                        \
     extern "C" __global__ void __launch_bounds__(FB_TILED_THREADS) rmsnorm_qkv_rope_tiled_##SUFFIX( \
         const D::T* __restrict__ x, const D::T* __restrict__ gamma, const D::T* __restrict__ w,   \
         const float* __restrict__ inv_rms, const int* __restrict__ pos, D::T* __restrict__ q,     \

@@ -33,19 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cuda import SUFFIX, VEC, KernelModule, cdiv
-from harness.cuda_launch import H200, DeviceLimits, Launch, Plan, bind, device_limits
+from harness.backends.cuda import SUFFIX, VEC, FusedCuda, KernelModule, cdiv
+from harness.cuda_launch import (GEMV_MAX_M, H200, DeviceLimits, Launch, Plan, pair_gemv_launch,
+                                pair_tiled_launch)
 from harness.registry import Implementation, register
 
 SOURCE_PATH = Path(__file__).with_name("swiglu_ffn.cu")
 KERNELS = tuple(f"swiglu_ffn_{k}_{s}" for s in SUFFIX.values()
                 for k in ("gemv_up", "gemv_down", "tiled_up", "tiled_down", "onchip"))
 
-GEMV_THREADS, GEMV_PAIRS_PER_BLOCK = 256, 8
-TILED_THREADS, TILE_M, TILE_PAIRS = 256, 64, 32
-GEMV_MAX_M = 8
-MAX_GRID_Y = 65535
 ONCHIP_THREADS, ONCHIP_UNIT, ONCHIP_MAX_UNITS, ONCHIP_MAX_H = 512, 16, 8, 8192
 
 load_module = KernelModule(SOURCE_PATH)
@@ -74,31 +70,20 @@ def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True, limits
     if M == 1 and vec_up and vec_down and H <= ONCHIP_MAX_H:
         return Plan((Launch(f"swiglu_ffn_onchip_{sfx}", (onchip_grid(I, limits.sm_count),), (ONCHIP_THREADS,)),),
                     switches)
-    if M <= GEMV_MAX_M:
-        gy = min(M, MAX_GRID_Y)
-        return Plan((
-            Launch(f"swiglu_ffn_gemv_up_{sfx}", (cdiv(I, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
-            Launch(f"swiglu_ffn_gemv_down_{sfx}", (cdiv(pairs_down, GEMV_PAIRS_PER_BLOCK), gy), (GEMV_THREADS,)),
-        ), switches)
-    gy = min(cdiv(M, TILE_M), MAX_GRID_Y)
-    return Plan((
-        Launch(f"swiglu_ffn_tiled_up_{sfx}", (cdiv(I, TILE_PAIRS), gy), (TILED_THREADS,)),
-        Launch(f"swiglu_ffn_tiled_down_{sfx}", (cdiv(pairs_down, TILE_PAIRS), gy), (TILED_THREADS,)),
-    ), switches)
+    kind, launch = ("gemv", pair_gemv_launch) if M <= GEMV_MAX_M else ("tiled", pair_tiled_launch)
+    return Plan((launch(f"swiglu_ffn_{kind}_up_{sfx}", M, I), launch(f"swiglu_ffn_{kind}_down_{sfx}", M, pairs_down)),
+                switches)
 
 
-class SwigluFfnCuda(Prepared):
+class SwigluFfnCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        mod = load_module()
         self.x, self.wg, self.wu, self.wd = self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
         M, H, I = self.dims["M"], self.dims["H"], self.dims["I"]
         self.alloc_outputs()
-        aligned = all(a.data.ptr % 16 == 0 for a in (self.x, self.wg, self.wu, self.wd))
-        limits = device_limits()
-        plan = launch_plan(M, H, I, dtype, aligned, limits)
+        plan = self.plan(launch_plan, M, H, I, aligned_of=(self.x, self.wg, self.wu, self.wd))
         vec_up, vec_down = plan.switches["vec_up"], plan.switches["vec_down"]
         i32 = np.int32
         if plan.kernels == [f"swiglu_ffn_onchip_{SUFFIX[dtype]}"]:
@@ -110,7 +95,7 @@ class SwigluFfnCuda(Prepared):
             self.act = cp.empty((M, I), dtype=cp.float32)  # the activation scratch (device only, 16-byte aligned)
             args = [(self.x, self.wg, self.wu, self.act, i32(M), i32(H), i32(I), i32(vec_up)),
                     (self.act, self.wd, self.out["y"], i32(M), i32(I), i32(H), i32(vec_down))]
-        self.launches = bind(mod, plan, args, limits, "swiglu_ffn/cuda")
+        self.bind_launches(load_module(), plan, args)
         self.vec = (bool(vec_up), bool(vec_down))
 
 

@@ -41,25 +41,6 @@
 
 //@fusebench-splice fb_swiglu_pairs.cuh
 
-// Pairs of consecutive W rows of a plain projection: pair p = rows 2p and 2p + 1 (the second
-// clamped to N - 1 when N is odd; its result is then not stored).
-template <class D>
-struct FbRowPairs {
-    typedef typename D::T T;
-    const T* w;
-    T* y;
-    int K, N;
-    __device__ __forceinline__ const T* row(int p, int which) const {
-        const int n = min(2 * p + which, N - 1);
-        return w + (long long)n * K;
-    }
-    __device__ __forceinline__ void store(int m, int p, float a0, float a1) const {
-        const int n = 2 * p;
-        D::store(y, (long long)m * N + n, a0);
-        if (n + 1 < N) D::store(y, (long long)m * N + n + 1, a1);
-    }
-};
-
 #define FB_ONCHIP_THREADS 512
 #define FB_ONCHIP_WARPS (FB_ONCHIP_THREADS / 32)
 #define FB_ONCHIP_UNIT 16          // activation entries: 32 bytes of a 16-bit W_down row
