@@ -1,10 +1,11 @@
 """numba building blocks shared by the fused CPU kernels (impls/<fusion>/<fusion>_numba.py).
 
-Kept here beside the CUDA and WGSL fragments; imported only by those kernel files, which
-impls/*/cpu.py import on first use, so numba and llvmlite load when a CPU kernel is first
-prepared, never at harness start-up. Everything here is defined at module level: the
-kernels that call these helpers then refer to globals, not closure cells, which keeps
-numba's on-disk cache valid from one process to the next.
+Kept here beside the CUDA and WGSL fragments. A fusion's kernel file holds plain
+module-level functions and imports numba itself: its cpu.py imports it only when its
+kernel is first prepared, so numba and llvmlite load then, never at harness start-up
+(listing the registry never loads numba). Everything here is defined at module level
+too: the kernels that call these helpers then refer to globals, not closure cells, which
+keeps numba's on-disk cache valid from one process to the next.
 
 Storage dtypes are passed as `kind` (harness.backends.cpu.KIND: 0 float32, 1 bfloat16,
 2 float16), 16-bit values as uint16 bit patterns (harness.backends.cpu.bits16).
@@ -13,8 +14,8 @@ numba's on-disk cache is checked against the file of the cached kernel only, not
 the helpers here that it calls: edit a helper, and every kernel that uses it would load its
 old machine code from the cache. Importing this module therefore points numba's cache
 (`numba.config.CACHE_DIR`) at a folder named after this file's content, so a changed
-helper means a fresh cache (helpers_cache_dir). A kernel file imports this module before
-it defines its cached kernels (numba picks a kernel's cache folder when it is decorated).
+helper means a fresh cache (helpers_cache_dir). So a kernel file imports this module
+before it defines any kernel (numba picks a kernel's cache folder when it is decorated).
 """
 
 from __future__ import annotations
