@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from harness.kernels.fb_numba import balanced_block, causal_logits, group_queries, head_axpy, make_pow2, put, widen_rows
+from harness.kernels.fb_numba import causal_logits, causal_task, head_axpy, make_pow2, put, widen_rows
 
 ROWS = 4  # query positions per task (times g heads), at least
 GROUP_ROWS = 16  # ... and at least this many query rows per task in all: with g = 1 (no
@@ -27,12 +27,7 @@ def kernel(q, k, v, scale, kind, o):
     nblk = (S + rows - 1) // rows
     pow2 = make_pow2()
     for task in nb.prange(B * Hkv * nblk):
-        bk = task // nblk
-        b, kh = bk // Hkv, bk % Hkv
-        i0 = balanced_block(task % nblk, nblk) * rows
-        R = min(S, i0 + rows) - i0
-        qs = np.empty((g * R, d), dtype=np.float32)
-        group_queries(q, b, kh, g, i0, R, scale, kind, pow2, qs)
+        b, kh, i0, R, qs = causal_task(q, Hkv, task, nblk, rows, scale, kind, pow2)
         kb = np.empty((KEYS, d), dtype=np.float32)
         vb = np.empty((KEYS, d), dtype=np.float32)
         sct = np.empty((KEYS, g * R), dtype=np.float32)  # one key block's logits, keys first

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from harness.kernels.fb_numba import balanced_block, causal_logits, group_queries, make_pow2, put, widen_rows
+from harness.kernels.fb_numba import causal_logits, causal_task, make_pow2, put, widen_rows
 
 ROWS = 4  # query positions per task (times g heads)
 KEYS = 64  # K rows widened per block
@@ -23,13 +23,8 @@ def kernel(q, k, scale, kind, p):
     nblk = (S + ROWS - 1) // ROWS
     pow2 = make_pow2()
     for task in nb.prange(B * Hkv * nblk):
-        bk = task // nblk
-        b, kh = bk // Hkv, bk % Hkv
-        i0 = balanced_block(task % nblk, nblk) * ROWS
-        R = min(S, i0 + ROWS) - i0
+        b, kh, i0, R, qs = causal_task(q, Hkv, task, nblk, ROWS, scale, kind, pow2)
         last = i0 + R  # keys 0 … last − 1 are visible to some row of the task
-        qs = np.empty((g * R, d), dtype=np.float32)
-        group_queries(q, b, kh, g, i0, R, scale, kind, pow2, qs)
         kb = np.empty((KEYS, d), dtype=np.float32)
         sct = np.empty((last, g * R), dtype=np.float32)  # the task's logits, keys first
         for j0 in range(0, last, KEYS):
