@@ -1,5 +1,6 @@
 """What the three attention specs (impls/attn_score_softmax, attention_prefill,
-decode_attention) share: inputs, valid lengths, the default scale and shape checks.
+decode_attention) share: inputs, valid lengths, the default scale and shape checks, and
+the FusionSpec fields that follow from them (attention_spec).
 
 Layout: q: (B, Hq, S, d), k, v: (B, Hkv, T, d), heads grouped: q head h reads kv head
 h // g with g = Hq / Hkv. Written as a reshape, q (B, Hq, S, d) -> (B, Hkv, g·S, d), so
@@ -12,6 +13,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from harness.spec import FusionSpec
 
 # q and k are scaled by this in the "large" value shape: scale·q·k then has a standard
 # deviation of about 30, so the largest logits of a row sit near ±80-100, where exp()
@@ -98,3 +101,13 @@ def strategy(seq: str, upper: int, batches=(1, 2, 3)):
     at_limits = st.builds(dims, st.just(1), st.sampled_from(AWKWARD_SIZES + LONG_SEQUENCES.get(seq, ())), st.just(1),
                           st.sampled_from([1, 2, GROUP_LIMIT]), st.sampled_from([17, HEAD_DIM_LIMIT]))
     return st.integers(0, 3).flatmap(lambda i: at_limits if i == 3 else awkward)
+
+
+def attention_spec(seq: str, upper: int = 300, batches=(1, 2, 3), **fields) -> FusionSpec:
+    """The FusionSpec of an attention fusion over (B, `seq`, n_heads, n_kv_heads, head_dim),
+    `seq` the sequence axis (S or T): a `scale` attribute (0, the default, is 1/sqrt(d)),
+    every dimension passed to the decomposition, the heads checked (check_heads) and the
+    property strategy along `seq` up to `upper`; `fields` give the rest."""
+    dims = ("B", seq, "n_heads", "n_kv_heads", "head_dim")
+    return FusionSpec(dims=dims, attrs={"scale": 0.0}, decompose_dims=dims, derive_attrs=default_scale,
+                      validate_dims=check_heads, strategy=lambda: strategy(seq, upper, batches), **fields)

@@ -11,6 +11,12 @@ parentheses ("(n_heads + 2 * n_kv_heads) * head_dim"). From them the harness der
 output shapes, the default byte count (each input read once, each output written once),
 the dimensions of a set of arrays with one clear message when they disagree
 (`dims_of`), and the output buffers every implementation gets (Prepared.alloc_outputs).
+
+What `shapes` and `values` already say a spec need not repeat: the dimensions default to
+the names its axes use (in the order they first appear), the inputs to the names in
+`values`, the outputs to the rest of `shapes`. A flop count may be an expression over the
+dimensions, like an axis ("2 * M * N * H + 4 * M * H"), and `batched_sizes` gives the
+strategy of a fusion over rows of activations.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from harness.dtypes import np_dtype
 
 # Value shapes every spec's activations can be drawn with (DESIGN.md, property tests).
 VALUE_SHAPES = ("normal", "large", "outliers", "near_constant")
+# ... of a spec whose activations come out of an RMSNorm: no "large" rows (x300 would
+# overflow float16 products)
+NORMALISED_VALUE_SHAPES = ("normal", "outliers", "near_constant")
 
 
 # Sizes that break naive tiling: 1, primes, and non-multiples of 4 / 32 / 128.
@@ -39,6 +48,16 @@ def awkward_size(upper: int = 300):
     from hypothesis import strategies as st
 
     return st.one_of(st.sampled_from(AWKWARD_SIZES), st.integers(1, upper))
+
+
+def batched_sizes(*sizes: str, upper: int = 300) -> Callable[[], Any]:
+    """A spec's `strategy` for a fusion over rows of activations: M, the rows, one of
+    BATCH_SIZES, and each dimension in `sizes` an awkward size up to `upper`."""
+    def strategy():
+        from hypothesis import strategies as st
+
+        return st.fixed_dictionaries({"M": st.sampled_from(BATCH_SIZES), **{d: awkward_size(upper) for d in sizes}})
+    return strategy
 
 
 @dataclass(frozen=True)
@@ -93,9 +112,15 @@ def _eval_axis(node: ast.expr, dims: dict[str, int]) -> int:
 
 def axis_names(axis) -> set[str]:
     """The dimension names an axis uses."""
+    return set(_names_in_order(axis))
+
+
+def _names_in_order(axis) -> list[str]:
+    # the dimension names of an axis as they stand in its text, left to right
     if isinstance(axis, int):
-        return set()
-    return {n.id for n in ast.walk(_axis_expr(axis)) if isinstance(n, ast.Name)}
+        return []
+    names = [n for n in ast.walk(_axis_expr(axis)) if isinstance(n, ast.Name)]
+    return [n.id for n in sorted(names, key=lambda n: n.col_offset)]
 
 
 def axis_size(axis, dims: dict[str, int]) -> int:
@@ -111,12 +136,16 @@ class ShapeError(ValueError):
     """Arrays whose shapes do not fit a spec's declared shapes."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FusionSpec:
     """One fusion. `decompose(ops, **inputs, **attrs) -> {output: array}`;
     `make_inputs(dims, rng, value_shape) -> {input: float64 array}` (the spec rounds);
-    `shapes`: {input or output: axes} (see the module docstring); `flops(dims) -> int`;
-    `strategy()` -> hypothesis strategy of dims dicts.
+    `shapes`: {input or output: axes} (see the module docstring); `flops(dims) -> int`, or
+    an expression over the dims; `strategy()` -> hypothesis strategy of dims dicts.
+
+    `dims`, `inputs` and `outputs` may be left out where `shapes` and `values` say them
+    (see the module docstring); a spec gives `dims` to order them otherwise, `inputs` or
+    `outputs` where it draws its inputs itself (`make_inputs_f64`).
 
     The byte count defaults to every input read once and every output written once (index
     inputs at 4 bytes an element); `moved_bytes(dims, itemsize)` replaces it where the work
@@ -124,19 +153,19 @@ class FusionSpec:
 
     name: str
     doc: str
-    dims: tuple[str, ...]
-    attrs: dict[str, float]
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
     decompose: Callable[..., dict[str, Any]]
     strategy: Callable[[], Any]
+    dims: tuple[str, ...] = ()
+    attrs: dict[str, float] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
     # how each input is drawn, by kind (INPUT_KINDS), in the order of `inputs`, at its
     # declared shape; or, for inputs no kind describes, a generator of the spec's own
     # `make_inputs_f64(dims, rng, value_shape) -> {input: float64 array}`
     values: dict[str, str] = field(default_factory=dict)
     make_inputs_f64: Callable[[dict[str, int], np.random.Generator, str], dict[str, np.ndarray]] | None = None
     shapes: dict[str, Sequence[Any]] = field(default_factory=dict)
-    flops: Callable[[dict[str, int]], int] | None = None
+    flops: Callable[[dict[str, int]], int] | str | None = None
     moved_bytes: Callable[[dict[str, int], int], int] | None = None
     # the whole cost written by hand (before shapes were data; a plugin may still give it)
     cost_model: Callable[[dict[str, int], int], Cost] | None = None
@@ -164,7 +193,7 @@ class FusionSpec:
     rotate: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self._fill_in_from_shapes()
         if self.shapes:
             missing = [n for n in (*self.inputs, *self.outputs) if n not in self.shapes]
             extra = [n for n in self.shapes if n not in (*self.inputs, *self.outputs)]
@@ -173,14 +202,7 @@ class FusionSpec:
             if extra:
                 problems.append(f"shapes declared for {', '.join(extra)}, which are neither inputs nor outputs")
             for name, axes in self.shapes.items():
-                try:
-                    unknown = set().union(*(axis_names(a) for a in axes)) - set(self.dims)
-                except (SyntaxError, ValueError) as e:
-                    problems.append(f"shape of {name}: {e}")
-                    continue
-                if unknown:
-                    problems.append(f"shape of {name} uses {', '.join(sorted(unknown))}, not among the dims "
-                                    f"{', '.join(self.dims)}")
+                problems.extend(self._names_problems(f"shape of {name}", axes))
         elif self.output_shapes_f is None:
             problems.append("give `shapes` (the shape of every input and output over the dims)")
         if self.make_inputs_f64 is None:
@@ -193,10 +215,35 @@ class FusionSpec:
                 problems.append(f"unknown input kind(s) {', '.join(unknown)}; expected one of {', '.join(INPUT_KINDS)}")
         if self.cost_model is None and self.flops is None:
             problems.append("give `flops(dims)` (or a whole `cost_model`)")
+        if isinstance(self.flops, str):
+            problems.extend(self._names_problems("flops", (self.flops,)))
         if self.cost_model is None and self.moved_bytes is None and not self.shapes:
             problems.append("the default byte count needs `shapes`")
         if problems:
             raise ValueError(f"FusionSpec {self.name!r}: " + "; ".join(problems))
+
+    def _names_problems(self, what: str, axes) -> list[str]:
+        # axes (or a flop count) beyond + - * //, or using a name that is not a dimension
+        try:
+            unknown = set().union(*(axis_names(a) for a in axes)) - set(self.dims)
+        except (SyntaxError, ValueError) as e:
+            return [f"{what}: {e}"]
+        return [f"{what} uses {', '.join(sorted(unknown))}, not among the dims {', '.join(self.dims)}"] if unknown else []
+
+    def _fill_in_from_shapes(self) -> list[str]:
+        """dims, inputs and outputs, where the spec leaves them out, from `shapes` and
+        `values` (the module docstring); the problems found on the way."""
+        if not self.inputs:
+            self.inputs = tuple(self.values) or tuple(n for n in self.shapes if n not in self.outputs)
+        if not self.outputs:
+            self.outputs = tuple(n for n in self.shapes if n not in self.inputs)
+        if not self.dims:
+            try:
+                names = [d for axes in self.shapes.values() for a in axes for d in _names_in_order(a)]
+            except (SyntaxError, ValueError):
+                names = []  # the shape check names the axis
+            self.dims = tuple(dict.fromkeys(names))
+        return [] if self.outputs or not self.shapes else ["no outputs: every name in `shapes` is an input"]
 
     # shapes ------------------------------------------------------------------------
     def shape(self, name: str, dims: dict[str, int]) -> tuple[int, ...]:
@@ -311,7 +358,8 @@ class FusionSpec:
         else:
             moved = sum(math.prod(self.shape(n, dims)) * (4 if n in self.index_inputs else itemsize)
                         for n in (*self.inputs, *self.outputs))
-        return Cost(bytes=int(moved), flops=int(self.flops(dims)))
+        flops = axis_size(self.flops, dims) if isinstance(self.flops, str) else self.flops(dims)
+        return Cost(bytes=int(moved), flops=int(flops))
 
 
 def activations(rng: np.random.Generator, shape: tuple[int, ...], value_shape: str) -> np.ndarray:

@@ -10,6 +10,8 @@ over its dimensions, and the harness derives the rest.
    fusion's kernel needs no shape check and no output allocation.
 4. A spec with a missing or unknown shape, or an axis expression beyond + - * //, is
    refused when it is written.
+5. What `shapes` and `values` say is not repeated: the dims, inputs and outputs follow
+   from them, and a flop count may be an expression over the dims.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 
 from harness.backends import Prepared, get_backend
 from harness.cases import load_cases
-from harness.spec import FusionSpec, ShapeError, axis_size
+from harness.spec import BATCH_SIZES, FusionSpec, ShapeError, axis_size, batched_sizes
 
 
 def _spec(**over):
@@ -145,9 +147,35 @@ def test_a_backend_limit_on_buffer_size_is_checked_for_every_kernel(monkeypatch)
     ({"shapes": {"x": ("M", "H"), "w": ("N", "H"), "y": ("M", "N"), "z": ("M",)}}, "neither inputs nor outputs"),
     ({"shapes": {"x": ("M", "H ** 2"), "w": ("N", "H"), "y": ("M", "N")}}, "only dimension names, integers"),
     ({"flops": None}, "give `flops(dims)`"),
+    ({"flops": "2 * M * K"}, "flops uses K, not among the dims"),
+    ({"flops": "M ** 2"}, "flops: axis 'M ** 2': only dimension names"),
     ({"make_inputs_f64": None, "values": {"x": "activation"}}, "no way to draw w"),
     ({"make_inputs_f64": None, "values": {"x": "activation", "w": "weights"}}, "unknown input kind(s) weights"),
 ])
 def test_a_spec_with_bad_declarations_is_refused(over, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         _spec(**over)
+
+
+def test_dims_inputs_and_outputs_follow_from_shapes_and_values():
+    short = FusionSpec(name="toy", doc="", decompose=lambda ops, x, w: {"y": ops.linear(x, w)}, strategy=lambda: None,
+                       shapes={"x": ("M", "H"), "w": ("(N + 1) * 2", "H"), "y": ("M", "N")},
+                       values={"x": "activation", "w": "weight"}, flops="2 * M * N * H")
+    assert (short.dims, short.inputs, short.outputs, short.attrs) == (("M", "H", "N"), ("x", "w"), ("y",), {})
+    assert short.cost({"M": 3, "H": 5, "N": 7}, "float32").flops == 2 * 3 * 7 * 5
+    drawn_by_hand = _spec(dims=("N", "H", "M"), inputs=(), outputs=("y",))  # make_inputs_f64, no values
+    assert (drawn_by_hand.dims, drawn_by_hand.inputs) == (("N", "H", "M"), ("x", "w"))
+    with pytest.raises(ValueError, match="no outputs"):
+        _spec(inputs=(), outputs=(), values={"x": "activation", "w": "weight", "y": "activation"})
+
+
+def test_batched_sizes_draws_rows_and_awkward_sizes():
+    from hypothesis import given, settings
+
+    @settings(max_examples=20, database=None)
+    @given(batched_sizes("H", "N", upper=40)())
+    def check(dims):
+        assert set(dims) == {"M", "H", "N"} and dims["M"] in BATCH_SIZES
+        assert 1 <= dims["H"] <= 257 and 1 <= dims["N"] <= 257
+
+    check()

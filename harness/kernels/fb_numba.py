@@ -1,10 +1,11 @@
 """numba building blocks shared by the fused CPU kernels (impls/<fusion>/<fusion>_numba.py).
 
-Kept here beside the CUDA and WGSL fragments; imported only by those kernel files, which
-impls/*/cpu.py import on first use, so numba and llvmlite load when a CPU kernel is first
-prepared, never at harness start-up. Everything here is defined at module level: the
-kernels that call these helpers then refer to globals, not closure cells, which keeps
-numba's on-disk cache valid from one process to the next.
+Kept here beside the CUDA and WGSL fragments. A fusion's kernel file holds plain
+module-level functions and imports numba itself: its cpu.py imports it only when its
+kernel is first prepared, so numba and llvmlite load then, never at harness start-up
+(listing the registry never loads numba). Everything here is defined at module level
+too: the kernels that call these helpers then refer to globals, not closure cells, which
+keeps numba's on-disk cache valid from one process to the next.
 
 Storage dtypes are passed as `kind` (harness.backends.cpu.KIND: 0 float32, 1 bfloat16,
 2 float16), 16-bit values as uint16 bit patterns (harness.backends.cpu.bits16).
@@ -13,8 +14,8 @@ numba's on-disk cache is checked against the file of the cached kernel only, not
 the helpers here that it calls: edit a helper, and every kernel that uses it would load its
 old machine code from the cache. Importing this module therefore points numba's cache
 (`numba.config.CACHE_DIR`) at a folder named after this file's content, so a changed
-helper means a fresh cache (helpers_cache_dir). A kernel file imports this module before
-it defines its cached kernels (numba picks a kernel's cache folder when it is decorated).
+helper means a fresh cache (helpers_cache_dir). So a kernel file imports this module
+before it defines any kernel (numba picks a kernel's cache folder when it is decorated).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba.core import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 
 def helpers_cache_dir(source: bytes, env=os.environ) -> str:
@@ -336,6 +337,62 @@ def swiglu(g, u):
     return gd / (1.0 + np.exp(min(-gd, 700.0))) * np.float64(u)
 
 
+# ---- decode over float32 or 16-bit weights -------------------------------------------
+# Each function below is compiled, by the dtype of the weights it is called with, to the
+# float32 helper or to its _w16 twin (which widens 16-bit patterns in registers): a kernel
+# written once serves both, with no branch at run time.
+
+def stream_dots(x0, rows, a, kind):
+    """a[j] = x0 . rows[j], rows streamed two at a time: dots_seq or dots_w16."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+def gate_up_pair(x0, wg, wu, n, kind):
+    """Gate and up rows n and n+1: gate_up2 or gate_up2_w16."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+def gate_up_last(x0, wg, wu, n, kind):
+    """Gate and up row n alone: gate_up1 or gate_up1_w16."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+@overload(stream_dots)
+def _stream_dots(x0, rows, a, kind):
+    if rows.dtype == types.float32:
+        return lambda x0, rows, a, kind: dots_seq(x0, rows, a)
+    return lambda x0, rows, a, kind: dots_w16(x0, rows, a, kind)
+
+
+@overload(gate_up_pair)
+def _gate_up_pair(x0, wg, wu, n, kind):
+    if wg.dtype == types.float32:
+        return lambda x0, wg, wu, n, kind: gate_up2(x0, wg, wu, n)
+    return lambda x0, wg, wu, n, kind: gate_up2_w16(x0, wg, wu, n, kind)
+
+
+@overload(gate_up_last)
+def _gate_up_last(x0, wg, wu, n, kind):
+    if wg.dtype == types.float32:
+        return lambda x0, wg, wu, n, kind: gate_up1(x0, wg, wu, n)
+    return lambda x0, wg, wu, n, kind: gate_up1_w16(x0, wg, wu, n, kind)
+
+
+@nb.njit(fastmath=True, inline="always")
+def swiglu_decode(x0, wg, wu, kind, out, out_kind):
+    # decode (one row x0, float32): out[0, n] = silu(x0 . wg[n]) * (x0 . wu[n]) in
+    # `out_kind`, gate and up rows streamed side by side, two of each (gate_up2). Inlined
+    # into the calling kernel, so that its prange is that kernel's parallel loop.
+    N = wg.shape[0]
+    for p in nb.prange(N // 2):
+        g0, u0, g1, u1 = gate_up_pair(x0, wg, wu, 2 * p, kind)
+        put(out, 0, 2 * p, swiglu(g0, u0), out_kind)
+        put(out, 0, 2 * p + 1, swiglu(g1, u1), out_kind)
+    if N % 2:
+        g0, u0 = gate_up_last(x0, wg, wu, N - 1, kind)
+        put(out, 0, N - 1, swiglu(g0, u0), out_kind)
+
+
 @nb.njit(fastmath=True)
 def swiglu_rows(x, tg, tu, n0, kind, pow2, out, out_kind):
     # every row of x (storage `kind`, widened two at a time into thread-local buffers)
@@ -391,6 +448,22 @@ def normalise(x_row, g, s, kind, pow2, out):
 # A task owns R consecutive query positions i0 … i0+R−1 of all g q heads that read one kv
 # head: its g·R query rows (row j·R + r is head kh·g + j at position i0 + r) share every
 # key and value row loaded, g·R dot products per K row instead of one.
+
+@nb.njit(fastmath=True)
+def causal_task(q, Hkv, task, nblk, rows, scale, kind, pow2):
+    # task -> (b, kh, i0, R, qs): its sequence, kv head, first query position (its block
+    # of `rows`, in balanced_block order) and number of positions, and its g·R query rows
+    # (group_queries)
+    S, d = q.shape[2], q.shape[3]
+    g = q.shape[1] // Hkv
+    bk = task // nblk
+    b, kh = bk // Hkv, bk % Hkv
+    i0 = balanced_block(task % nblk, nblk) * rows
+    R = min(S, i0 + rows) - i0
+    qs = np.empty((g * R, d), dtype=np.float32)
+    group_queries(q, b, kh, g, i0, R, scale, kind, pow2, qs)
+    return b, kh, i0, R, qs
+
 
 @nb.njit(fastmath=True)
 def group_queries(q, b, kh, g, i0, R, scale, kind, pow2, qs):

@@ -14,9 +14,7 @@ residual once and writes h and y once: 4·M·H elements moved instead of 6·M·H
 
 from __future__ import annotations
 
-from hypothesis import strategies as st
-
-from harness.spec import BATCH_SIZES, FusionSpec, awkward_size
+from harness.spec import FusionSpec, batched_sizes
 
 
 def decompose(ops, x, residual, gamma, *, eps):
@@ -24,24 +22,13 @@ def decompose(ops, x, residual, gamma, *, eps):
     return {"h": h, "y": ops.rms_norm(h, gamma, eps)}
 
 
-def flops(dims):
-    return 5 * dims["M"] * dims["H"]
-
-
-def strategy():
-    return st.fixed_dictionaries({"M": st.sampled_from(BATCH_SIZES), "H": awkward_size(5000)})
-
-
 SPEC = FusionSpec(
     name="add_rmsnorm",
     doc=__doc__,
-    dims=("M", "H"),
-    attrs={"eps": 1e-5},
-    inputs=("x", "residual", "gamma"),
-    outputs=("h", "y"),
-    decompose=decompose,
-    values={"x": "activation", "residual": "activation", "gamma": "norm_weight"},
     shapes={"x": ("M", "H"), "residual": ("M", "H"), "gamma": ("H",), "h": ("M", "H"), "y": ("M", "H")},
-    flops=flops,
-    strategy=strategy,
+    values={"x": "activation", "residual": "activation", "gamma": "norm_weight"},
+    attrs={"eps": 1e-5},
+    decompose=decompose,
+    flops="5 * M * H",
+    strategy=batched_sizes("H", upper=5000),
 )

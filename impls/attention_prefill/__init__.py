@@ -13,8 +13,8 @@ query row (online softmax) and touches each K/V tile once per block of queries.
 
 from __future__ import annotations
 
-from harness.attention import check_heads, default_scale, qkv, strategy
-from harness.spec import FusionSpec, TorchPeer
+from harness.attention import attention_spec, qkv
+from harness.spec import TorchPeer
 
 
 Q = ("B", "n_heads", "S", "head_dim")
@@ -43,26 +43,15 @@ def make_inputs(dims, rng, value_shape):
     return qkv(rng, {"q": (B, dims["n_heads"], S, d), "k": kv, "v": kv}, value_shape)
 
 
-def flops(dims):
-    visible = dims["S"] * (dims["S"] + 1) // 2
-    return dims["B"] * dims["n_heads"] * visible * (4 * dims["head_dim"] + 4)
-
-
-SPEC = FusionSpec(
+SPEC = attention_spec(
+    "S",
     name="attention_prefill",
     doc=__doc__,
-    dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
-    attrs={"scale": 0.0},
-    inputs=("q", "k", "v"),
-    outputs=("o",),
-    decompose=decompose,
-    make_inputs_f64=make_inputs,
     shapes={"q": Q, "k": KV, "v": KV, "o": Q},
-    flops=flops,
-    strategy=lambda: strategy("S", 300),
-    validate_dims=check_heads,
+    outputs=("o",),
+    make_inputs_f64=make_inputs,
     value_shapes=("normal", "large"),
-    decompose_dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
-    derive_attrs=default_scale,
+    decompose=decompose,
+    flops="B * n_heads * (S * (S + 1) // 2) * (4 * head_dim + 4)",  # over the causal triangle
     torch_peers={"sdpa": TorchPeer(sdpa, path="sdpa, is_causal=True")},
 )

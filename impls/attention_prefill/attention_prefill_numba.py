@@ -1,11 +1,6 @@
 """attention_prefill's numba kernels on the CPU (impls/attention_prefill/cpu.py describes
 them, prepares the arrays and calls `kernel`).
-
-Plain module-level functions: numba is imported here, not in cpu.py, which imports this
-file when its kernel is first prepared (listing the registry never loads numba).
-harness.kernels.fb_numba is imported before any kernel is defined: it points numba's
-on-disk cache at a folder named after the shared helpers' content (numba checks a cached
-kernel against this file only).
+How a kernel file loads numba and its cache: harness/kernels/fb_numba.py.
 """
 
 from __future__ import annotations
@@ -13,7 +8,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from harness.kernels.fb_numba import balanced_block, causal_logits, group_queries, head_axpy, make_pow2, put, widen_rows
+from harness.kernels.fb_numba import causal_logits, causal_task, head_axpy, make_pow2, put, widen_rows
 
 ROWS = 4  # query positions per task (times g heads), at least
 GROUP_ROWS = 16  # ... and at least this many query rows per task in all: with g = 1 (no
@@ -32,12 +27,7 @@ def kernel(q, k, v, scale, kind, o):
     nblk = (S + rows - 1) // rows
     pow2 = make_pow2()
     for task in nb.prange(B * Hkv * nblk):
-        bk = task // nblk
-        b, kh = bk // Hkv, bk % Hkv
-        i0 = balanced_block(task % nblk, nblk) * rows
-        R = min(S, i0 + rows) - i0
-        qs = np.empty((g * R, d), dtype=np.float32)
-        group_queries(q, b, kh, g, i0, R, scale, kind, pow2, qs)
+        b, kh, i0, R, qs = causal_task(q, Hkv, task, nblk, rows, scale, kind, pow2)
         kb = np.empty((KEYS, d), dtype=np.float32)
         vb = np.empty((KEYS, d), dtype=np.float32)
         sct = np.empty((KEYS, g * R), dtype=np.float32)  # one key block's logits, keys first

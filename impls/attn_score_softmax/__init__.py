@@ -13,8 +13,7 @@ logits, only P, and must handle any S (no on-chip row buffer of fixed size).
 
 from __future__ import annotations
 
-from harness.attention import check_heads, default_scale, qkv, strategy
-from harness.spec import FusionSpec
+from harness.attention import attention_spec, qkv
 
 
 Q = ("B", "n_heads", "S", "head_dim")
@@ -33,25 +32,15 @@ def make_inputs(dims, rng, value_shape):
     return qkv(rng, {"q": (B, dims["n_heads"], S, d), "k": (B, dims["n_kv_heads"], S, d)}, value_shape)
 
 
-def flops(dims):
-    visible = dims["S"] * (dims["S"] + 1) // 2  # the causal triangle: the only logits that must be formed
-    return dims["B"] * dims["n_heads"] * visible * (2 * dims["head_dim"] + 4)
-
-
-SPEC = FusionSpec(
+SPEC = attention_spec(
+    "S",
     name="attn_score_softmax",
     doc=__doc__,
-    dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
-    attrs={"scale": 0.0},
-    inputs=("q", "k"),
-    outputs=("p",),
-    decompose=decompose,
-    make_inputs_f64=make_inputs,
     shapes={"q": Q, "k": KV, "p": ("B", "n_heads", "S", "S")},
-    flops=flops,
-    strategy=lambda: strategy("S", 300),
-    validate_dims=check_heads,
+    outputs=("p",),
+    make_inputs_f64=make_inputs,
     value_shapes=("normal", "large"),
-    decompose_dims=("B", "S", "n_heads", "n_kv_heads", "head_dim"),
-    derive_attrs=default_scale,
+    decompose=decompose,
+    # S (S + 1) / 2 logits a row of heads: the causal triangle, the only ones that must be formed
+    flops="B * n_heads * (S * (S + 1) // 2) * (2 * head_dim + 4)",
 )

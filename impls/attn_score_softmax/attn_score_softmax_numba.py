@@ -1,11 +1,6 @@
 """attn_score_softmax's numba kernels on the CPU (impls/attn_score_softmax/cpu.py describes
 them, prepares the arrays and calls `kernel`).
-
-Plain module-level functions: numba is imported here, not in cpu.py, which imports this
-file when its kernel is first prepared (listing the registry never loads numba).
-harness.kernels.fb_numba is imported before any kernel is defined: it points numba's
-on-disk cache at a folder named after the shared helpers' content (numba checks a cached
-kernel against this file only).
+How a kernel file loads numba and its cache: harness/kernels/fb_numba.py.
 """
 
 from __future__ import annotations
@@ -13,7 +8,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from harness.kernels.fb_numba import balanced_block, causal_logits, group_queries, make_pow2, put, widen_rows
+from harness.kernels.fb_numba import causal_logits, causal_task, make_pow2, put, widen_rows
 
 ROWS = 4  # query positions per task (times g heads)
 KEYS = 64  # K rows widened per block
@@ -28,13 +23,8 @@ def kernel(q, k, scale, kind, p):
     nblk = (S + ROWS - 1) // ROWS
     pow2 = make_pow2()
     for task in nb.prange(B * Hkv * nblk):
-        bk = task // nblk
-        b, kh = bk // Hkv, bk % Hkv
-        i0 = balanced_block(task % nblk, nblk) * ROWS
-        R = min(S, i0 + ROWS) - i0
+        b, kh, i0, R, qs = causal_task(q, Hkv, task, nblk, ROWS, scale, kind, pow2)
         last = i0 + R  # keys 0 … last − 1 are visible to some row of the task
-        qs = np.empty((g * R, d), dtype=np.float32)
-        group_queries(q, b, kh, g, i0, R, scale, kind, pow2, qs)
         kb = np.empty((KEYS, d), dtype=np.float32)
         sct = np.empty((last, g * R), dtype=np.float32)  # the task's logits, keys first
         for j0 in range(0, last, KEYS):

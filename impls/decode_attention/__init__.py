@@ -18,8 +18,8 @@ device.
 
 from __future__ import annotations
 
-from harness.attention import check_heads, decode_lens, default_scale, qkv, ragged_lens, strategy
-from harness.spec import FusionSpec, TorchPeer
+from harness.attention import attention_spec, decode_lens, qkv, ragged_lens
+from harness.spec import TorchPeer
 
 
 KV = ("B", "n_kv_heads", "T", "head_dim")
@@ -109,25 +109,21 @@ def moved_bytes(dims, itemsize):
     return (2 * B * dims["n_heads"] * d + 2 * valid * dims["n_kv_heads"] * d) * itemsize + 4 * B
 
 
-SPEC = FusionSpec(
+SPEC = attention_spec(
+    "T",
+    upper=700,
+    batches=(1, 2, 3, 5),
     name="decode_attention",
     doc=__doc__,
-    dims=("B", "T", "n_heads", "n_kv_heads", "head_dim"),
-    attrs={"scale": 0.0},
-    inputs=("q", "k", "v", "lens"),
-    rotate=("q",),  # lens stay: they set how much of the cache each sample reads
-    outputs=("o",),
-    decompose=decompose,
-    make_inputs_f64=make_inputs,
     shapes={"q": ("B", "n_heads", "head_dim"), "k": KV, "v": KV, "lens": ("B",),
             "o": ("B", "n_heads", "head_dim")},
+    outputs=("o",),
+    make_inputs_f64=make_inputs,
+    value_shapes=("normal", "large", "ragged"),
+    index_inputs=("lens",),
+    rotate=("q",),  # lens stay: they set how much of the cache each sample reads
+    decompose=decompose,
     flops=flops,
     moved_bytes=moved_bytes,
-    strategy=lambda: strategy("T", 700, batches=(1, 2, 3, 5)),
-    validate_dims=check_heads,
-    value_shapes=("normal", "large", "ragged"),
-    decompose_dims=("B", "T", "n_heads", "n_kv_heads", "head_dim"),
-    index_inputs=("lens",),
-    derive_attrs=default_scale,
     torch_peers={"sdpa": TorchPeer(sdpa, plan=sdpa_plan)},
 )

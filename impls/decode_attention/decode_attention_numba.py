@@ -1,11 +1,6 @@
 """decode_attention's numba kernels on the CPU (impls/decode_attention/cpu.py describes them,
 prepares the arrays and calls `kernel`).
-
-Plain module-level functions: numba is imported here, not in cpu.py, which imports this
-file when its kernel is first prepared (listing the registry never loads numba).
-harness.kernels.fb_numba is imported before any kernel is defined: it points numba's
-on-disk cache at a folder named after the shared helpers' content (numba checks a cached
-kernel against this file only).
+How a kernel file loads numba and its cache: harness/kernels/fb_numba.py.
 """
 
 from __future__ import annotations

@@ -14,9 +14,7 @@ pre-activations.
 
 from __future__ import annotations
 
-from hypothesis import strategies as st
-
-from harness.spec import BATCH_SIZES, FusionSpec, awkward_size
+from harness.spec import NORMALISED_VALUE_SHAPES, FusionSpec, batched_sizes
 
 
 def decompose(ops, x, w_gate, w_up):
@@ -25,28 +23,14 @@ def decompose(ops, x, w_gate, w_up):
     return {"y": ops.mul(ops.silu(gate), up)}
 
 
-def flops(dims):
-    M, H, I = dims["M"], dims["H"], dims["I"]
-    return 4 * M * I * H + 5 * M * I
-
-
-def strategy():
-    return st.fixed_dictionaries({"M": st.sampled_from(BATCH_SIZES), "H": awkward_size(), "I": awkward_size()})
-
-
 SPEC = FusionSpec(
     name="gemm_swiglu",
     doc=__doc__,
-    dims=("M", "H", "I"),
-    attrs={},
-    inputs=("x", "w_gate", "w_up"),
-    rotate=("x",),
-    outputs=("y",),
-    decompose=decompose,
-    values={"x": "activation", "w_gate": "weight", "w_up": "weight"},
     shapes={"x": ("M", "H"), "w_gate": ("I", "H"), "w_up": ("I", "H"), "y": ("M", "I")},
-    flops=flops,
-    strategy=strategy,
-    # x comes out of an RMSNorm: no "large" rows (x300 would overflow float16 products)
-    value_shapes=("normal", "outliers", "near_constant"),
+    values={"x": "activation", "w_gate": "weight", "w_up": "weight"},
+    rotate=("x",),
+    decompose=decompose,
+    flops="4 * M * I * H + 5 * M * I",
+    strategy=batched_sizes("H", "I"),
+    value_shapes=NORMALISED_VALUE_SHAPES,  # x comes out of an RMSNorm
 )

@@ -1,11 +1,6 @@
 """gemm_swiglu's numba kernels on the CPU (impls/gemm_swiglu/cpu.py describes them, prepares
 the arrays and calls `kernel`).
-
-Plain module-level functions: numba is imported here, not in cpu.py, which imports this
-file when its kernel is first prepared (listing the registry never loads numba).
-harness.kernels.fb_numba is imported before any kernel is defined: it points numba's
-on-disk cache at a folder named after the shared helpers' content (numba checks a cached
-kernel against this file only).
+How a kernel file loads numba and its cache: harness/kernels/fb_numba.py.
 """
 
 from __future__ import annotations
@@ -13,8 +8,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from harness.kernels.fb_numba import (bf16_f32, f16_f32, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16, make_pow2, put,
-                                      swiglu, swiglu_rows, swiglu_rows_w16, widen)
+from harness.kernels.fb_numba import bf16_f32, f16_f32, make_pow2, put, swiglu_decode, swiglu_rows, swiglu_rows_w16, widen
 
 BLOCK_ROWS = 8  # rows of W_gate and of W_up per parallel task: 2 * 8 * H floats stay in L2
 
@@ -24,14 +18,7 @@ def kernel_f32(x, wg, wu, y):
     pow2 = make_pow2()
     N = wg.shape[0]
     if x.shape[0] == 1:  # decode: gate and up rows streamed side by side, two of each
-        x0 = x[0]
-        for p in nb.prange(N // 2):
-            g0, u0, g1, u1 = gate_up2(x0, wg, wu, 2 * p)
-            y[0, 2 * p] = swiglu(g0, u0)
-            y[0, 2 * p + 1] = swiglu(g1, u1)
-        if N % 2:
-            g0, u0 = gate_up1(x0, wg, wu, N - 1)
-            y[0, N - 1] = swiglu(g0, u0)
+        swiglu_decode(x[0], wg, wu, 0, y, 0)
         return
     for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
         n0 = b * BLOCK_ROWS
@@ -46,13 +33,7 @@ def kernel_16(x, wg, wu, kind, y):
     if x.shape[0] == 1:  # decode: x widened once, W widened in registers as it streams
         x0 = np.empty(H, dtype=np.float32)
         widen(x[0], x0, kind, pow2)
-        for p in nb.prange(N // 2):
-            g0, u0, g1, u1 = gate_up2_w16(x0, wg, wu, 2 * p, kind)
-            put(y, 0, 2 * p, swiglu(g0, u0), kind)
-            put(y, 0, 2 * p + 1, swiglu(g1, u1), kind)
-        if N % 2:
-            g0, u0 = gate_up1_w16(x0, wg, wu, N - 1, kind)
-            put(y, 0, N - 1, swiglu(g0, u0), kind)
+        swiglu_decode(x0, wg, wu, kind, y, kind)
         return
     for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
         n0 = b * BLOCK_ROWS

@@ -14,9 +14,7 @@ keeps the normalised row on chip and never writes the (M, H) intermediate.
 
 from __future__ import annotations
 
-from hypothesis import strategies as st
-
-from harness.spec import BATCH_SIZES, FusionSpec, awkward_size
+from harness.spec import FusionSpec, batched_sizes
 
 
 def decompose(ops, x, gamma, w, *, eps):
@@ -24,26 +22,14 @@ def decompose(ops, x, gamma, w, *, eps):
     return {"y": ops.linear(h, w)}
 
 
-def flops(dims):
-    M, H, N = dims["M"], dims["H"], dims["N"]
-    return 2 * M * N * H + 4 * M * H
-
-
-def strategy():
-    return st.fixed_dictionaries({"M": st.sampled_from(BATCH_SIZES), "H": awkward_size(), "N": awkward_size()})
-
-
 SPEC = FusionSpec(
     name="rmsnorm_gemm",
     doc=__doc__,
-    dims=("M", "H", "N"),
-    attrs={"eps": 1e-5},
-    inputs=("x", "gamma", "w"),
-    rotate=("x",),
-    outputs=("y",),
-    decompose=decompose,
-    values={"x": "activation", "gamma": "norm_weight", "w": "weight"},
     shapes={"x": ("M", "H"), "gamma": ("H",), "w": ("N", "H"), "y": ("M", "N")},
-    flops=flops,
-    strategy=strategy,
+    values={"x": "activation", "gamma": "norm_weight", "w": "weight"},
+    rotate=("x",),
+    attrs={"eps": 1e-5},
+    decompose=decompose,
+    flops="2 * M * N * H + 4 * M * H",
+    strategy=batched_sizes("H", "N"),
 )

@@ -38,12 +38,6 @@ def decompose(ops, x, gamma, w, pos, *, eps, theta, n_heads, n_kv_heads, head_di
     }
 
 
-def flops(dims):
-    M, H, d = dims["M"], dims["H"], dims["head_dim"]
-    n_out = (dims["n_heads"] + 2 * dims["n_kv_heads"]) * d
-    return 2 * M * n_out * H + 4 * M * H + 6 * M * (dims["n_heads"] + dims["n_kv_heads"]) * d
-
-
 def validate(dims):
     problems = []
     if dims["head_dim"] % 2:
@@ -63,19 +57,16 @@ def strategy():
 SPEC = FusionSpec(
     name="rmsnorm_qkv_rope",
     doc=__doc__,
-    dims=("M", "H", "n_heads", "n_kv_heads", "head_dim"),
-    attrs={"eps": 1e-5, "theta": 10000.0},
-    inputs=("x", "gamma", "w", "pos"),
-    rotate=("x", "pos"),
-    outputs=("q", "k", "v"),
-    decompose=decompose,
-    values={"x": "activation", "gamma": "norm_weight", "w": "weight", "pos": "position"},
     shapes={"x": ("M", "H"), "gamma": ("H",), "w": (N_OUT, "H"), "pos": ("M",),
             "q": ("M", "n_heads", "head_dim"), "k": ("M", "n_kv_heads", "head_dim"),
             "v": ("M", "n_kv_heads", "head_dim")},
-    flops=flops,
-    strategy=strategy,
-    validate_dims=validate,
-    decompose_dims=("n_heads", "n_kv_heads", "head_dim"),
+    values={"x": "activation", "gamma": "norm_weight", "w": "weight", "pos": "position"},
     index_inputs=("pos",),
+    rotate=("x", "pos"),
+    attrs={"eps": 1e-5, "theta": 10000.0},
+    decompose=decompose,
+    decompose_dims=("n_heads", "n_kv_heads", "head_dim"),
+    validate_dims=validate,
+    flops=f"2 * M * {N_OUT} * H + 4 * M * H + 6 * M * (n_heads + n_kv_heads) * head_dim",
+    strategy=strategy,
 )

@@ -1,11 +1,6 @@
 """rmsnorm_qkv_rope's numba kernels on the CPU (impls/rmsnorm_qkv_rope/cpu.py describes them,
 prepares the arrays and calls `kernel`).
-
-Plain module-level functions: numba is imported here, not in cpu.py, which imports this
-file when its kernel is first prepared (listing the registry never loads numba).
-harness.kernels.fb_numba is imported before any kernel is defined: it points numba's
-on-disk cache at a folder named after the shared helpers' content (numba checks a cached
-kernel against this file only).
+How a kernel file loads numba and its cache: harness/kernels/fb_numba.py.
 """
 
 from __future__ import annotations
@@ -13,7 +8,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from harness.kernels.fb_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, put, widen, widen_rows
+from harness.kernels.fb_numba import dots, dots2, make_pow2, normalise, put, stream_dots, widen, widen_rows
 
 PAIRS = 8  # rotation pairs per pass: 2 * 8 rows of W (2 * 8 * H floats) stay in L2
 
@@ -90,6 +85,21 @@ def head_out(t, n_heads, n_kv, d, q, k, v):
     return v, (t - n_heads - n_kv) * d
 
 
+@nb.njit(fastmath=True, inline="always")
+def decode(x, g, inv_rms, w, cs, sn, n_heads, n_kv, kind, pow2, q, k, v):
+    # M = 1: x normalised once; each head's d rows of W streamed in order, as they are or
+    # widened in registers (stream_dots). Inlined, so that its prange is the kernel's.
+    half = cs.shape[1]
+    d = 2 * half
+    xn = np.empty(x.shape[1], dtype=np.float32)
+    normalise(x[0], g, inv_rms[0], kind, pow2, xn)
+    for t in nb.prange(n_heads + 2 * n_kv):
+        out, col = head_out(t, n_heads, n_kv, d, q, k, v)
+        acc = np.empty((1, d), dtype=np.float32)
+        stream_dots(xn, w[t * d:(t + 1) * d], acc[0], kind)
+        store_pairs(acc[:, :half], acc[:, half:], cs, sn, 0, half, t < n_heads + n_kv, out, col, half, kind)
+
+
 @nb.njit(parallel=True, fastmath=True, cache=True)
 def kernel_f32(x, gamma, w, pos, inv_freq, eps, n_heads, n_kv, q, k, v):
     # q: (M, n_heads * d), k, v: (M, n_kv * d)
@@ -97,14 +107,8 @@ def kernel_f32(x, gamma, w, pos, inv_freq, eps, n_heads, n_kv, q, k, v):
     M, H = x.shape
     half = inv_freq.shape[0]
     d = 2 * half
-    if M == 1:  # decode: x normalised once; each head's d rows streamed in order
-        xn = np.empty(H, dtype=np.float32)
-        normalise(x[0], g, inv_rms[0], 0, pow2, xn)
-        for t in nb.prange(n_heads + 2 * n_kv):
-            out, col = head_out(t, n_heads, n_kv, d, q, k, v)
-            acc = np.empty((1, d), dtype=np.float32)
-            dots_seq(xn, w[t * d:(t + 1) * d], acc[0])
-            store_pairs(acc[:, :half], acc[:, half:], cs, sn, 0, half, t < n_heads + n_kv, out, col, half, 0)
+    if M == 1:
+        decode(x, g, inv_rms, w, cs, sn, n_heads, n_kv, 0, pow2, q, k, v)
         return
     for t in nb.prange(n_heads + 2 * n_kv):
         out, col = head_out(t, n_heads, n_kv, d, q, k, v)
@@ -125,14 +129,8 @@ def kernel_16(x, gamma, w, pos, inv_freq, eps, n_heads, n_kv, kind, q, k, v):
     M, H = x.shape
     half = inv_freq.shape[0]
     d = 2 * half
-    if M == 1:  # decode: x normalised once; W widened in registers as it streams
-        xn = np.empty(H, dtype=np.float32)
-        normalise(x[0], g, inv_rms[0], kind, pow2, xn)
-        for t in nb.prange(n_heads + 2 * n_kv):
-            out, col = head_out(t, n_heads, n_kv, d, q, k, v)
-            acc = np.empty((1, d), dtype=np.float32)
-            dots_w16(xn, w[t * d:(t + 1) * d], acc[0], kind)
-            store_pairs(acc[:, :half], acc[:, half:], cs, sn, 0, half, t < n_heads + n_kv, out, col, half, kind)
+    if M == 1:
+        decode(x, g, inv_rms, w, cs, sn, n_heads, n_kv, kind, pow2, q, k, v)
         return
     for t in nb.prange(n_heads + 2 * n_kv):
         out, col = head_out(t, n_heads, n_kv, d, q, k, v)

@@ -1,11 +1,6 @@
 """swiglu_ffn's numba kernels on the CPU (impls/swiglu_ffn/cpu.py describes them, prepares
 the arrays and calls `kernel`).
-
-Plain module-level functions: numba is imported here, not in cpu.py, which imports this
-file when its kernel is first prepared (listing the registry never loads numba).
-harness.kernels.fb_numba is imported before any kernel is defined: it points numba's
-on-disk cache at a folder named after the shared helpers' content (numba checks a cached
-kernel against this file only).
+How a kernel file loads numba and its cache: harness/kernels/fb_numba.py.
 """
 
 from __future__ import annotations
@@ -13,8 +8,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from harness.kernels.fb_numba import (dots, dots2, dots_seq, dots_w16, gate_up1, gate_up1_w16, gate_up2, gate_up2_w16,
-                                      make_pow2, put, swiglu, swiglu_rows, swiglu_rows_w16, widen, widen_rows)
+from harness.kernels.fb_numba import (dots, dots2, dots_seq, dots_w16, make_pow2, put, swiglu_decode, swiglu_rows,
+                                      swiglu_rows_w16, widen, widen_rows)
 
 BLOCK_ROWS = 8  # rows of W_gate and of W_up per phase-1 task: 2 * 8 * H floats stay in L2
 DOWN_ROWS = 8  # rows of W_down per phase-2 task: 8 * I floats (I = 14336: 460 KB) stay in L2
@@ -46,14 +41,7 @@ def kernel_f32(x, wg, wu, wd, act, y):
     N = wg.shape[0]
     H = wd.shape[0]
     if x.shape[0] == 1:  # decode: each W streamed once; gate and up rows side by side
-        x0 = x[0]
-        for p in nb.prange(N // 2):
-            g0, u0, g1, u1 = gate_up2(x0, wg, wu, 2 * p)
-            act[0, 2 * p] = swiglu(g0, u0)
-            act[0, 2 * p + 1] = swiglu(g1, u1)
-        if N % 2:
-            g0, u0 = gate_up1(x0, wg, wu, N - 1)
-            act[0, N - 1] = swiglu(g0, u0)
+        swiglu_decode(x[0], wg, wu, 0, act, 0)
         for b in nb.prange((H + DOWN_ROWS - 1) // DOWN_ROWS):
             n0 = b * DOWN_ROWS
             n1 = min(H, n0 + DOWN_ROWS)
@@ -76,13 +64,7 @@ def kernel_16(x, wg, wu, wd, kind, act, y):
     if x.shape[0] == 1:  # decode: x widened once, W widened in registers as it streams
         x0 = np.empty(H, dtype=np.float32)
         widen(x[0], x0, kind, pow2)
-        for p in nb.prange(N // 2):
-            g0, u0, g1, u1 = gate_up2_w16(x0, wg, wu, 2 * p, kind)
-            act[0, 2 * p] = swiglu(g0, u0)
-            act[0, 2 * p + 1] = swiglu(g1, u1)
-        if N % 2:
-            g0, u0 = gate_up1_w16(x0, wg, wu, N - 1, kind)
-            act[0, N - 1] = swiglu(g0, u0)
+        swiglu_decode(x0, wg, wu, kind, act, 0)
         for b in nb.prange((H + DOWN_ROWS - 1) // DOWN_ROWS):
             n0 = b * DOWN_ROWS
             n1 = min(H, n0 + DOWN_ROWS)
