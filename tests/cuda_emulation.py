@@ -799,6 +799,17 @@ class Tiles:
         gj = k0 + np.arange(BM)[None, :]
         return np.where((gj > gi) | (gj >= S), NEG_INF, acc * scale)
 
+    def blocks(self, grid, B, Hq, Hkv, S, d):
+        """fb_att_block and fb_kv_head_offset over a launch's blocks: (qt, q0, bh, q head
+        offset, kv head offset) for each (batch, head) bh each block owns, in block order."""
+        ntiles, g = -(-S // self.BM), Hq // Hkv
+        for bx in range(grid[0]):
+            qt = ntiles - 1 - bx                    # the x index reversed: longest rows first
+            for by in range(grid[1]):
+                for bh in range(by, B * Hq, grid[1]):
+                    b, h = divmod(bh, Hq)
+                    yield qt, qt * self.BM, bh, bh * S * d, (b * Hkv + h // g) * S * d
+
 
 def causal_key_reads(B, Hq, Hkv, S, d, tile, passes):
     """How often each k element is read when every query tile qt loads key tiles 0..qt."""
@@ -813,116 +824,95 @@ def emulate_score_softmax(inputs, dtype, attrs, cap=None):
     t = Tiles(defines(CU["attn_score_softmax"]), "FB_ATT")
     BM = t.BM
     B, Hq, S, d = inputs["q"].shape
-    Hkv = inputs["k"].shape[1]
-    g, scale = Hq // Hkv, attrs["scale"]
+    Hkv, scale = inputs["k"].shape[1], attrs["scale"]
     (name, grid, block, _, _), = mod.launch_plan(B, Hq, S, dtype).launches
     assert block == (t.THREADS,)
-    if cap:
-        grid = (grid[0], min(grid[1], cap))
     q, k = In(inputs["q"], dtype), In(inputs["k"], dtype)
     p = Dst(B * Hq * S * S)
     ntiles = -(-S // BM)
     lanes = np.arange(16)
     rr, cc_ = np.arange(BM)[:, None], np.arange(BM)[None, :]   # tile row ty*4 + i, column tx*4 + j
-    for bx in range(grid[0]):
-        qt = ntiles - 1 - bx
-        q0 = qt * BM
-        for by in range(grid[1]):
-            for bh in range(by, B * Hq, grid[1]):
-                b, h = divmod(bh, Hq)
-                qoff, koff = bh * S * d, (b * Hkv + h // g) * S * d
-                # pass 1: per thread (row r, tx) a running max and sum over its 4 keys
-                m, l = np.full((BM, 16), NEG_INF), np.zeros((BM, 16))
-                for kt in range(qt + 1):
-                    s3 = t.logits(q, k, qoff, koff, S, d, q0, kt * BM, scale).reshape(BM, 16, 4)
-                    mn = np.maximum(m, s3.max(-1))
-                    upd = mn != NEG_INF
-                    l = np.where(upd, l * exp_from(m, mn) + exp_from(s3, mn[..., None]).sum(-1), l)
-                    m = np.where(upd, mn, m)
-                # merge the 16 threads of each row
-                off = 1
-                while off < 16:
-                    mo, lo = m[:, lanes ^ off], l[:, lanes ^ off]
-                    mn = np.maximum(m, mo)
-                    l, m = l * exp_from(m, mn) + lo * exp_from(mo, mn), mn
-                    off <<= 1
-                # pass 2
-                for kt in range(ntiles):
-                    if kt <= qt:
-                        s3 = t.logits(q, k, qoff, koff, S, d, q0, kt * BM, scale).reshape(BM, 16, 4)
-                        with np.errstate(invalid="ignore", divide="ignore"):
-                            w = np.where(l[..., None] != 0, exp_from(s3, m[..., None]) / l[..., None], 0.0)
-                    else:
-                        w = np.zeros((BM, 16, 4))
-                    gi, gj = q0 + rr, kt * BM + cc_
-                    ok = (gi < S) & (gj < S)
-                    p.store(((bh * S + gi) * S + gj)[ok], w.reshape(BM, BM)[ok])
+    for qt, q0, bh, qoff, koff in t.blocks(capped(grid, cap), B, Hq, Hkv, S, d):
+        # pass 1: per thread (row r, tx) a running max and sum over its 4 keys
+        m, l = np.full((BM, 16), NEG_INF), np.zeros((BM, 16))
+        for kt in range(qt + 1):
+            s3 = t.logits(q, k, qoff, koff, S, d, q0, kt * BM, scale).reshape(BM, 16, 4)
+            mn = np.maximum(m, s3.max(-1))
+            upd = mn != NEG_INF
+            l = np.where(upd, l * exp_from(m, mn) + exp_from(s3, mn[..., None]).sum(-1), l)
+            m = np.where(upd, mn, m)
+        # merge the 16 threads of each row
+        off = 1
+        while off < 16:
+            mo, lo = m[:, lanes ^ off], l[:, lanes ^ off]
+            mn = np.maximum(m, mo)
+            l, m = l * exp_from(m, mn) + lo * exp_from(mo, mn), mn
+            off <<= 1
+        # pass 2
+        for kt in range(ntiles):
+            if kt <= qt:
+                s3 = t.logits(q, k, qoff, koff, S, d, q0, kt * BM, scale).reshape(BM, 16, 4)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    w = np.where(l[..., None] != 0, exp_from(s3, m[..., None]) / l[..., None], 0.0)
+            else:
+                w = np.zeros((BM, 16, 4))
+            gi, gj = q0 + rr, kt * BM + cc_
+            ok = (gi < S) & (gj < S)
+            p.store(((bh * S + gi) * S + gj)[ok], w.reshape(BM, BM)[ok])
     return p, q, k
 
 
 # ---- attention_prefill -----------------------------------------------------------------------
 def emulate_prefill(inputs, dtype, attrs, cap=None):
     mod = impl_module("attention_prefill")
-    defs = defines(CU["attention_prefill"])
-    t = Tiles(defs, "FB_ATT")
+    t = Tiles(defines(CU["attention_prefill"]), "FB_ATT")
     BM, TK, PAD, THREADS = t.BM, t.TK, t.PAD, t.THREADS
     B, Hq, S, d = inputs["q"].shape
-    Hkv = inputs["k"].shape[1]
-    g, scale = Hq // Hkv, attrs["scale"]
+    Hkv, scale = inputs["k"].shape[1], attrs["scale"]
     (name, grid, block, _, _), = mod.launch_plan(B, Hq, S, d, dtype).launches
     DMAX = int(name.split("_d")[1].split("_")[0])
     assert DMAX >= d and DMAX % 16 == 0
-    if cap:
-        grid = (grid[0], min(grid[1], cap))
     q, k, v = (In(inputs[n], dtype) for n in ("q", "k", "v"))
     o = Dst(B * Hq * S * d)
-    ntiles = -(-S // BM)
-    lanes = np.arange(16)
     col_tx = np.arange(DMAX) % 16          # O column col belongs to thread tx = col % 16 (col = tx + 16c)
-    for bx in range(grid[0]):
-        qt = ntiles - 1 - bx
-        q0 = qt * BM
-        for by in range(grid[1]):
-            for bh in range(by, B * Hq, grid[1]):
-                b, h = divmod(bh, Hq)
-                qoff, kvoff = bh * S * d, (b * Hkv + h // g) * S * d
-                m, l = np.full((BM, 16), NEG_INF), np.zeros((BM, 16))
-                acc = np.zeros((BM, DMAX))
-                for kt in range(qt + 1):
-                    k0 = kt * BM
-                    s3 = t.logits(q, k, qoff, kvoff, S, d, q0, k0, scale).reshape(BM, 16, 4)
-                    mx = butterfly(s3.max(-1), 16, np.maximum)
-                    mn = np.maximum(m, mx)
-                    base = np.where(mn == NEG_INF, 0.0, mn)
-                    corr = exp_from(m, base)
-                    w = exp_from(s3, base[..., None])
-                    Ps = np.full((BM, BM + PAD), np.nan)
-                    Ps[:, :BM] = w.reshape(BM, BM)    # thread (ty, tx) writes [ty*4 + i][tx*4 + j]: a bijection
-                    l, m = l * corr + w.sum(-1), mn
-                    acc *= corr[:, col_tx]
-                    kc = 0
-                    while kc < BM and k0 + kc < S:
-                        Vs = np.full((TK, DMAX), np.nan)
-                        written = np.zeros((TK, DMAX), int)
-                        e = strided(np.arange(THREADS), TK * DMAX, THREADS)
-                        kk, col = e // DMAX, e % DMAX
-                        key = k0 + kc + kk
-                        ok = (key < S) & (col < d)
-                        Vs[kk, col] = 0.0
-                        Vs[kk[ok], col[ok]] = v.load(kvoff + key[ok] * d + col[ok])
-                        np.add.at(written, (kk, col), 1)
-                        assert (written == 1).all(), "V slot written 0 or 2+ times"
-                        pw = Ps[:, kc:kc + TK]
-                        assert not np.isnan(pw).any()
-                        acc += pw @ Vs
-                        kc += TK
-                total = butterfly(l, 16, np.add)
-                gi = q0 + np.arange(BM)[:, None]
-                cols = np.arange(DMAX)[None, :]
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    val = np.where(total[:, col_tx] == 0, 0.0, acc / total[:, col_tx])
-                ok = (gi < S) & (cols < d)
-                o.store(((bh * S + gi) * d + cols)[ok], val[ok])
+    for qt, q0, bh, qoff, kvoff in t.blocks(capped(grid, cap), B, Hq, Hkv, S, d):
+        m, l = np.full((BM, 16), NEG_INF), np.zeros((BM, 16))
+        acc = np.zeros((BM, DMAX))
+        for kt in range(qt + 1):
+            k0 = kt * BM
+            s3 = t.logits(q, k, qoff, kvoff, S, d, q0, k0, scale).reshape(BM, 16, 4)
+            mx = butterfly(s3.max(-1), 16, np.maximum)
+            mn = np.maximum(m, mx)
+            base = np.where(mn == NEG_INF, 0.0, mn)
+            corr = exp_from(m, base)
+            w = exp_from(s3, base[..., None])
+            Ps = np.full((BM, BM + PAD), np.nan)
+            Ps[:, :BM] = w.reshape(BM, BM)    # thread (ty, tx) writes [ty*4 + i][tx*4 + j]: a bijection
+            l, m = l * corr + w.sum(-1), mn
+            acc *= corr[:, col_tx]
+            kc = 0
+            while kc < BM and k0 + kc < S:
+                Vs = np.full((TK, DMAX), np.nan)
+                written = np.zeros((TK, DMAX), int)
+                e = strided(np.arange(THREADS), TK * DMAX, THREADS)
+                kk, col = e // DMAX, e % DMAX
+                key = k0 + kc + kk
+                ok = (key < S) & (col < d)
+                Vs[kk, col] = 0.0
+                Vs[kk[ok], col[ok]] = v.load(kvoff + key[ok] * d + col[ok])
+                np.add.at(written, (kk, col), 1)
+                assert (written == 1).all(), "V slot written 0 or 2+ times"
+                pw = Ps[:, kc:kc + TK]
+                assert not np.isnan(pw).any()
+                acc += pw @ Vs
+                kc += TK
+        total = butterfly(l, 16, np.add)
+        gi = q0 + np.arange(BM)[:, None]
+        cols = np.arange(DMAX)[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            val = np.where(total[:, col_tx] == 0, 0.0, acc / total[:, col_tx])
+        ok = (gi < S) & (cols < d)
+        o.store(((bh * S + gi) * d + cols)[ok], val[ok])
     return o, q, k, v
 
 

@@ -209,3 +209,20 @@ struct FbRowPairs {
         if (n + 1 < N) D::store(y, (long long)m * N + n + 1, a1);
     }
 };
+
+// ---- kernels ----------------------------------------------------------------------------
+// Both kernels of a stage whose input is a plain (M, K) matrix X of dtype DX: GEMV_NAME
+// (decode: fb_pair_gemv over FbPlainRow) and TILED_NAME (prefill: fb_pair_tiled over
+// FbPlainA), with the same parameter list PARAMS (parenthesised; it names M and vec) and
+// the NPAIRS pairs PAIRS (an expression, parenthesised) of the weights' dtype D.
+#define FB_PLAIN_PAIR_KERNELS(GEMV_NAME, TILED_NAME, PARAMS, D, DX, X, K, NPAIRS, PAIRS)           \
+    extern "C" __global__ void __launch_bounds__(FB_GEMV_THREADS) GEMV_NAME PARAMS {               \
+        const FbPlainRow<DX> xs = {X, K};                                                         \
+        const auto pr = PAIRS;                                                                    \
+        fb_pair_gemv<D>(xs, pr, M, K, NPAIRS, vec);                                               \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(FB_TILED_THREADS) TILED_NAME PARAMS {             \
+        const FbPlainA<DX, D::VEC> as = {X, K};                                                   \
+        const auto pr = PAIRS;                                                                    \
+        fb_pair_tiled<D>(as, pr, M, K, NPAIRS, vec);                                              \
+    }

@@ -41,19 +41,13 @@ __device__ __forceinline__ void fb_attention_prefill(const typename D::T* __rest
                                                      typename D::T* __restrict__ o, int B, int Hq,
                                                      int Hkv, int S, int d, float scale) {
     enum { NC = DMAX / 16 };                            // O columns per thread: tx + 16c
-    __shared__ alignas(16) float Qs[FB_ATT_TK][FB_ATT_BM + FB_ATT_PAD];
-    __shared__ alignas(16) float Ks[FB_ATT_TK][FB_ATT_BM + FB_ATT_PAD];
+    __shared__ FbAttQK sm;                                              // q, k staging
     __shared__ alignas(16) float Ps[FB_ATT_BM][FB_ATT_BM + FB_ATT_PAD];   // weights, [row][key]
     __shared__ alignas(16) float Vs[FB_ATT_TK][DMAX];                   // V rows, [key][dim]
-    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-    const int ntiles = (S + FB_ATT_BM - 1) / FB_ATT_BM;
-    const int qt = ntiles - 1 - blockIdx.x;             // longest rows first
-    const int q0 = qt * FB_ATT_BM;
-    const int g = Hq / Hkv;
+    const auto [tid, tx, ty, ntiles, qt, q0] = fb_att_block(S);
 
     for (int bh = blockIdx.y; bh < B * Hq; bh += gridDim.y) {   // block-uniform
-        const int b = bh / Hq, h = bh - b * Hq;
-        const long long kv_off = ((long long)b * Hkv + h / g) * S * d;
+        const long long kv_off = fb_kv_head_offset(bh, Hq, Hkv, S, d);
         const typename D::T* qh = q + (long long)bh * S * d;
         const typename D::T* kh = k + kv_off;
         const typename D::T* vh = v + kv_off;
@@ -69,8 +63,8 @@ __device__ __forceinline__ void fb_attention_prefill(const typename D::T* __rest
 
         for (int kt = 0; kt <= qt; ++kt) {              // causal: tiles above the diagonal skipped
             const int k0 = kt * FB_ATT_BM;
-            fb_logit_tile<D>(qh, kh, S, d, q0, k0, scale, Qs, Ks, s);   // its barriers also end
-                                                                        // the last tile's reads of Ps, Vs
+            fb_logit_tile<D>(qh, kh, S, d, q0, k0, scale, sm, s);   // its barriers also end
+                                                                    // the last tile's reads of Ps, Vs
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const float mx = fb_row_max(fmaxf(fmaxf(s[i][0], s[i][1]), fmaxf(s[i][2], s[i][3])));

@@ -25,18 +25,12 @@ __device__ __forceinline__ void fb_attn_score_softmax(const typename D::T* __res
                                                       const typename D::T* __restrict__ k,
                                                       typename D::T* __restrict__ p, int B, int Hq,
                                                       int Hkv, int S, int d, float scale) {
-    __shared__ alignas(16) float Qs[FB_ATT_TK][FB_ATT_BM + FB_ATT_PAD];
-    __shared__ alignas(16) float Ks[FB_ATT_TK][FB_ATT_BM + FB_ATT_PAD];
-    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-    const int ntiles = (S + FB_ATT_BM - 1) / FB_ATT_BM;
-    const int qt = ntiles - 1 - blockIdx.x;             // longest rows first
-    const int q0 = qt * FB_ATT_BM;
-    const int g = Hq / Hkv;
+    __shared__ FbAttQK sm;
+    const auto [tid, tx, ty, ntiles, qt, q0] = fb_att_block(S);
 
     for (int bh = blockIdx.y; bh < B * Hq; bh += gridDim.y) {   // block-uniform
-        const int b = bh / Hq, h = bh - b * Hq;
         const typename D::T* qh = q + (long long)bh * S * d;
-        const typename D::T* kh = k + ((long long)b * Hkv + h / g) * S * d;
+        const typename D::T* kh = k + fb_kv_head_offset(bh, Hq, Hkv, S, d);
         typename D::T* ph = p + (long long)bh * S * S;
 
         // pass 1: running maximum and sum per row, over this thread's keys
@@ -44,7 +38,7 @@ __device__ __forceinline__ void fb_attn_score_softmax(const typename D::T* __res
 #pragma unroll
         for (int i = 0; i < 4; ++i) { m[i] = -FB_ATT_INF; l[i] = 0.f; }
         for (int kt = 0; kt <= qt; ++kt) {
-            fb_logit_tile<D>(qh, kh, S, d, q0, kt * FB_ATT_BM, scale, Qs, Ks, s);
+            fb_logit_tile<D>(qh, kh, S, d, q0, kt * FB_ATT_BM, scale, sm, s);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const float mn = fmaxf(m[i], fmaxf(fmaxf(s[i][0], s[i][1]), fmaxf(s[i][2], s[i][3])));
@@ -72,7 +66,7 @@ __device__ __forceinline__ void fb_attn_score_softmax(const typename D::T* __res
         // pass 2: normalised weights left of and on the diagonal, zeros right of it
         for (int kt = 0; kt < ntiles; ++kt) {            // block-uniform
             const bool visible = kt <= qt;
-            if (visible) fb_logit_tile<D>(qh, kh, S, d, q0, kt * FB_ATT_BM, scale, Qs, Ks, s);
+            if (visible) fb_logit_tile<D>(qh, kh, S, d, q0, kt * FB_ATT_BM, scale, sm, s);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int gi = q0 + ty * 4 + i;

@@ -23,20 +23,10 @@
 //@fusebench-splice fb_swiglu_pairs.cuh
 
 #define FB_DEFINE_KERNELS(SUFFIX, D)                                                               \
-    extern "C" __global__ void __launch_bounds__(FB_GEMV_THREADS) gemm_swiglu_gemv_##SUFFIX(      \
-        const D::T* __restrict__ x, const D::T* __restrict__ wg, const D::T* __restrict__ wu,     \
-        D::T* __restrict__ y, int M, int H, int I, int vec) {                                     \
-        const FbPlainRow<D> xs = {x, H};                                                          \
-        const FbSwigluPairs<D, D> pr = {wg, wu, y, H, I};                                         \
-        fb_pair_gemv<D>(xs, pr, M, H, I, vec);                                                    \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(FB_TILED_THREADS) gemm_swiglu_tiled_##SUFFIX(    \
-        const D::T* __restrict__ x, const D::T* __restrict__ wg, const D::T* __restrict__ wu,     \
-        D::T* __restrict__ y, int M, int H, int I, int vec) {                                     \
-        const FbPlainA<D, D::VEC> as = {x, H};                                                    \
-        const FbSwigluPairs<D, D> pr = {wg, wu, y, H, I};                                         \
-        fb_pair_tiled<D>(as, pr, M, H, I, vec);                                                   \
-    }
+    FB_PLAIN_PAIR_KERNELS(gemm_swiglu_gemv_##SUFFIX, gemm_swiglu_tiled_##SUFFIX,                   \
+        (const D::T* __restrict__ x, const D::T* __restrict__ wg, const D::T* __restrict__ wu,    \
+         D::T* __restrict__ y, int M, int H, int I, int vec),                                     \
+        D, D, x, H, I, (FbSwigluPairs<D, D>{wg, wu, y, H, I}))
 
 FB_DEFINE_KERNELS(f32, FbF32)
 FB_DEFINE_KERNELS(f16, FbF16)

@@ -122,34 +122,14 @@ __device__ __forceinline__ void fb_swiglu_ffn_onchip(const typename D::T* __rest
 }
 
 #define FB_DEFINE_KERNELS(SUFFIX, D)                                                               \
-    extern "C" __global__ void __launch_bounds__(FB_GEMV_THREADS) swiglu_ffn_gemv_up_##SUFFIX(    \
-        const D::T* __restrict__ x, const D::T* __restrict__ wg, const D::T* __restrict__ wu,     \
-        float* __restrict__ act, int M, int H, int I, int vec) {                                  \
-        const FbPlainRow<D> xs = {x, H};                                                          \
-        const FbSwigluPairs<D, FbF32> pr = {wg, wu, act, H, I};                                   \
-        fb_pair_gemv<D>(xs, pr, M, H, I, vec);                                                    \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(FB_GEMV_THREADS) swiglu_ffn_gemv_down_##SUFFIX(  \
-        const float* __restrict__ act, const D::T* __restrict__ wd, D::T* __restrict__ y,         \
-        int M, int I, int H, int vec) {                                                           \
-        const FbPlainRow<FbF32> xs = {act, I};                                                    \
-        const FbRowPairs<D> pr = {wd, y, I, H};                                                   \
-        fb_pair_gemv<D>(xs, pr, M, I, (H + 1) / 2, vec);                                          \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(FB_TILED_THREADS) swiglu_ffn_tiled_up_##SUFFIX(  \
-        const D::T* __restrict__ x, const D::T* __restrict__ wg, const D::T* __restrict__ wu,     \
-        float* __restrict__ act, int M, int H, int I, int vec) {                                  \
-        const FbPlainA<D, D::VEC> as = {x, H};                                                    \
-        const FbSwigluPairs<D, FbF32> pr = {wg, wu, act, H, I};                                   \
-        fb_pair_tiled<D>(as, pr, M, H, I, vec);                                                   \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(FB_TILED_THREADS) swiglu_ffn_tiled_down_##SUFFIX( \
-        const float* __restrict__ act, const D::T* __restrict__ wd, D::T* __restrict__ y,         \
-        int M, int I, int H, int vec) {                                                           \
-        const FbPlainA<FbF32, D::VEC> as = {act, I};                                              \
-        const FbRowPairs<D> pr = {wd, y, I, H};                                                   \
-        fb_pair_tiled<D>(as, pr, M, I, (H + 1) / 2, vec);                                         \
-    }                                                                                             \
+    FB_PLAIN_PAIR_KERNELS(swiglu_ffn_gemv_up_##SUFFIX, swiglu_ffn_tiled_up_##SUFFIX,               \
+        (const D::T* __restrict__ x, const D::T* __restrict__ wg, const D::T* __restrict__ wu,    \
+         float* __restrict__ act, int M, int H, int I, int vec),                                  \
+        D, D, x, H, I, (FbSwigluPairs<D, FbF32>{wg, wu, act, H, I}))                              \
+    FB_PLAIN_PAIR_KERNELS(swiglu_ffn_gemv_down_##SUFFIX, swiglu_ffn_tiled_down_##SUFFIX,           \
+        (const float* __restrict__ act, const D::T* __restrict__ wd, D::T* __restrict__ y,        \
+         int M, int I, int H, int vec),                                                           \
+        D, FbF32, act, I, (H + 1) / 2, (FbRowPairs<D>{wd, y, I, H}))                              \
     extern "C" __global__ void __launch_bounds__(FB_ONCHIP_THREADS) swiglu_ffn_onchip_##SUFFIX(   \
         const D::T* __restrict__ x, const D::T* __restrict__ wg, const D::T* __restrict__ wu,     \
         const D::T* __restrict__ wd, D::T* __restrict__ y, float* __restrict__ acc,               \
