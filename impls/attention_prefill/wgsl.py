@@ -31,14 +31,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import Dispatch, ShaderFile, pack_params, unrolled_loop_iterations
+from harness.backends.wgsl import WORKGROUP_FLOATS, ShaderFile, pack_params, unrolled_loop_iterations
 from harness.registry import Implementation, register
 
 WQ = 64  # query rows per workgroup, one per invocation
-WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
 MAX_BK = 64
-SHADER = ShaderFile(Path(__file__).with_name("attention_prefill.wgsl"))
-ROLES = (("q", "in"), ("k", "in"), ("v", "in"), ("o", "out"))
+SHADER = ShaderFile(Path(__file__).with_name("attention_prefill.wgsl"), (("q", "in"), ("k", "in"), ("v", "in"),
+                                                                         ("o", "out")))
 
 
 def keys_per_tile(d4: int) -> int:
@@ -59,8 +58,7 @@ def loop_iterations(S: int, d4: int, bk: int, wq: int = WQ) -> int:
 
 def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
-    return SHADER.render([("q", mode, "in"), ("k", mode, "in"), ("v", mode, "in"), ("o", mode, "out")],
-                         {"@@WQ@@": wq, "@@D4@@": d4, "@@BK@@": bk, "@@KV@@": bk * d4}, unroll={"D4": d4})
+    return SHADER.render(mode, {"@@WQ@@": wq, "@@D4@@": d4, "@@BK@@": bk, "@@KV@@": bk * d4}, unroll={"D4": d4})
 
 
 class AttentionPrefillWgsl(Prepared):
@@ -72,11 +70,9 @@ class AttentionPrefillWgsl(Prepared):
         bk = keys_per_tile(d4)
         backend.require_loop_budget(f"attention_prefill/wgsl at S = {S}, head_dim {d}", loop_iterations(S, d4, bk))
         self.alloc_outputs()
-        self.source = kernel_source(backend.mode(dtype), d4, bk)
-        self.params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
-        self.groups = (-(-S // WQ), B * Hq, 1)
-        self.launches = backend.bind([Dispatch(self.source, "main", self.groups, ROLES, self.params)],
-                                     self.buffers(), "attention_prefill/wgsl")
+        params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
+        plan = SHADER.dispatch(kernel_source(backend.mode(dtype), d4, bk), "main", (-(-S // WQ), B * Hq, 1), params)
+        self.launches = backend.bind([plan], self.buffers(), "attention_prefill/wgsl")
 
 
 register(Implementation("attention_prefill", "wgsl", "fused", "fused", AttentionPrefillWgsl,

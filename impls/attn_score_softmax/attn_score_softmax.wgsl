@@ -17,7 +17,7 @@ const D4: u32 = @@D4@@u;
 const BK: u32 = @@BK@@u;
 const LOWEST: f32 = -3.4028234663852886e38;  // the running max starts here: never inf - inf
 
-var<workgroup> ks: array<vec4<f32>, @@KS@@>;  // BK * D4: the key tile, zeros past d and past the keys
+var<workgroup> ks: array<vec4<f32>, @@KV@@>;  // BK * D4: the key tile, zeros past d and past the keys
 var<workgroup> ps: array<f32, @@PS@@>;        // WQ * BK: the tile's weights, row-major, for the stores
 
 // Keys k0 .. k0 + BK of the kv head at kbase into ks (zeros at and past key nk).
