@@ -2,9 +2,9 @@
 // Spliced into impls/rmsnorm_gemm/rmsnorm_gemm.wgsl and impls/rmsnorm_qkv_rope/
 // rmsnorm_qkv_rope.wgsl where `//@fusebench-splice fb_rms_matmul.wgsl` stands, after
 // fb_tile.wgsl (harness.splice). The kernel declares ld_x, ld_gamma, ld_w, a uniform `P`
-// with fields M, H, N, eps and one, and w_row and store4 (see `tiled`); wgsl.py
-// substitutes @@GV_WG@@ and @@GV_RED@@ (WgslBackend.gemv_source). The kernel's own entry
-// point `gemv` uses gv_partials, gv_dot and gv_inv_rms.
+// with fields M, H, N, eps and one, the column order and the stores of each entry point
+// (gv_rows and gv_store for `gemv`, w_row and store4 for `tiled`); wgsl.py substitutes
+// @@GV_WG@@ and @@GV_RED@@ (WgslBackend.gemv_source).
 //
 // The normalisation is deferred: y[m, n] = inv[m] * sum_h x[m,h] * gamma[h] * W[n,h], so
 // x * gamma is accumulated against W and the sum of squares of x in the same pass over x,
@@ -54,6 +54,18 @@ fn gv_inv_rms() -> f32 {
   var tot = 0.0;
   for (var i = 0u; i < GV_WG; i++) { tot += gv_ss[i]; }
   return P.one / sqrt(tot / f32(P.H) + P.eps);
+}
+
+// Entry point `gemv`: workgroup (wid.x, wid.y) computes output columns n0 .. n0 + GV_R
+// (n0 = wid.x * GV_R, in the kernel's column order) of row m = wid.y: gv_partials against
+// the W rows the kernel's gv_rows(n0) gives, one barrier, then the kernel's
+// gv_store(m, n0, t) adds up (gv_dot, gv_inv_rms) and stores.
+@compute @workgroup_size(@@GV_WG@@)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let m = wid.y;
+  let n0 = wid.x * GV_R;
+  gv_partials(t, m * P.H, gv_rows(n0));
+  gv_store(m, n0, t);
 }
 
 // ---- tiled: many rows (prefill) -------------------------------------------------------------

@@ -16,22 +16,19 @@ struct Params { M: u32, H: u32, N: u32, eps: f32, one: f32 }
 //@fusebench-splice fb_rms_matmul.wgsl
 
 // ---------------------------------------------------------------------------------
-// gemv: few rows (decode). Workgroup (wid.x, wid.y) computes y[m = wid.y, n0 .. n0+R):
-// gv_partials over the GV_R rows of W, one barrier, then invocation r < R adds the GV_WG
-// partial dot products of row n0 + r and the partial sums of squares and stores
-// dot * inverse RMS. Rows past N are clamped to N-1 (computed, never stored).
+// gemv: few rows (decode), the entry point of fb_rms_matmul.wgsl: y[m, n0 .. n0 + GV_R)
+// from W rows n0 .. n0 + GV_R, those past N clamped to N - 1 (computed, never stored);
+// then invocation r < GV_R adds the GV_WG partial dot products of row n0 + r and the
+// partial sums of squares and stores dot * inverse RMS.
 // ---------------------------------------------------------------------------------
-@compute @workgroup_size(@@GV_WG@@)
-fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let m = wid.y;
-  let n0 = wid.x * GV_R;
-  let N = P.N;
+fn gv_rows(n0: u32) -> array<u32, 16> {
   var wo: array<u32, 16>;
-  for (var r = 0u; r < GV_R; r++) { wo[r] = min(n0 + r, N - 1u) * P.H; }
-  gv_partials(t, m * P.H, wo);
-  if (t < GV_R && n0 + t < N) {
-    st_y(m * N + n0 + t, gv_dot(t) * gv_inv_rms());
-  }
+  for (var r = 0u; r < GV_R; r++) { wo[r] = min(n0 + r, P.N - 1u) * P.H; }
+  return wo;
+}
+
+fn gv_store(m: u32, n0: u32, t: u32) {
+  if (t < GV_R && n0 + t < P.N) { st_y(m * P.N + n0 + t, gv_dot(t) * gv_inv_rms()); }
 }
 
 // ---------------------------------------------------------------------------------

@@ -58,33 +58,31 @@ fn store_pair(m: u32, p: u32, a: f32, b: f32) {
 //@fusebench-splice fb_rms_matmul.wgsl
 
 // ---------------------------------------------------------------------------------
-// gemv: few rows (decode). Workgroup (wid.x, wid.y) computes virtual columns
-// n0 .. n0+R of row m = wid.y (R/2 rotary pairs): gv_partials over the R rows of W, one
-// barrier, then invocation t < R/2 adds up pair t's two partial dot products and the sum
-// of squares, scales, rotates and stores.
+// gemv: few rows (decode), the entry point of fb_rms_matmul.wgsl: virtual columns
+// n0 .. n0 + GV_R of row m (GV_R / 2 rotary pairs); then invocation t < GV_R / 2 adds up
+// pair t's two partial dot products and the sum of squares, scales, rotates and stores.
 // ---------------------------------------------------------------------------------
-@compute @workgroup_size(@@GV_WG@@)
-fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let m = wid.y;
-  let n0 = wid.x * GV_R;
+// The W rows of the 8 pairs, walked pair by pair without a division per row (one with a
+// divisor that is not a constant per row kept lavapipe from keeping wo uniform: 1.7x
+// slower). Virtual columns past N read row 0 (computed, never stored).
+fn gv_rows(n0: u32) -> array<u32, 16> {
   let H = P.H;
-  let N = P.N;
   var wo: array<u32, 16>;
-  // W rows of the 8 pairs, walked pair by pair without a division per row (one with a
-  // divisor that is not a constant per row kept lavapipe from keeping wo uniform: 1.7x
-  // slower). Virtual columns past N read row 0 (computed, never stored).
   var hd = (n0 / 2u) / P.half;
   var ii = n0 / 2u - hd * P.half;
   for (var r = 0u; r < GV_R; r += 2u) {
     let c = hd * 2u * P.half + ii;
-    let past = n0 + r >= N;
+    let past = n0 + r >= P.N;
     wo[r] = select(c, 0u, past) * H;
     wo[r + 1u] = select(c + P.half, 0u, past) * H;
     ii += 1u;
     if (ii == P.half) { ii = 0u; hd += 1u; }
   }
-  gv_partials(t, m * H, wo);
-  if (t < GV_R / 2u && n0 + 2u * t < N) {
+  return wo;
+}
+
+fn gv_store(m: u32, n0: u32, t: u32) {
+  if (t < GV_R / 2u && n0 + 2u * t < P.N) {
     let inv = gv_inv_rms();
     store_pair(m, n0 / 2u + t, gv_dot(2u * t) * inv, gv_dot(2u * t + 1u) * inv);
   }
