@@ -31,12 +31,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.backends import Prepared
-from harness.backends.wgsl import WORKGROUP_FLOATS, ShaderFile, pack_params, unrolled_loop_iterations
+from harness.backends.wgsl import WORKGROUP_FLOATS, ShaderFile, unrolled_loop_iterations
 from harness.registry import Implementation, register
+from impls.attention_prefill.wgsl import MAX_BK, WQ, QueryBlockWgsl
 
-WQ = 64  # query rows per workgroup, one per invocation
-MAX_BK = 64
 SHADER = ShaderFile(Path(__file__).with_name("attn_score_softmax.wgsl"), (("q", "in"), ("k", "in"), ("p", "out")))
 
 
@@ -62,18 +60,8 @@ def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
                          unroll={"D4": d4})
 
 
-class AttnScoreSoftmaxWgsl(Prepared):
-    def __init__(self, backend, spec, inputs, attrs, dtype):
-        super().__init__(backend, spec, inputs, attrs, dtype)
-        self.q, self.k = self.bind_inputs(inputs, ("q", "k"))
-        B, S, Hq, Hkv, d = (self.dims[k] for k in ("B", "S", "n_heads", "n_kv_heads", "head_dim"))
-        d4 = -(-d // 4)
-        bk = keys_per_tile(d4)
-        backend.require_loop_budget(f"attn_score_softmax/wgsl at S = {S}, head_dim {d}", loop_iterations(S, d4, bk))
-        self.alloc_outputs()
-        params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
-        plan = SHADER.dispatch(kernel_source(backend.mode(dtype), d4, bk), "main", (-(-S // WQ), B * Hq, 1), params)
-        self.launches = backend.bind([plan], self.buffers(), "attn_score_softmax/wgsl")
+class AttnScoreSoftmaxWgsl(QueryBlockWgsl):
+    """attn_score_softmax.wgsl over the query blocks."""
 
 
 register(Implementation("attn_score_softmax", "wgsl", "fused", "fused", AttnScoreSoftmaxWgsl,
