@@ -34,15 +34,15 @@ SHADER = ShaderFile(Path(__file__).with_name("add_rmsnorm.wgsl"), (("x", "in"), 
 class AddRmsNormWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.r, self.gamma = self.bind_inputs(inputs, ("x", "residual", "gamma"))
-        self.M, self.H = self.dims["M"], self.dims["H"]
-        vpt = -(-self.H // WG)
+        self.bind_inputs(inputs, ("x", "residual", "gamma"))
+        M, H = self.dims["M"], self.dims["H"]
+        vpt = -(-H // WG)
         self.entry = "main" if vpt <= MAX_VPT else "wide"
         vpt = vpt if vpt <= MAX_VPT else 1
         self.alloc_outputs()
         source = SHADER.render(backend.mode(dtype), {"@@VPT@@": vpt})
-        params = pack_params(("u", self.M), ("u", self.H), ("f", attrs["eps"]), ("f", 1.0))
-        self.launches = backend.bind([SHADER.dispatch(source, self.entry, grid_1d(self.M), params)],
+        params = pack_params(("u", M), ("u", H), ("f", attrs["eps"]), ("f", 1.0))
+        self.launches = backend.bind([SHADER.dispatch(source, self.entry, grid_1d(M), params)],
                                      self.buffers(), "add_rmsnorm/wgsl")
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import ShaderFile, matmul_launch, pack_params
+from harness.backends.wgsl import Dispatch, ShaderFile, matmul_launch, pack_params
 from harness.registry import Implementation, register
 
 GV_R = 8  # output columns per `gemv` workgroup, as in gemm_swiglu.wgsl
@@ -33,27 +33,22 @@ SHADER = ShaderFile(Path(__file__).with_name("gemm_swiglu.wgsl"), (("x", "in"), 
                                                                    ("y", "out")))
 
 
-def kernel_source(mode: str, out_mode: str | None = None) -> str:
-    """The shader for inputs in storage mode `mode` and the output in `out_mode`
-    (default: the same); @@GV_WG@@ is left for backend.gemv_source()."""
-    return SHADER.render(mode, modes={"y": out_mode or mode})
-
-
-def launch(M: int, H: int, I: int) -> tuple[str, tuple[int, int, int], bytes]:
-    """(entry point, workgroup grid, params) for an (M, H) x (I, H) problem: `gemv` up to
-    GEMV_MAX_M rows (the weights streamed once per row), else `tiled`."""
-    return (*matmul_launch(M, I, GV_R), pack_params(("u", M), ("u", H), ("u", I)))
+def dispatch(backend, dims: dict[str, int], mode: str, out_mode: str | None = None, **bind: str) -> Dispatch:
+    """The kernel for dims M, H, I as one Dispatch: `gemv` up to GEMV_MAX_M rows (the
+    weights streamed once per row), else `tiled`; inputs in storage mode `mode`, the output
+    in `out_mode` (default: the same), the buffers bound by name or as `bind` says."""
+    M, H, I = dims["M"], dims["H"], dims["I"]
+    source = backend.gemv_source(SHADER.render(mode, modes={"y": out_mode or mode}), GV_R)
+    return SHADER.dispatch(source, *matmul_launch(M, I, GV_R), pack_params(("u", M), ("u", H), ("u", I)), **bind)
 
 
 class GemmSwigluWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.wg, self.wu = self.bind_inputs(inputs, ("x", "w_gate", "w_up"))
-        self.M, self.H, self.I = self.dims["M"], self.dims["H"], self.dims["I"]
+        self.bind_inputs(inputs, ("x", "w_gate", "w_up"))
         self.alloc_outputs()
-        source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
-        self.launches = backend.bind([SHADER.dispatch(source, *launch(self.M, self.H, self.I))],
-                                     self.buffers(), "gemm_swiglu/wgsl")
+        self.launches = backend.bind([dispatch(backend, self.dims, backend.mode(dtype))], self.buffers(),
+                                     "gemm_swiglu/wgsl")
 
 
 register(Implementation("gemm_swiglu", "wgsl", "fused", "fused", GemmSwigluWgsl,

@@ -43,12 +43,12 @@ SHADER = ShaderFile(Path(__file__).with_name("rmsnorm_gemm.wgsl"), (("x", "in"),
 class RmsNormGemmWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
-        self.M, self.H, self.N = self.dims["M"], self.dims["H"], self.dims["N"]
+        self.bind_inputs(inputs, ("x", "gamma", "w"))
+        M, H, N = self.dims["M"], self.dims["H"], self.dims["N"]
         self.alloc_outputs()
         source = backend.gemv_source(SHADER.render(backend.mode(dtype)), GV_R)
-        params = pack_params(("u", self.M), ("u", self.H), ("u", self.N), ("f", attrs["eps"]), ("f", 1.0))
-        self.launches = backend.bind([SHADER.dispatch(source, *matmul_launch(self.M, self.N, GV_R), params)],
+        params = pack_params(("u", M), ("u", H), ("u", N), ("f", attrs["eps"]), ("f", 1.0))
+        self.launches = backend.bind([SHADER.dispatch(source, *matmul_launch(M, N, GV_R), params)],
                                      self.buffers(), "rmsnorm_gemm/wgsl")
 
 

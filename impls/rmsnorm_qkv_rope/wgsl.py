@@ -54,16 +54,15 @@ def kernel_source(mode: str) -> str:
 class RmsNormQkvRopeWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
-        self.pos = self.bind_inputs(inputs, ("pos",))[0]
-        self.M, self.H, nh, nkv, d = (self.dims[k] for k in ("M", "H", "n_heads", "n_kv_heads", "head_dim"))
-        self.N = (nh + 2 * nkv) * d
+        self.bind_inputs(inputs, ("x", "gamma", "w", "pos"))
+        M, H, nh, nkv, d = (self.dims[k] for k in ("M", "H", "n_heads", "n_kv_heads", "head_dim"))
+        N = (nh + 2 * nkv) * d
         self.freq = backend.rope_table(d, float(attrs["theta"]))
         self.alloc_outputs()
         source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
-        params = pack_params(("u", self.M), ("u", self.H), ("u", self.N), ("f", attrs["eps"]), ("f", 1.0),
+        params = pack_params(("u", M), ("u", H), ("u", N), ("f", attrs["eps"]), ("f", 1.0),
                              ("u", nh), ("u", nkv), ("u", d // 2))
-        self.launches = backend.bind([SHADER.dispatch(source, *matmul_launch(self.M, self.N, GV_R), params)],
+        self.launches = backend.bind([SHADER.dispatch(source, *matmul_launch(M, N, GV_R), params)],
                                      self.buffers(freq=self.freq), "rmsnorm_qkv_rope/wgsl")
 
 

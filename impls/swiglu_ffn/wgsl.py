@@ -25,7 +25,6 @@ activation in f32. Packed outputs are stored with per-half-word atomics, race-fr
 
 from __future__ import annotations
 
-
 from harness.backends import Prepared
 from harness.registry import Implementation, register
 from impls.gemm_swiglu import wgsl as gs
@@ -36,14 +35,13 @@ DOWN = (("act", "in"), ("w_down", "in"), ("y", "out"))  # the down projection's 
 class SwigluFfnWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.wg, self.wu, self.wd = self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
-        self.M, self.H, self.I = self.dims["M"], self.dims["H"], self.dims["I"]
+        self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
+        M, H, I = self.dims["M"], self.dims["H"], self.dims["I"]
         mode = backend.mode(dtype)
-        self.act = backend.empty((self.M, self.I), "float32")  # device scratch, not an output
+        self.act = backend.empty((M, I), "float32")  # device scratch, not an output
         self.alloc_outputs()
-        up = gs.SHADER.dispatch(backend.gemv_source(gs.kernel_source(mode, "f32"), gs.GV_R),
-                                *gs.launch(self.M, self.H, self.I), y="act")
-        down = backend.matmul_dispatch("nt", ("f32", mode, mode), self.M, self.I, self.H, DOWN)
+        up = gs.dispatch(backend, self.dims, mode, "f32", y="act")
+        down = backend.matmul_dispatch("nt", ("f32", mode, mode), M, I, H, DOWN)
         self.launches = backend.bind([up, down], self.buffers(act=self.act), "swiglu_ffn/wgsl")
 
 
