@@ -81,6 +81,7 @@ from harness.splice import kernel_sections
 
 WG = 256  # invocations per workgroup of the primitive kernels
 MAX_GROUPS = 65535  # per grid dimension (WebGPU's default limit)
+WORKGROUP_FLOATS = 16384 // 4  # workgroup storage, in f32 (WebGPU's default limit: 16 KiB)
 FEATURES_WANTED = ("timestamp-query", "shader-f16")
 
 # llvmpipe ends the loops of an invocation after this many iterations in all (gallivm's
@@ -183,7 +184,7 @@ def wgsl_buffers(buffers: Sequence[tuple[str, str, str]], params_struct: str | N
     """WGSL declarations for `buffers` [(name, mode, role)], role "in" or "out", bound at
     @binding(0..) in that order, plus `var<uniform> P: <params_struct>` at the next
     binding when given. Emits `ld_<name>(i: u32) -> f32` for inputs and
-    `st_<name>(i: u32, v: f32)` for outputs; `enable f16;` comes first when needed.
+    `st_<name>(i: u32, value: f32)` for outputs; `enable f16;` comes first when needed.
     Modes "i32" / "u32" declare plain integer arrays (indexed directly, no helper)."""
     head, body = [], []
     need_bf16 = False
@@ -193,13 +194,13 @@ def wgsl_buffers(buffers: Sequence[tuple[str, str, str]], params_struct: str | N
         if mode == "f32":
             body.append(f"@group(0) @binding({b}) var<storage, {acc}> {name}: array<f32>;")
             body.append(f"fn ld_{name}(i: u32) -> f32 {{ return {name}[i]; }}" if ro else
-                        f"fn st_{name}(i: u32, v: f32) {{ {name}[i] = v; }}")
+                        f"fn st_{name}(i: u32, value: f32) {{ {name}[i] = value; }}")
         elif mode == "f16":
             if "enable f16;" not in head:
                 head.append("enable f16;")
             body.append(f"@group(0) @binding({b}) var<storage, {acc}> {name}: array<f16>;")
             body.append(f"fn ld_{name}(i: u32) -> f32 {{ return f32({name}[i]); }}" if ro else
-                        f"fn st_{name}(i: u32, v: f32) {{ {name}[i] = f16(v); }}")
+                        f"fn st_{name}(i: u32, value: f32) {{ {name}[i] = f16(value); }}")
         elif mode in ("i32", "u32"):
             # index arrays (positions, tables): read directly, no helper
             body.append(f"@group(0) @binding({b}) var<storage, {acc}> {name}: array<{mode}>;")
@@ -214,11 +215,11 @@ def wgsl_buffers(buffers: Sequence[tuple[str, str, str]], params_struct: str | N
                                 f"return bitcast<f32>((({name}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu) << 16u); }}")
             else:
                 need_bf16 |= mode == "bf16"
-                conv = ("(pack2x16float(vec2<f32>(v, 0.0)) & 0xffffu)" if mode == "f16p"
-                        else "fb_bf16_bits(v)")
+                conv = ("(pack2x16float(vec2<f32>(value, 0.0)) & 0xffffu)" if mode == "f16p"
+                        else "fb_bf16_bits(value)")
                 body.append(f"@group(0) @binding({b}) var<storage, read_write> {name}: array<atomic<u32>>;")
                 body.append(
-                    f"fn st_{name}(i: u32, v: f32) {{\n"
+                    f"fn st_{name}(i: u32, value: f32) {{\n"
                     f"  let sh = (i & 1u) * 16u;\n"
                     f"  atomicAnd(&{name}[i >> 1u], ~(0xffffu << sh));\n"
                     f"  atomicOr(&{name}[i >> 1u], {conv} << sh);\n}}")
@@ -229,6 +230,20 @@ def wgsl_buffers(buffers: Sequence[tuple[str, str, str]], params_struct: str | N
     if need_bf16:
         body.append(_BF16_FROM_F32)
     return "\n".join(head + body) + "\n"
+
+
+def _enable_first(declarations: str) -> tuple[str, str]:
+    """wgsl_buffers' text as (its `enable f16;` line or "", the declarations): the enable
+    directive must open the shader, the declarations may stand anywhere."""
+    if declarations.startswith("enable f16;"):
+        return "enable f16;\n", declarations[len("enable f16;"):]
+    return "", declarations
+
+
+def with_buffers(body: str, buffers: Sequence[tuple[str, str, str]], params_struct: str | None = "Params") -> str:
+    """`body` with the declarations of `buffers` [(name, mode, role)] (wgsl_buffers) after it."""
+    enable, decl = _enable_first(wgsl_buffers(buffers, params_struct))
+    return enable + body + "\n" + decl.lstrip("\n")
 
 
 # Rotary embedding: cos and sin of pos * inv_freq[i], accurate to about 1e-7 however large
@@ -274,10 +289,15 @@ fn fb_rope_cs(pos: i32, fh: u32, fl: u32) -> vec2<f32> {
 class ShaderFile:
     """A fused kernel's .wgsl file (beside its wgsl.py), spliced once per process and
     rendered per storage mode and tile shape; the backend's pipeline cache then compiles
-    each rendered text once per device. The WGSL counterpart of CUDA's KernelModule."""
+    each rendered text once per device. The WGSL counterpart of CUDA's KernelModule.
 
-    def __init__(self, path) -> None:
+    `buffers` [(name, role)]: the storage buffers its entry points bind, at 0.. in that
+    order, role "in" (read-only) or "out"; each is declared under its name (ld_<name> /
+    st_<name>) and a Dispatch binds the kernel's buffer of that name (Prepared.buffers)."""
+
+    def __init__(self, path, buffers: Sequence[tuple[str, str]]) -> None:
         self.path = path
+        self.buffers = tuple(buffers)
         self._text: str | None = None
 
     def text(self) -> str:
@@ -287,20 +307,25 @@ class ShaderFile:
             self._text = spliced_source(self.path)
         return self._text
 
-    def render(self, buffers: Sequence[tuple[str, str, str]], subs: dict[str, Any] | None = None,
-               unroll: dict[str, int] | None = None, after_buffers: str = "") -> str:
-        """The shader with `buffers` [(name, mode, role)] declared (wgsl_buffers, with a
-        `Params` uniform) at its `// @@BUFFERS@@` line, followed by `after_buffers`; each
-        key of `subs` replaced by its value; `//@unroll` lines written out for the
-        `unroll` bounds (unroll_loops). `enable f16;` goes first where a buffer needs it."""
-        decl = wgsl_buffers(buffers, "Params")
-        enable = ""
-        if decl.startswith("enable f16;"):
-            enable, decl = "enable f16;\n", decl[len("enable f16;"):]
+    def render(self, mode: str, subs: dict[str, Any] | None = None, unroll: dict[str, int] | None = None,
+               after_buffers: str = "", modes: dict[str, str] | None = None) -> str:
+        """The shader with its buffers declared in storage mode `mode` (`modes` names the
+        buffers held otherwise, e.g. {"pos": "i32"}; wgsl_buffers, with a `Params`
+        uniform) at its `// @@BUFFERS@@` line, followed by `after_buffers`; each key of
+        `subs` replaced by its value; `//@unroll` lines written out for the `unroll` bounds
+        (unroll_loops). `enable f16;` goes first where a buffer needs it."""
+        modes = modes or {}
+        enable, decl = _enable_first(wgsl_buffers([(n, modes.get(n, mode), r) for n, r in self.buffers], "Params"))
         text = self.text().replace("// @@BUFFERS@@", decl + after_buffers)
         for key, value in (subs or {}).items():
             text = text.replace(key, str(value))
         return enable + (unroll_loops(text, unroll) if unroll else text)
+
+    def dispatch(self, source: str, entry: str, groups: tuple[int, int, int], params: bytes,
+                 **bind: str) -> "Dispatch":
+        """`entry` of `source` (a render() of this file) over `groups`, its buffers bound by
+        their names, or to the buffer `bind` names instead (e.g. y="act")."""
+        return Dispatch(source, entry, groups, tuple((bind.get(n, n), r) for n, r in self.buffers), params)
 
 
 class Dispatch(NamedTuple):
@@ -448,6 +473,16 @@ def _copy_source() -> str:
 
 GEMV_R = 16  # output columns per workgroup of the matvec kernel (R in fb_chain_matmul.wgsl)
 GEMV_MAX_M = 4  # rows up to which matmuls take the matvec kernel rather than the tiled one
+TILE = 64  # output rows and columns per workgroup of the tiled kernels (TM, TN in fb_tile.wgsl)
+
+
+def matmul_launch(M: int, N: int, rows: int = GEMV_R, batch: int = 1) -> tuple[str, tuple[int, int, int]]:
+    """How a matrix product with M x N outputs (per batch) is laid out: ("gemv", grid) for
+    M <= GEMV_MAX_M, a workgroup per `rows` output columns of one row; else ("tiled", grid),
+    a workgroup per TILE x TILE output tile. The chain's matmul and the fused GEMMs alike."""
+    if M <= GEMV_MAX_M:
+        return "gemv", (-(-N // rows), M, batch)
+    return "tiled", (-(-N // TILE), -(-M // TILE), batch)
 
 
 @functools.cache
@@ -632,6 +667,17 @@ class WgslBackend(Backend):
         """`text` with @@GV_WG@@ / @@GV_RED@@ set for this adapter."""
         wg = self.gemv_workgroup()
         return text.replace("@@GV_WG@@", str(wg)).replace("@@GV_RED@@", str(wg * rows))
+
+    def matmul_dispatch(self, kind: str, modes: Sequence[str], M: int, K: int, N: int,
+                        buffers: Sequence[tuple[str, str]], batch: int = 1) -> Dispatch:
+        """The chain's matmul (fb_chain_matmul.wgsl) as one Dispatch: a: (batch, M, K) times b:
+        (batch, N, K) transposed ("nt") or (batch, K, N) ("nn") -> y: (batch, M, N), with a, b
+        and y in storage `modes` and bound to `buffers` [(name, role)]; the matvec kernel or
+        the tiled one as matmul_launch says. A fused kernel's plain GEMM step uses it too."""
+        layout, groups = matmul_launch(M, N, GEMV_R, batch)
+        body = self.gemv_source(_bmv_template(kind)) if layout == "gemv" else _bmm_source(kind)
+        source = with_buffers(body, [(n, m, r) for n, m, r in zip(("a", "b", "y"), modes, ("in", "in", "out"))])
+        return Dispatch(source, "main", groups, tuple(buffers), pack_params(("u", M), ("u", K), ("u", N)))
 
     def rope_table(self, d: int, theta: float) -> WgslArray:
         """The rotary frequency table for head size `d` and base `theta` (uint32, see
@@ -953,11 +999,8 @@ class WgslOps(BinaryKernelOps, Ops):
         return a if isinstance(a, WgslArray) else self.b.upload(np.asarray(a))
 
     def _src(self, body: str, buffers: list[tuple[str, WgslArray | None, str]], params: str = "Params") -> str:
-        decl = [(name, self.b.mode(arr.dtype if arr is not None else self.dtype), role)
-                for name, arr, role in buffers]
-        text = wgsl_buffers(decl, params)
-        enable = "enable f16;\n" if text.startswith("enable f16;") else ""
-        return enable + body + "\n" + text[len(enable):]
+        return with_buffers(body, [(name, self.b.mode(arr.dtype if arr is not None else self.dtype), role)
+                                   for name, arr, role in buffers], params)
 
     def _rowwise(self, kernel: str, x, extra, params: bytes):
         x = self._dev(x)
@@ -1080,15 +1123,9 @@ class WgslOps(BinaryKernelOps, Ops):
         y = self.b.empty(a.shape[:-2] + (M, N), self.dtype)
         if y.size == 0:
             return y
-        bufs = [("a", a, "in"), ("b", b, "in"), ("y", None, "out")]
-        params = pack_params(("u", M), ("u", K), ("u", N))
-        if M <= GEMV_MAX_M:
-            src = self.b.gemv_source(_bmv_template(kind))
-            groups = (-(-N // GEMV_R), M, batch)
-        else:
-            src = _bmm_source(kind)
-            groups = (-(-N // 64), -(-M // 64), batch)
-        self.b.dispatch(self._src(src, bufs), [a, b, y], ["in", "in", "out"], groups, params)
+        modes = [self.b.mode(arr.dtype) for arr in (a, b, y)]
+        plan = self.b.matmul_dispatch(kind, modes, M, K, N, (("a", "in"), ("b", "in"), ("y", "out")), batch)
+        self.b.bind([plan], {"a": a, "b": b, "y": y}, f"wgsl matmul_{kind}").run()
         return y
 
     def matmul_nt(self, a, b):

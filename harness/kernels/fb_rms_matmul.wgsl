@@ -1,9 +1,10 @@
 // ---- fusebench WGSL: RMSNorm folded into a matrix product (the GEMV and the tiled loop) ----
 // Spliced into impls/rmsnorm_gemm/rmsnorm_gemm.wgsl and impls/rmsnorm_qkv_rope/
 // rmsnorm_qkv_rope.wgsl where `//@fusebench-splice fb_rms_matmul.wgsl` stands, after
-// fb_tile.wgsl (harness.splice). The kernel declares ld_x, ld_gamma, ld_w and a uniform
-// `P` with fields M, H, N, eps and one; wgsl.py substitutes @@GV_WG@@ and @@GV_RED@@
-// (WgslBackend.gemv_source).
+// fb_tile.wgsl (harness.splice). The kernel declares ld_x, ld_gamma, ld_w, a uniform `P`
+// with fields M, H, N, eps and one, the column order and the stores of each entry point
+// (gv_rows and gv_store for `gemv`, w_row and store4 for `tiled`); wgsl.py substitutes
+// @@GV_WG@@ and @@GV_RED@@ (WgslBackend.gemv_source).
 //
 // The normalisation is deferred: y[m, n] = inv[m] * sum_h x[m,h] * gamma[h] * W[n,h], so
 // x * gamma is accumulated against W and the sum of squares of x in the same pass over x,
@@ -55,29 +56,58 @@ fn gv_inv_rms() -> f32 {
   return P.one / sqrt(tot / f32(P.H) + P.eps);
 }
 
+// Entry point `gemv`: workgroup (wid.x, wid.y) computes output columns n0 .. n0 + GV_R
+// (n0 = wid.x * GV_R, in the kernel's column order) of row m = wid.y: gv_partials against
+// the W rows the kernel's gv_rows(n0) gives, one barrier, then the kernel's
+// gv_store(m, n0, t) adds up (gv_dot, gv_inv_rms) and stores.
+@compute @workgroup_size(@@GV_WG@@)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let m = wid.y;
+  let n0 = wid.x * GV_R;
+  gv_partials(t, m * P.H, gv_rows(n0));
+  gv_store(m, n0, t);
+}
+
 // ---- tiled: many rows (prefill) -------------------------------------------------------------
-// The TM x TN tile at rows m0 and columns n0 (of the caller's column order), 4 x 4 outputs
-// per invocation (fb_tile.wgsl). H goes in steps of TK through workgroup memory: x * gamma
-// into tl_a and W into tl_b (out-of-range elements load as 0); the invocation that loads
-// x[m, k] also adds x^2 to its partial sum of squares of row m (it always loads the same 4
-// rows at the same column offset), and the TK partials of a row meet in tl_ss at the end.
-// W is read ceil(M / TM) times, x ceil(N / TN) times.
+// Entry point `tiled`: workgroup (wid.x, wid.y) computes the TM x TN tile at rows m0 =
+// wid.y * TM and columns n0 = wid.x * TN (of the kernel's column order), 4 x 4 outputs per
+// invocation (fb_tile.wgsl). H goes in steps of TK through workgroup memory: x * gamma into
+// tl_a and W into tl_b (out-of-range elements load as 0); the invocation that loads x[m, k]
+// also adds x^2 to its partial sum of squares of row m (it always loads the same 4 rows at
+// the same column offset), and the TK partials of a row meet in tl_ss at the end. Sums run
+// in three levels (TK terms per tile, 16 tiles, the rest), which keeps the rounding error
+// near that of a blocked BLAS sum instead of growing with sqrt(H). Each row of 4 is scaled
+// by its inverse RMS and handed to the kernel's store4. W is read ceil(M / TM) times, x
+// ceil(N / TN) times.
+//
+// The kernel declares `fn w_row(n: u32) -> u32`, the row of W that makes output column n,
+// and `fn store4(m: u32, n: u32, y: vec4<f32>)`, which stores row m's outputs at columns
+// n .. n + 3 (n a multiple of 4; those at or past N dropped).
 var<workgroup> tl_a: array<f32, 1024>;   // TK * TM, [k][m]
 var<workgroup> tl_b: array<f32, 1024>;   // TK * TN, [k][n]
 var<workgroup> tl_ss: array<f32, 1024>;  // TM * TK partial sums of squares, [m][k]
 
-// Invocation t's share of the tile: the sums into *acc and the partial sums of squares
-// into tl_ss. wrow[i]: the element offset of the W row of tile column lr + 16 i, where
-// lr = t / TK (any row where that column is past N: it loads as 0). Ends with the barrier.
-fn rms_tile_loop(acc: ptr<function, Tile>, t: u32, m0: u32, n0: u32, wrow_in: array<u32, 4>) {
+// After the tile loop of `tiled`: inv = 1 / RMS of tile row rl (0 .. TM-1).
+fn tl_inv_rms(rl: u32) -> f32 {
+  var tot = 0.0;
+  for (var kk = 0u; kk < TK; kk++) { tot += tl_ss[rl * TK + kk]; }
+  return P.one / sqrt(tot / f32(P.H) + P.eps);
+}
+
+@compute @workgroup_size(256)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let M = P.M;
   let H = P.H;
   let N = P.N;
+  let m0 = wid.y * TM;
+  let n0 = wid.x * TN;
   let tx = t % 16u;
   let ty = t / 16u;
   let lk = t % TK;   // the column this invocation loads in every tile ...
   let lr = t / TK;   // ... of rows lr, lr + 16, lr + 32, lr + 48
-  var wrow = wrow_in;
+  var wrow: array<u32, 4>;  // the offsets of the W rows it loads (tile columns past N: the last)
+  for (var i = 0u; i < 4u; i++) { wrow[i] = w_row(min(n0 + lr + i * 16u, N - 1u)) * H; }
+  var acc: Tile;  // zero
   var sc = vec4<f32>(0.0);
   var se = vec4<f32>(0.0);
   for (var k0 = 0u; k0 < H; k0 += TK) {
@@ -97,7 +127,7 @@ fn rms_tile_loop(acc: ptr<function, Tile>, t: u32, m0: u32, n0: u32, wrow_in: ar
     }
     se += sq;
     workgroupBarrier();
-    tile_step(acc, ty, tx, 0u, k0 / TK);
+    tile_step(&acc, ty, tx, 0u, k0 / TK);
     if ((k0 / TK) % 16u == 15u) {
       sc += se;
       se = vec4<f32>(0.0);
@@ -107,12 +137,11 @@ fn rms_tile_loop(acc: ptr<function, Tile>, t: u32, m0: u32, n0: u32, wrow_in: ar
   sc += se;
   for (var i = 0u; i < 4u; i++) { tl_ss[(lr + i * 16u) * TK + lk] = sc[i]; }
   workgroupBarrier();
+  let cs = tile_sums(acc);
+  for (var i = 0u; i < 4u; i++) {
+    let rl = ty * 4u + i;
+    if (m0 + rl < M) { store4(m0 + rl, n0 + tx * 4u, cs[i] * tl_inv_rms(rl)); }
+  }
 }
 
-// After rms_tile_loop: inv = 1 / RMS of tile row rl (0 .. TM-1).
-fn tl_inv_rms(rl: u32) -> f32 {
-  var tot = 0.0;
-  for (var kk = 0u; kk < TK; kk++) { tot += tl_ss[rl * TK + kk]; }
-  return P.one / sqrt(tot / f32(P.H) + P.eps);
-}
 // ---- end of fb_rms_matmul.wgsl --------------------------------------------------------------

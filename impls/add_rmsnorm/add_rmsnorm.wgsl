@@ -10,7 +10,7 @@
 // One workgroup per row. Each invocation loads its strided share of x and residual once
 // (elements t, t + 256, ...), forms h in f32, stores h, keeps it in a private array of VPT
 // registers and adds h^2 to its partial sum of squares; the 256 partial sums are added in
-// a tree in workgroup memory; then each invocation scales its kept h values and stores y.
+// a tree in workgroup memory (row_sum); then each invocation scales its kept h values and stores y.
 // x and residual are read once, h and y written once; y is normalised from the f32 h,
 // not from h rounded to the storage dtype as the unfused chain must.
 // `one` = 1.0 is passed in so that one / sqrt(v) stays a correctly rounded sqrt and
@@ -18,7 +18,7 @@
 struct Params { rows: u32, H: u32, eps: f32, one: f32 }
 const WG: u32 = 256u;
 const VPT: u32 = @@VPT@@u;
-var<workgroup> red: array<f32, 256>;
+//@fusebench-splice fb_row_sum.wgsl
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -39,13 +39,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     hv[j] = v;
     ss += v * v;
   }
-  red[t] = ss;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (t < s) { red[t] += red[t + s]; }
-    workgroupBarrier();
-  }
-  let inv = P.one / sqrt(red[0] / f32(H) + P.eps);
+  let inv = P.one / sqrt(row_sum(t, ss) / f32(H) + P.eps);
   for (var j = 0u; j < VPT; j++) {
     let i = t + j * WG;
     if (i < H) { st_y(o + i, hv[j] * inv * ld_gamma(i)); }
@@ -68,12 +62,6 @@ fn wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     st_h(o + i, v);
     ss += v * v;
   }
-  red[t] = ss;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (t < s) { red[t] += red[t + s]; }
-    workgroupBarrier();
-  }
-  let inv = P.one / sqrt(red[0] / f32(H) + P.eps);
+  let inv = P.one / sqrt(row_sum(t, ss) / f32(H) + P.eps);
   for (var i = t; i < H; i += WG) { st_y(o + i, (ld_x(o + i) + ld_residual(o + i)) * inv * ld_gamma(i)); }
 }

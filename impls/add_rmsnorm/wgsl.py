@@ -22,34 +22,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import Dispatch, ShaderFile, grid_1d, pack_params
+from harness.backends.wgsl import ShaderFile, grid_1d, pack_params
 from harness.registry import Implementation, register
 
 WG = 256  # must match add_rmsnorm.wgsl
 MAX_VPT = 64
-ROLES = (("x", "in"), ("residual", "in"), ("gamma", "in"), ("h", "out"), ("y", "out"))
-SHADER = ShaderFile(Path(__file__).with_name("add_rmsnorm.wgsl"))
-
-
-def kernel_source(mode: str, vpt: int) -> str:
-    """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and VPT."""
-    return SHADER.render([("x", mode, "in"), ("residual", mode, "in"), ("gamma", mode, "in"), ("h", mode, "out"),
-                          ("y", mode, "out")], {"@@VPT@@": vpt})
+SHADER = ShaderFile(Path(__file__).with_name("add_rmsnorm.wgsl"), (("x", "in"), ("residual", "in"), ("gamma", "in"),
+                                                                   ("h", "out"), ("y", "out")))
 
 
 class AddRmsNormWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.r, self.gamma = self.bind_inputs(inputs, ("x", "residual", "gamma"))
-        self.M, self.H = self.dims["M"], self.dims["H"]
-        vpt = -(-self.H // WG)
+        self.bind_inputs(inputs, ("x", "residual", "gamma"))
+        M, H = self.dims["M"], self.dims["H"]
+        vpt = -(-H // WG)
         self.entry = "main" if vpt <= MAX_VPT else "wide"
         vpt = vpt if vpt <= MAX_VPT else 1
         self.alloc_outputs()
-        self.source = kernel_source(backend.mode(dtype), vpt)
-        self.params = pack_params(("u", self.M), ("u", self.H), ("f", attrs["eps"]), ("f", 1.0))
-        self.groups = grid_1d(self.M)
-        self.launches = backend.bind([Dispatch(self.source, self.entry, self.groups, ROLES, self.params)],
+        source = SHADER.render(backend.mode(dtype), {"@@VPT@@": vpt})
+        params = pack_params(("u", M), ("u", H), ("f", attrs["eps"]), ("f", 1.0))
+        self.launches = backend.bind([SHADER.dispatch(source, self.entry, grid_1d(M), params)],
                                      self.buffers(), "add_rmsnorm/wgsl")
 
 

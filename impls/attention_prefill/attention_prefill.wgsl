@@ -14,57 +14,30 @@ struct Params { S: u32, Hq: u32, Hkv: u32, d: u32, scale: f32, _p0: u32, _p1: u3
 const WQ: u32 = @@WQ@@u;
 const D4: u32 = @@D4@@u;
 const BK: u32 = @@BK@@u;
-const LOWEST: f32 = -3.4028234663852886e38;  // the running max starts here: never inf - inf
+//@fusebench-splice fb_attention_q.wgsl
+//@fusebench-splice fb_attention_kv.wgsl
+//@fusebench-splice fb_causal_block.wgsl
 
-var<workgroup> ks: array<vec4<f32>, @@KV@@>;  // BK * D4: the key tile, zeros past d and past the keys
-var<workgroup> vs: array<vec4<f32>, @@KV@@>;  // the value tile, the same way
-
-// Workgroup (wid.x, wid.y): query rows r0 .. r0 + WQ of head bh = b * Hq + h; invocation t
-// owns row i = r0 + t: its q and its output accumulator (d values each) in registers,
-// with the running max m and sum l. Row i sees keys 0 .. i, so the block streams keys
-// 0 .. nk - 1 (nk = min(r0 + WQ, S)) through ks / vs, each K and V tile loaded once for
-// all WQ rows. Per tile and row: the tile's logits, its new max, one rescale of l and
-// the accumulator by exp(m_old - m_new), then the weights exp(logit - m_new) added in.
+// Workgroup (wid.x, wid.y): the query block of fb_causal_block.wgsl; invocation t owns row
+// i: its q and its output accumulator (d values each) in registers, with the running max m
+// and sum l. The block streams keys 0 .. nk - 1 through ks / vs, each K and V tile loaded
+// once for all WQ rows. Per tile and row: the tile's logits, its new max, one rescale of l
+// and the accumulator by exp(m_old - m_new), then the weights exp(logit - m_new) added in.
 // At the end o = acc / l.
 @compute @workgroup_size(WQ)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let S = P.S;
-  let d = P.d;
-  let bh = wid.y;
-  let g = P.Hq / P.Hkv;
-  let kvbase = ((bh / P.Hq) * P.Hkv + (bh % P.Hq) / g) * S * d;
-  let r0 = wid.x * WQ;
-  let i = r0 + t;
-  let nk = min(r0 + WQ, S);
-
-  var q: array<vec4<f32>, D4>;
-  var acc: array<vec4<f32>, D4>;
-  let qo = (bh * S + min(i, S - 1u)) * d;
-  for (var c = 0u; c < D4; c++) {
-    var v = vec4<f32>(0.0);
-    for (var u = 0u; u < 4u; u++) { if (4u * c + u < d) { v[u] = ld_q(qo + 4u * c + u); } }
-    q[c] = v;
-    acc[c] = vec4<f32>(0.0);
-  }
+  let qb = query_block(wid);
+  let nk = qb.nk;
+  let i = qb.r0 + t;
+  let qo = q_row(qb, i);
+  var q = load_q(qo);
+  var acc: array<vec4<f32>, D4>;  // zero
 
   var m = LOWEST;
   var l = 0.0;
   var s: array<f32, BK>;
   for (var k0 = 0u; k0 < nk; k0 += BK) {
-    for (var e = t; e < BK * D4; e += WQ) {
-      let j = k0 + e / D4;
-      let c = (e % D4) * 4u;
-      var kv = vec4<f32>(0.0);
-      var vv = vec4<f32>(0.0);
-      if (j < nk) {
-        let o = kvbase + j * d + c;
-        for (var u = 0u; u < 4u; u++) {
-          if (c + u < d) { kv[u] = ld_k(o + u); vv[u] = ld_v(o + u); }
-        }
-      }
-      ks[e] = kv;
-      vs[e] = vv;
-    }
+    load_kv(qb.kv, k0, nk, t, WQ);
     workgroupBarrier();
     let kn = min(BK, nk - k0);
     var mt = m;
@@ -88,11 +61,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();  // before the next tile overwrites ks and vs
   }
 
-  if (i < S) {
+  if (i < P.S) {
     let inv = select(0.0, 1.0 / l, l > 0.0);
     for (var c = 0u; c < D4; c++) {
       let r = acc[c] * inv;
-      for (var u = 0u; u < 4u; u++) { if (4u * c + u < d) { st_o(qo + 4u * c + u, r[u]); } }
+      for (var u = 0u; u < 4u; u++) { if (4u * c + u < P.d) { st_o(qo + 4u * c + u, r[u]); } }
     }
   }
 }

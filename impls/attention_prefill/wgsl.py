@@ -28,17 +28,17 @@ u32); bfloat16 packed two per u32. Arithmetic in f32, one rounding per stored ou
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import Dispatch, ShaderFile, pack_params, unrolled_loop_iterations
+from harness.backends.wgsl import WORKGROUP_FLOATS, ShaderFile, pack_params, unrolled_loop_iterations
 from harness.registry import Implementation, register
 
 WQ = 64  # query rows per workgroup, one per invocation
-WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
 MAX_BK = 64
-SHADER = ShaderFile(Path(__file__).with_name("attention_prefill.wgsl"))
-ROLES = (("q", "in"), ("k", "in"), ("v", "in"), ("o", "out"))
+SHADER = ShaderFile(Path(__file__).with_name("attention_prefill.wgsl"), (("q", "in"), ("k", "in"), ("v", "in"),
+                                                                         ("o", "out")))
 
 
 def keys_per_tile(d4: int) -> int:
@@ -59,24 +59,35 @@ def loop_iterations(S: int, d4: int, bk: int, wq: int = WQ) -> int:
 
 def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
-    return SHADER.render([("q", mode, "in"), ("k", mode, "in"), ("v", mode, "in"), ("o", mode, "out")],
-                         {"@@WQ@@": wq, "@@D4@@": d4, "@@BK@@": bk, "@@KV@@": bk * d4}, unroll={"D4": d4})
+    return SHADER.render(mode, {"@@WQ@@": wq, "@@D4@@": d4, "@@BK@@": bk, "@@KV@@": bk * d4}, unroll={"D4": d4})
 
 
-class AttentionPrefillWgsl(Prepared):
+class QueryBlockWgsl(Prepared):
+    """A causal kernel over the query blocks of harness/kernels/fb_causal_block.wgsl
+    (attention_prefill, attn_score_softmax): entry point `main` of SHADER, a workgroup per
+    WQ query rows of one q head, Params (S, Hq, Hkv, d, scale); refused at prepare where
+    the adapter's loop limit would cut it short. The module of the subclass holds the
+    kernel: its SHADER, keys_per_tile(d4), loop_iterations(S, d4, bk) and
+    kernel_source(mode, d4, bk)."""
+
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.q, self.k, self.v = self.bind_inputs(inputs, ("q", "k", "v"))
+        kernel = sys.modules[type(self).__module__]
+        self.bind_inputs(inputs, [name for name, role in kernel.SHADER.buffers if role == "in"])
         B, S, Hq, Hkv, d = (self.dims[k] for k in ("B", "S", "n_heads", "n_kv_heads", "head_dim"))
         d4 = -(-d // 4)
-        bk = keys_per_tile(d4)
-        backend.require_loop_budget(f"attention_prefill/wgsl at S = {S}, head_dim {d}", loop_iterations(S, d4, bk))
+        bk = kernel.keys_per_tile(d4)
+        what = f"{spec.name}/wgsl"
+        backend.require_loop_budget(f"{what} at S = {S}, head_dim {d}", kernel.loop_iterations(S, d4, bk))
         self.alloc_outputs()
-        self.source = kernel_source(backend.mode(dtype), d4, bk)
-        self.params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
-        self.groups = (-(-S // WQ), B * Hq, 1)
-        self.launches = backend.bind([Dispatch(self.source, "main", self.groups, ROLES, self.params)],
-                                     self.buffers(), "attention_prefill/wgsl")
+        params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
+        source = kernel.kernel_source(backend.mode(dtype), d4, bk)
+        self.launches = backend.bind([kernel.SHADER.dispatch(source, "main", (-(-S // WQ), B * Hq, 1), params)],
+                                     self.buffers(), what)
+
+
+class AttentionPrefillWgsl(QueryBlockWgsl):
+    """attention_prefill.wgsl over the query blocks."""
 
 
 register(Implementation("attention_prefill", "wgsl", "fused", "fused", AttentionPrefillWgsl,

@@ -15,9 +15,10 @@ struct Params { S: u32, Hq: u32, Hkv: u32, d: u32, scale: f32, _p0: u32, _p1: u3
 const WQ: u32 = @@WQ@@u;
 const D4: u32 = @@D4@@u;
 const BK: u32 = @@BK@@u;
-const LOWEST: f32 = -3.4028234663852886e38;  // the running max starts here: never inf - inf
+//@fusebench-splice fb_attention_q.wgsl
+//@fusebench-splice fb_causal_block.wgsl
 
-var<workgroup> ks: array<vec4<f32>, @@KS@@>;  // BK * D4: the key tile, zeros past d and past the keys
+var<workgroup> ks: array<vec4<f32>, @@KV@@>;  // BK * D4: the key tile, zeros past d and past the keys
 var<workgroup> ps: array<f32, @@PS@@>;        // WQ * BK: the tile's weights, row-major, for the stores
 
 // Keys k0 .. k0 + BK of the kv head at kbase into ks (zeros at and past key nk).
@@ -42,31 +43,22 @@ fn logit(q: ptr<function, array<vec4<f32>, D4>>, jj: u32) -> f32 {
   return a * P.scale;
 }
 
-// Workgroup (wid.x, wid.y): query rows r0 .. r0 + WQ of head bh = b * Hq + h; invocation t
-// owns row i = r0 + t, its q in registers. Row i sees keys 0 .. i, so the block needs keys
-// 0 .. nk - 1 (nk = min(r0 + WQ, S)), streamed through ks in tiles of BK. Pass 1: the
-// row's running max m and sum l (one rescale per tile). Pass 2: each row's weights of the
-// tile into ps, then the whole workgroup stores the tile row by row (neighbouring
-// invocations, neighbouring columns). Columns nk .. S are the masked zeros of every row.
+// Workgroup (wid.x, wid.y): the query block of fb_causal_block.wgsl; invocation t owns row
+// i, its q in registers. The block's keys 0 .. nk - 1 are streamed through ks in tiles of
+// BK. Pass 1: the row's running max m and sum l (one rescale per tile). Pass 2: each row's
+// weights of the tile into ps, then the whole workgroup stores the tile row by row
+// (neighbouring invocations, neighbouring columns). Columns nk .. S are the masked zeros of
+// every row.
 @compute @workgroup_size(WQ)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let qb = query_block(wid);
   let S = P.S;
-  let d = P.d;
-  let bh = wid.y;
-  let g = P.Hq / P.Hkv;
-  let kbase = ((bh / P.Hq) * P.Hkv + (bh % P.Hq) / g) * S * d;
-  let r0 = wid.x * WQ;
-  let i = r0 + t;
-  let nk = min(r0 + WQ, S);
+  let kbase = qb.kv;
+  let r0 = qb.r0;
+  let nk = qb.nk;
   let nr = nk - r0;  // rows of this block inside S
-
-  var q: array<vec4<f32>, D4>;
-  let qo = (bh * S + min(i, S - 1u)) * d;
-  for (var c = 0u; c < D4; c++) {
-    var v = vec4<f32>(0.0);
-    for (var u = 0u; u < 4u; u++) { if (4u * c + u < d) { v[u] = ld_q(qo + 4u * c + u); } }
-    q[c] = v;
-  }
+  let i = r0 + t;
+  var q = load_q(q_row(qb, i));
 
   // pass 1: max and sum of exp over the visible keys
   var m = LOWEST;
@@ -92,7 +84,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let inv = select(0.0, 1.0 / l, l > 0.0);
 
   // pass 2: the weights, stored tile by tile
-  let prow = bh * S + r0;
+  let prow = qb.bh * S + r0;
   for (var k0 = 0u; k0 < nk; k0 += BK) {
     load_keys(kbase, k0, nk, t);
     workgroupBarrier();

@@ -31,15 +31,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.backends import Prepared
-from harness.backends.wgsl import Dispatch, ShaderFile, pack_params, unrolled_loop_iterations
+from harness.backends.wgsl import WORKGROUP_FLOATS, ShaderFile, unrolled_loop_iterations
 from harness.registry import Implementation, register
+from impls.attention_prefill.wgsl import MAX_BK, WQ, QueryBlockWgsl
 
-WQ = 64  # query rows per workgroup, one per invocation
-WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
-MAX_BK = 64
-SHADER = ShaderFile(Path(__file__).with_name("attn_score_softmax.wgsl"))
-ROLES = (("q", "in"), ("k", "in"), ("p", "out"))
+SHADER = ShaderFile(Path(__file__).with_name("attn_score_softmax.wgsl"), (("q", "in"), ("k", "in"), ("p", "out")))
 
 
 def keys_per_tile(d4: int, wq: int = WQ) -> int:
@@ -60,25 +56,12 @@ def loop_iterations(S: int, d4: int, bk: int, wq: int = WQ) -> int:
 
 def kernel_source(mode: str, d4: int, bk: int, wq: int = WQ) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
-    return SHADER.render([("q", mode, "in"), ("k", mode, "in"), ("p", mode, "out")],
-                         {"@@WQ@@": wq, "@@D4@@": d4, "@@BK@@": bk, "@@KS@@": bk * d4, "@@PS@@": wq * bk},
+    return SHADER.render(mode, {"@@WQ@@": wq, "@@D4@@": d4, "@@BK@@": bk, "@@KV@@": bk * d4, "@@PS@@": wq * bk},
                          unroll={"D4": d4})
 
 
-class AttnScoreSoftmaxWgsl(Prepared):
-    def __init__(self, backend, spec, inputs, attrs, dtype):
-        super().__init__(backend, spec, inputs, attrs, dtype)
-        self.q, self.k = self.bind_inputs(inputs, ("q", "k"))
-        B, S, Hq, Hkv, d = (self.dims[k] for k in ("B", "S", "n_heads", "n_kv_heads", "head_dim"))
-        d4 = -(-d // 4)
-        bk = keys_per_tile(d4)
-        backend.require_loop_budget(f"attn_score_softmax/wgsl at S = {S}, head_dim {d}", loop_iterations(S, d4, bk))
-        self.alloc_outputs()
-        self.source = kernel_source(backend.mode(dtype), d4, bk)
-        self.params = pack_params(("u", S), ("u", Hq), ("u", Hkv), ("u", d), ("f", attrs["scale"]))
-        self.groups = (-(-S // WQ), B * Hq, 1)
-        self.launches = backend.bind([Dispatch(self.source, "main", self.groups, ROLES, self.params)],
-                                     self.buffers(), "attn_score_softmax/wgsl")
+class AttnScoreSoftmaxWgsl(QueryBlockWgsl):
+    """attn_score_softmax.wgsl over the query blocks."""
 
 
 register(Implementation("attn_score_softmax", "wgsl", "fused", "fused", AttnScoreSoftmaxWgsl,

@@ -22,10 +22,9 @@ const D4: u32 = @@D4@@u;
 const BK: u32 = @@BK@@u;
 const GW: u32 = @@GW@@u;
 const VPT: u32 = @@VPT@@u;
-const LOWEST: f32 = -3.4028234663852886e38;  // the running max starts here: never inf - inf
+//@fusebench-splice fb_attention_q.wgsl
+//@fusebench-splice fb_attention_kv.wgsl
 
-var<workgroup> ks: array<vec4<f32>, @@KV@@>;  // BK * D4: the key tile, zeros past d and past the keys
-var<workgroup> vs: array<vec4<f32>, @@KV@@>;  // the value tile, the same way
 var<workgroup> ps: array<f32, @@PS@@>;        // GW * BK: logits, then weights, per head
 var<workgroup> hm: array<f32, GW>;            // running max per head
 var<workgroup> hl: array<f32, GW>;            // running sum per head
@@ -59,32 +58,13 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
   let sh = t % GW;
   let slot = t / GW;
   let nslots = WD / GW;
-  var q: array<vec4<f32>, D4>;
-  let qo = (b * P.Hq + h0 + min(sh, nh - 1u)) * d;
-  for (var c = 0u; c < D4; c++) {
-    var v = vec4<f32>(0.0);
-    for (var u = 0u; u < 4u; u++) { if (4u * c + u < d) { v[u] = ld_q(qo + 4u * c + u); } }
-    q[c] = v;
-  }
+  var q = load_q((b * P.Hq + h0 + min(sh, nh - 1u)) * d);
   var acc: array<vec4<f32>, VPT>;
   for (var a = 0u; a < VPT; a++) { acc[a] = vec4<f32>(0.0); }
 
   for (var k0 = j0; k0 < j1; k0 += BK) {
     let kn = min(BK, j1 - k0);
-    for (var e = t; e < BK * D4; e += WD) {
-      let jj = e / D4;
-      let c = (e % D4) * 4u;
-      var kv = vec4<f32>(0.0);
-      var vv = vec4<f32>(0.0);
-      if (jj < kn) {
-        let o = kvbase + (k0 + jj) * d + c;
-        for (var u = 0u; u < 4u; u++) {
-          if (c + u < d) { kv[u] = ld_k(o + u); vv[u] = ld_v(o + u); }
-        }
-      }
-      ks[e] = kv;
-      vs[e] = vv;
-    }
+    load_kv(kvbase, k0, j1, t, WD);
     workgroupBarrier();
     if (slot < nslots && sh < nh) {
       for (var jj = slot; jj < kn; jj += nslots) {

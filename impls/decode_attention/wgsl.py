@@ -46,17 +46,16 @@ from typing import NamedTuple
 
 
 from harness.backends import Prepared
-from harness.backends.wgsl import Dispatch, LOOP_BUDGET, ShaderFile, grid_1d, pack_params
+from harness.backends.wgsl import LOOP_BUDGET, WORKGROUP_FLOATS, ShaderFile, grid_1d, pack_params
 from harness.registry import Implementation, register
 
 WD = 64  # invocations per workgroup
 MAX_GW = 8  # q heads per workgroup at most
-WORKGROUP_FLOATS = 16384 // 4  # WebGPU's default workgroup storage, in f32
 MAX_BK = 64
 MIN_SPLIT_KEYS = 256  # cache positions per split at least
 GPU_TARGET_GROUPS = 256  # workgroups that keep a large GPU busy
-SHADER = ShaderFile(Path(__file__).with_name("decode_attention.wgsl"))
-ROLES = (("q", "in"), ("k", "in"), ("v", "in"), ("lens", "in"), ("o", "out"), ("pml", "out"), ("pacc", "out"))
+SHADER = ShaderFile(Path(__file__).with_name("decode_attention.wgsl"),
+                    (("q", "in"), ("k", "in"), ("v", "in"), ("lens", "in"), ("o", "out"), ("pml", "out"), ("pacc", "out")))
 
 
 def keys_per_tile(d4: int, gw: int) -> int:
@@ -122,10 +121,9 @@ def target_groups(backend) -> int:
 
 def kernel_source(mode: str, d4: int, bk: int, gw: int, wd: int = WD) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16") and tile shape."""
-    return SHADER.render([("q", mode, "in"), ("k", mode, "in"), ("v", mode, "in"), ("lens", "i32", "in"), ("o", mode, "out"),
-                          ("pml", "f32", "out"), ("pacc", "f32", "out")],
-                         {"@@WD@@": wd, "@@D4@@": d4, "@@BK@@": bk, "@@GW@@": gw, "@@VPT@@": -(-gw * d4 // wd),
-                          "@@KV@@": bk * d4, "@@PS@@": gw * bk})
+    return SHADER.render(mode, {"@@WD@@": wd, "@@D4@@": d4, "@@BK@@": bk, "@@GW@@": gw, "@@VPT@@": -(-gw * d4 // wd),
+                                "@@KV@@": bk * d4, "@@PS@@": gw * bk},
+                         modes={"lens": "i32", "pml": "f32", "pacc": "f32"})
 
 
 class DecodePlan(NamedTuple):
@@ -172,9 +170,9 @@ class DecodeAttentionWgsl(Prepared):
                                   ("u", Hq // Hkv), ("u", plan.hgroups), ("u", plan.chunk), ("u", self.splits))
         self.groups = (self.splits, B * Hkv * plan.hgroups, 1)
         self.combine_groups = grid_1d(B * Hq)
-        plan = [Dispatch(self.source, "attend", self.groups, ROLES, self.params)]
+        plan = [SHADER.dispatch(self.source, "attend", self.groups, self.params)]
         if self.splits > 1:  # the partial results of the splits combined
-            plan.append(Dispatch(self.source, "combine", self.combine_groups, ROLES, self.params))
+            plan.append(SHADER.dispatch(self.source, "combine", self.combine_groups, self.params))
         self.launches = backend.bind(plan, self.buffers(pml=self.pml, pacc=self.pacc), "decode_attention/wgsl")
 
 

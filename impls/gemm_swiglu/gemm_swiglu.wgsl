@@ -1,8 +1,8 @@
 // gemm_swiglu: y = silu(x @ Wg.T) * (x @ Wu.T), gate and up accumulated together in f32.
 //
 // impls/gemm_swiglu/wgsl.py replaces the line below with the buffer declarations
-// (harness.backends.wgsl.wgsl_buffers): x, wg, wu at bindings 0..2 (read through ld_x /
-// ld_wg / ld_wu as f32), y at binding 3 (written through st_y), and
+// (harness.backends.wgsl.wgsl_buffers): x, w_gate, w_up at bindings 0..2 (read through
+// ld_x / ld_w_gate / ld_w_up as f32), y at binding 3 (written through st_y), and
 // `var<uniform> P: Params` at binding 4. y's storage mode may differ from the inputs'
 // (swiglu_ffn writes an f32 scratch activation with the same kernels).
 // @@BUFFERS@@
@@ -42,8 +42,8 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var h = t; h < H; h += GV_WG) {
     let a = ld_x(xo + h);
     for (var r = 0u; r < GV_R; r++) {
-      ag[r] += a * ld_wg(wo[r] + h);
-      au[r] += a * ld_wu(wo[r] + h);
+      ag[r] += a * ld_w_gate(wo[r] + h);
+      au[r] += a * ld_w_up(wo[r] + h);
     }
   }
   for (var r = 0u; r < GV_R; r++) { gv_g[r * GV_WG + t] = ag[r]; gv_u[r * GV_WG + t] = au[r]; }
@@ -90,7 +90,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
       tl_a[lk * TM + r] = a;
       var g = 0.0;
       var u = 0.0;
-      if (n0 + r < I && gk < H) { g = ld_wg((n0 + r) * H + gk); u = ld_wu((n0 + r) * H + gk); }
+      if (n0 + r < I && gk < H) { g = ld_w_gate((n0 + r) * H + gk); u = ld_w_up((n0 + r) * H + gk); }
       tl_b[lk * TN + r] = g;
       tl_b[TK * TN + lk * TN + r] = u;
     }

@@ -16,51 +16,29 @@ struct Params { M: u32, H: u32, N: u32, eps: f32, one: f32 }
 //@fusebench-splice fb_rms_matmul.wgsl
 
 // ---------------------------------------------------------------------------------
-// gemv: few rows (decode). Workgroup (wid.x, wid.y) computes y[m = wid.y, n0 .. n0+R):
-// gv_partials over the GV_R rows of W, one barrier, then invocation r < R adds the GV_WG
-// partial dot products of row n0 + r and the partial sums of squares and stores
-// dot * inverse RMS. Rows past N are clamped to N-1 (computed, never stored).
+// gemv: few rows (decode), the entry point of fb_rms_matmul.wgsl: y[m, n0 .. n0 + GV_R)
+// from W rows n0 .. n0 + GV_R, those past N clamped to N - 1 (computed, never stored);
+// then invocation r < GV_R adds the GV_WG partial dot products of row n0 + r and the
+// partial sums of squares and stores dot * inverse RMS.
 // ---------------------------------------------------------------------------------
-@compute @workgroup_size(@@GV_WG@@)
-fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let m = wid.y;
-  let n0 = wid.x * GV_R;
-  let N = P.N;
+fn gv_rows(n0: u32) -> array<u32, 16> {
   var wo: array<u32, 16>;
-  for (var r = 0u; r < GV_R; r++) { wo[r] = min(n0 + r, N - 1u) * P.H; }
-  gv_partials(t, m * P.H, wo);
-  if (t < GV_R && n0 + t < N) {
-    st_y(m * N + n0 + t, gv_dot(t) * gv_inv_rms());
-  }
+  for (var r = 0u; r < GV_R; r++) { wo[r] = min(n0 + r, P.N - 1u) * P.H; }
+  return wo;
+}
+
+fn gv_store(m: u32, n0: u32, t: u32) {
+  if (t < GV_R && n0 + t < P.N) { st_y(m * P.N + n0 + t, gv_dot(t) * gv_inv_rms()); }
 }
 
 // ---------------------------------------------------------------------------------
-// tiled: many rows (prefill). Workgroup (wid.x, wid.y) computes the TM x TN tile of y at
-// (m0, n0) = (wid.y * TM, wid.x * TN) with rms_tile_loop, 4 x 4 outputs per invocation,
-// and scales each row by its inverse RMS as it stores. Sums run in three levels (TK terms
-// per tile, 16 tiles, the rest), which keeps the rounding error near that of a blocked
-// BLAS sum instead of growing with sqrt(H).
+// tiled: many rows (prefill), the entry point of fb_rms_matmul.wgsl: 64 x 64 output tiles,
+// 4 x 4 per invocation, in W's own column order.
 // ---------------------------------------------------------------------------------
-@compute @workgroup_size(256)
-fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let M = P.M;
-  let N = P.N;
-  let m0 = wid.y * TM;
-  let n0 = wid.x * TN;
-  let tx = t % 16u;
-  let ty = t / 16u;
-  var wrow: array<u32, 4>;  // the W rows this invocation loads
-  for (var i = 0u; i < 4u; i++) { wrow[i] = min(n0 + t / TK + i * 16u, N - 1u) * P.H; }
-  var acc: Tile;  // zero
-  rms_tile_loop(&acc, t, m0, n0, wrow);
-  let cs = tile_sums(acc);
-  for (var i = 0u; i < 4u; i++) {
-    let rl = ty * 4u + i;
-    let gm = m0 + rl;
-    let inv = tl_inv_rms(rl);
-    for (var j = 0u; j < 4u; j++) {
-      let gn = n0 + tx * 4u + j;
-      if (gm < M && gn < N) { st_y(gm * N + gn, cs[i][j] * inv); }
-    }
+fn w_row(n: u32) -> u32 { return n; }
+
+fn store4(m: u32, n: u32, y: vec4<f32>) {
+  for (var j = 0u; j < 4u; j++) {
+    if (n + j < P.N) { st_y(m * P.N + n + j, y[j]); }
   }
 }

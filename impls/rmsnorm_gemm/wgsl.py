@@ -2,7 +2,7 @@
 
 x: (M, H), gamma: (H,), w: (N, H) -> y: (M, N), all arithmetic in f32.
 
-- M <= GEMV_MAX_M (decode): entry point `gemv`, one workgroup per (16 output columns,
+- M <= GEMV_MAX_M = 4 (decode, harness.backends.wgsl): entry point `gemv`, one workgroup per (16 output columns,
   row m), of 16 invocations on a CPU adapter (lavapipe) and 256 on a GPU
   (backend.gemv_workgroup()). The normalisation is deferred: each invocation loads its
   strided share of x[m] once into a register, adds its square to a partial sum of
@@ -32,33 +32,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import Dispatch, ShaderFile, pack_params
+from harness.backends.wgsl import ShaderFile, matmul_launch, pack_params
 from harness.registry import Implementation, register
 
-GEMV_MAX_M = 4  # up to this many rows, W is streamed once per row by `gemv`
-GV_R, TM, TN = 16, 64, 64  # GV_R as in rmsnorm_gemm.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
-ROLES = (("x", "in"), ("gamma", "in"), ("w", "in"), ("y", "out"))
-SHADER = ShaderFile(Path(__file__).with_name("rmsnorm_gemm.wgsl"))
-
-
-def kernel_source(mode: str) -> str:
-    """The shader for one storage mode ("f32", "f16", "f16p", "bf16")."""
-    return SHADER.render([("x", mode, "in"), ("gamma", mode, "in"), ("w", mode, "in"), ("y", mode, "out")])
+GV_R = 16  # output columns per `gemv` workgroup, as in harness/kernels/fb_rms_matmul.wgsl
+SHADER = ShaderFile(Path(__file__).with_name("rmsnorm_gemm.wgsl"), (("x", "in"), ("gamma", "in"), ("w", "in"),
+                                                                    ("y", "out")))
 
 
 class RmsNormGemmWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
-        self.M, self.H, self.N = self.dims["M"], self.dims["H"], self.dims["N"]
+        self.bind_inputs(inputs, ("x", "gamma", "w"))
+        M, H, N = self.dims["M"], self.dims["H"], self.dims["N"]
         self.alloc_outputs()
-        self.source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
-        self.params = pack_params(("u", self.M), ("u", self.H), ("u", self.N), ("f", attrs["eps"]), ("f", 1.0))
-        if self.M <= GEMV_MAX_M:
-            self.entry, self.groups = "gemv", (-(-self.N // GV_R), self.M, 1)
-        else:
-            self.entry, self.groups = "tiled", (-(-self.N // TN), -(-self.M // TM), 1)
-        self.launches = backend.bind([Dispatch(self.source, self.entry, self.groups, ROLES, self.params)],
+        source = backend.gemv_source(SHADER.render(backend.mode(dtype)), GV_R)
+        params = pack_params(("u", M), ("u", H), ("u", N), ("f", attrs["eps"]), ("f", 1.0))
+        self.launches = backend.bind([SHADER.dispatch(source, *matmul_launch(M, N, GV_R), params)],
                                      self.buffers(), "rmsnorm_gemm/wgsl")
 
 

@@ -5,8 +5,7 @@
 // impls/rmsnorm_qkv_rope/wgsl.py replaces the line below with the buffer declarations
 // (harness.backends.wgsl.wgsl_buffers): x, gamma, w at bindings 0..2 (ld_x / ld_gamma /
 // ld_w), pos (array<i32>) at 3, freq (array<u32>, the rotary table of
-// WgslBackend.rope_table) at 4, the outputs q, k, v at 5..7 named qo, ko, vo (st_qo /
-// st_ko / st_vo; a buffer called v would clash with the helpers' parameter v), and
+// WgslBackend.rope_table) at 4, the outputs q, k, v at 5..7 (st_q / st_k / st_v), and
 // `var<uniform> P: Params` at 8; then ROPE_WGSL (fb_rope_cs) from harness/backends/wgsl.py.
 // @@BUFFERS@@
 
@@ -22,7 +21,8 @@
 // the accumulators (before the rotation, which is linear) when they are stored.
 struct Params { M: u32, H: u32, N: u32, eps: f32, one: f32, nh: u32, nkv: u32, half: u32 }
 
-fn real_col(j: u32) -> u32 {
+// The W row (real column) of virtual column j.
+fn w_row(j: u32) -> u32 {
   let p = j >> 1u;
   let head = p / P.half;
   return head * 2u * P.half + (p - head * P.half) + (j & 1u) * P.half;
@@ -40,17 +40,17 @@ fn store_pair(m: u32, p: u32, a: f32, b: f32) {
     let rb = b * cs.x + a * cs.y;
     if (head < P.nh) {
       let o = (m * P.nh + head) * d + i;
-      st_qo(o, ra);
-      st_qo(o + half, rb);
+      st_q(o, ra);
+      st_q(o + half, rb);
     } else {
       let o = (m * P.nkv + head - P.nh) * d + i;
-      st_ko(o, ra);
-      st_ko(o + half, rb);
+      st_k(o, ra);
+      st_k(o + half, rb);
     }
   } else {
     let o = (m * P.nkv + head - P.nh - P.nkv) * d + i;
-    st_vo(o, a);
-    st_vo(o + half, b);
+    st_v(o, a);
+    st_v(o + half, b);
   }
 }
 
@@ -58,66 +58,42 @@ fn store_pair(m: u32, p: u32, a: f32, b: f32) {
 //@fusebench-splice fb_rms_matmul.wgsl
 
 // ---------------------------------------------------------------------------------
-// gemv: few rows (decode). Workgroup (wid.x, wid.y) computes virtual columns
-// n0 .. n0+R of row m = wid.y (R/2 rotary pairs): gv_partials over the R rows of W, one
-// barrier, then invocation t < R/2 adds up pair t's two partial dot products and the sum
-// of squares, scales, rotates and stores.
+// gemv: few rows (decode), the entry point of fb_rms_matmul.wgsl: virtual columns
+// n0 .. n0 + GV_R of row m (GV_R / 2 rotary pairs); then invocation t < GV_R / 2 adds up
+// pair t's two partial dot products and the sum of squares, scales, rotates and stores.
 // ---------------------------------------------------------------------------------
-@compute @workgroup_size(@@GV_WG@@)
-fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let m = wid.y;
-  let n0 = wid.x * GV_R;
+// The W rows of the 8 pairs, walked pair by pair without a division per row (one with a
+// divisor that is not a constant per row kept lavapipe from keeping wo uniform: 1.7x
+// slower). Virtual columns past N read row 0 (computed, never stored).
+fn gv_rows(n0: u32) -> array<u32, 16> {
   let H = P.H;
-  let N = P.N;
   var wo: array<u32, 16>;
-  // W rows of the 8 pairs, walked pair by pair without a division per row (one with a
-  // divisor that is not a constant per row kept lavapipe from keeping wo uniform: 1.7x
-  // slower). Virtual columns past N read row 0 (computed, never stored).
   var hd = (n0 / 2u) / P.half;
   var ii = n0 / 2u - hd * P.half;
   for (var r = 0u; r < GV_R; r += 2u) {
     let c = hd * 2u * P.half + ii;
-    let past = n0 + r >= N;
+    let past = n0 + r >= P.N;
     wo[r] = select(c, 0u, past) * H;
     wo[r + 1u] = select(c + P.half, 0u, past) * H;
     ii += 1u;
     if (ii == P.half) { ii = 0u; hd += 1u; }
   }
-  gv_partials(t, m * H, wo);
-  if (t < GV_R / 2u && n0 + 2u * t < N) {
+  return wo;
+}
+
+fn gv_store(m: u32, n0: u32, t: u32) {
+  if (t < GV_R / 2u && n0 + 2u * t < P.N) {
     let inv = gv_inv_rms();
     store_pair(m, n0 / 2u + t, gv_dot(2u * t) * inv, gv_dot(2u * t + 1u) * inv);
   }
 }
 
 // ---------------------------------------------------------------------------------
-// tiled: many rows (prefill), as rmsnorm_gemm's `tiled`: TM x TN tiles of (row, virtual
-// column) through rms_tile_loop, 4 x 4 per invocation in vec4 registers, sums in three
-// levels. Each invocation's 4 adjacent virtual columns are 2 whole pairs, which it scales,
-// rotates and stores.
+// tiled: many rows (prefill), the entry point of fb_rms_matmul.wgsl: 64 x 64 tiles of (row,
+// virtual column), W's rows gathered in pair order (w_row). Each invocation's 4 adjacent
+// virtual columns are 2 whole pairs, which store4 rotates and stores.
 // ---------------------------------------------------------------------------------
-@compute @workgroup_size(256)
-fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let M = P.M;
-  let N = P.N;
-  let m0 = wid.y * TM;
-  let n0 = wid.x * TN;
-  let tx = t % 16u;
-  let ty = t / 16u;
-  var wrow: array<u32, 4>;  // the W rows (real columns) this invocation loads
-  for (var i = 0u; i < 4u; i++) { wrow[i] = real_col(min(n0 + t / TK + i * 16u, N - 1u)) * P.H; }
-  var acc: Tile;  // zero
-  rms_tile_loop(&acc, t, m0, n0, wrow);
-  let cs = tile_sums(acc);
-  let p0 = (n0 + tx * 4u) / 2u;  // first of this invocation's two pairs
-  for (var i = 0u; i < 4u; i++) {
-    let rl = ty * 4u + i;
-    let gm = m0 + rl;
-    let inv = tl_inv_rms(rl);
-    if (gm < M) {
-      let c = cs[i] * inv;
-      if (2u * p0 < N) { store_pair(gm, p0, c.x, c.y); }
-      if (2u * p0 + 2u < N) { store_pair(gm, p0 + 1u, c.z, c.w); }
-    }
-  }
+fn store4(m: u32, n: u32, y: vec4<f32>) {
+  if (n < P.N) { store_pair(m, n / 2u, y.x, y.y); }
+  if (n + 2u < P.N) { store_pair(m, n / 2u + 1u, y.z, y.w); }
 }

@@ -10,7 +10,7 @@ owns its rotary partner: RoPE is applied to the two f32 accumulators in register
 the deferred RMS scaling, and only the rotated values are stored (q and k), or the plain
 ones (v). Neither the normalised activations nor the unrotated projection is written.
 
-- M <= GEMV_MAX_M (decode): entry point `gemv`, a workgroup per (16 virtual columns = 8
+- M <= GEMV_MAX_M = 4 (decode, harness.backends.wgsl): entry point `gemv`, a workgroup per (16 virtual columns = 8
   pairs, row m), 16 invocations on a CPU adapter and 256 on a GPU; the sum of squares and
   16 dot products per invocation in one pass over x, reduced in workgroup memory, then 8
   invocations each finish a pair.
@@ -37,40 +37,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import Prepared
-from harness.backends.wgsl import Dispatch, ROPE_WGSL, ShaderFile, pack_params
+from harness.backends.wgsl import ROPE_WGSL, ShaderFile, matmul_launch, pack_params
 from harness.registry import Implementation, register
 
-GEMV_MAX_M = 4  # up to this many rows, W is streamed once per row by `gemv`
-GV_R, TM, TN = 16, 64, 64  # GV_R as in rmsnorm_qkv_rope.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
-SHADER = ShaderFile(Path(__file__).with_name("rmsnorm_qkv_rope.wgsl"))
-ROLES = (("x", "in"), ("gamma", "in"), ("w", "in"), ("pos", "in"), ("freq", "in"), ("q", "out"), ("k", "out"),
-         ("v", "out"))
+GV_R = 16  # virtual columns per `gemv` workgroup, as in harness/kernels/fb_rms_matmul.wgsl
+SHADER = ShaderFile(Path(__file__).with_name("rmsnorm_qkv_rope.wgsl"),
+                    (("x", "in"), ("gamma", "in"), ("w", "in"), ("pos", "in"), ("freq", "in"), ("q", "out"),
+                     ("k", "out"), ("v", "out")))
 
 
 def kernel_source(mode: str) -> str:
     """The shader for one storage mode ("f32", "f16", "f16p", "bf16")."""
-    return SHADER.render([("x", mode, "in"), ("gamma", mode, "in"), ("w", mode, "in"), ("pos", "i32", "in"),
-                          ("freq", "u32", "in"), ("qo", mode, "out"), ("ko", mode, "out"), ("vo", mode, "out")],
-                         after_buffers=ROPE_WGSL)
+    return SHADER.render(mode, after_buffers=ROPE_WGSL, modes={"pos": "i32", "freq": "u32"})
 
 
 class RmsNormQkvRopeWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
-        self.pos = self.bind_inputs(inputs, ("pos",))[0]
-        self.M, self.H, nh, nkv, d = (self.dims[k] for k in ("M", "H", "n_heads", "n_kv_heads", "head_dim"))
-        self.N = (nh + 2 * nkv) * d
+        self.bind_inputs(inputs, ("x", "gamma", "w", "pos"))
+        M, H, nh, nkv, d = (self.dims[k] for k in ("M", "H", "n_heads", "n_kv_heads", "head_dim"))
+        N = (nh + 2 * nkv) * d
         self.freq = backend.rope_table(d, float(attrs["theta"]))
         self.alloc_outputs()
-        self.source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
-        self.params = pack_params(("u", self.M), ("u", self.H), ("u", self.N), ("f", attrs["eps"]), ("f", 1.0),
-                                  ("u", nh), ("u", nkv), ("u", d // 2))
-        if self.M <= GEMV_MAX_M:
-            self.entry, self.groups = "gemv", (-(-self.N // GV_R), self.M, 1)
-        else:
-            self.entry, self.groups = "tiled", (-(-self.N // TN), -(-self.M // TM), 1)
-        self.launches = backend.bind([Dispatch(self.source, self.entry, self.groups, ROLES, self.params)],
+        source = backend.gemv_source(kernel_source(backend.mode(dtype)), GV_R)
+        params = pack_params(("u", M), ("u", H), ("u", N), ("f", attrs["eps"]), ("f", 1.0),
+                             ("u", nh), ("u", nkv), ("u", d // 2))
+        self.launches = backend.bind([SHADER.dispatch(source, *matmul_launch(M, N, GV_R), params)],
                                      self.buffers(freq=self.freq), "rmsnorm_qkv_rope/wgsl")
 
 

@@ -8,7 +8,9 @@ x: (M, H), w_gate, w_up: (I, H), w_down: (H, I) -> y = (silu(x Wgᵀ) * (x Wuᵀ
    an (M, I) **f32** device scratch buffer allocated once in prepare() (never the storage
    dtype: the activation is not rounded to f16/bf16 between the two GEMMs, as the unfused
    chain must round it).
-2. the down projection (swiglu_ffn.wgsl, `down_gemv` / `down_tiled`), reading that scratch.
+2. the down projection act @ w_downᵀ, reading that scratch: the unfused chain's own matmul
+   kernel (harness/kernels/fb_chain_matmul.wgsl, WgslBackend.matmul_dispatch: the matvec
+   for M <= 4, the 64 x 64 tiles otherwise) with an f32 `a`.
 
 Why two dispatches: WebGPU has no grid-wide barrier or float atomics, so the down
 projection cannot start on an activation other workgroups are still producing inside one
@@ -23,43 +25,24 @@ activation in f32. Packed outputs are stored with per-half-word atomics, race-fr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from harness.backends import Prepared
-from harness.backends.wgsl import Dispatch, ShaderFile, pack_params
 from harness.registry import Implementation, register
 from impls.gemm_swiglu import wgsl as gs
 
-GV_R, TM, TN = 16, 64, 64  # GV_R as in swiglu_ffn.wgsl, TM and TN as in harness/kernels/fb_tile.wgsl
-SHADER = ShaderFile(Path(__file__).with_name("swiglu_ffn.wgsl"))
-UP_ROLES = (("x", "in"), ("w_gate", "in"), ("w_up", "in"), ("act", "out"))
-DOWN_ROLES = (("act", "in"), ("w_down", "in"), ("y", "out"))
-
-
-def down_source(mode: str) -> str:
-    """The down-projection shader: f32 activation, weights and output in `mode`."""
-    return SHADER.render([("act", "f32", "in"), ("wd", mode, "in"), ("y", mode, "out")])
+DOWN = (("act", "in"), ("w_down", "in"), ("y", "out"))  # the down projection's a, b and y
 
 
 class SwigluFfnWgsl(Prepared):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.wg, self.wu, self.wd = self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
-        self.M, self.H, self.I = self.dims["M"], self.dims["H"], self.dims["I"]
+        self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
+        M, H, I = self.dims["M"], self.dims["H"], self.dims["I"]
         mode = backend.mode(dtype)
-        self.act = backend.empty((self.M, self.I), "float32")  # device scratch, not an output
+        self.act = backend.empty((M, I), "float32")  # device scratch, not an output
         self.alloc_outputs()
-        self.src1 = backend.gemv_source(gs.kernel_source(mode, "f32"), gs.GV_R)
-        self.entry1, self.groups1, self.params1 = gs.launch(self.M, self.H, self.I)
-        self.src2 = backend.gemv_source(down_source(mode), GV_R)
-        self.params2 = pack_params(("u", self.M), ("u", self.I), ("u", self.H))
-        if self.M <= gs.GEMV_MAX_M:
-            self.entry2, self.groups2 = "down_gemv", (-(-self.H // GV_R), self.M, 1)
-        else:
-            self.entry2, self.groups2 = "down_tiled", (-(-self.H // TN), -(-self.M // TM), 1)
-        self.launches = backend.bind([Dispatch(self.src1, self.entry1, self.groups1, UP_ROLES, self.params1),
-                                      Dispatch(self.src2, self.entry2, self.groups2, DOWN_ROLES, self.params2)],
-                                     self.buffers(act=self.act), "swiglu_ffn/wgsl")
+        up = gs.dispatch(backend, self.dims, mode, "f32", y="act")
+        down = backend.matmul_dispatch("nt", ("f32", mode, mode), M, I, H, DOWN)
+        self.launches = backend.bind([up, down], self.buffers(act=self.act), "swiglu_ffn/wgsl")
 
 
 register(Implementation("swiglu_ffn", "wgsl", "fused", "fused", SwigluFfnWgsl,
