@@ -486,11 +486,6 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
     try:
         for rec in missing:
             keep(rec)
-        if bench and jobs:  # compile what is cold on every core before the first timing
-            from harness.warmup import warm
-
-            warm(jobs, seed=args.seed, value_shape=opts.value_shape, timeout_s=args.timeout,
-                 say=lambda s: print(s, file=sys.stderr))
         est = Estimator([(j.case.id, j.dtype, [(i.key, i.backend, i.variant) for i in j.impls]) for j in jobs])
         with Reporter(est, _stderr_console, _warn) as progress:
             for n, job in enumerate(jobs):

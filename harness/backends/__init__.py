@@ -127,12 +127,6 @@ class Backend:
     def flush_cache(self) -> None:
         pass
 
-    def needs_warming(self, impl) -> bool:
-        """Whether `impl` would compile before its first run here because its on-disk
-        compile cache holds nothing for it yet; harness.warmup then prepares it in parallel
-        before anything is timed. Default: nothing to compile, or no cache to look at."""
-        return False
-
     def wake(self, prepared: "Prepared") -> None:
         """After a flush, before `prepared`'s timed run: wake the worker threads it runs
         on, so that a cold figure pays for cold data, not for parked threads (the CPU

@@ -104,22 +104,6 @@ class CpuBackend(Backend):
             self._flush_buf = np.zeros(2 * last_level_cache_bytes() // 8, dtype=np.float64)
         np.add(self._flush_buf, 1.0, out=self._flush_buf)
 
-    def needs_warming(self, impl):
-        """A fused kernel whose numba cache (under fb_numba's content-named folder, in
-        numba's subfolder for the kernel file's directory) has no index file yet."""
-        if impl.kind != "fused":
-            return False
-        import hashlib
-        from pathlib import Path
-
-        from harness.kernels import fb_numba
-
-        folder = Path(__file__).resolve().parents[2] / "impls" / impl.fusion
-        cache = Path(fb_numba.helpers_cache_dir(Path(fb_numba.__file__).read_bytes()))
-        # numba's user-provided cache locator: <dir name>_<sha1 of the directory's path>
-        sub = cache / f"{folder.name}_{hashlib.sha1(str(folder).encode()).hexdigest()}"
-        return not any(sub.glob(f"{impl.fusion}_numba.*.nbi"))
-
     def wake(self, prepared):
         """numba's pool for a numba kernel; never for the NumPy chain, whose BLAS threads
         would then contend with numba's workers still spinning after the wake (on 2

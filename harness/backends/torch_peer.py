@@ -270,14 +270,6 @@ class TorchBackend(Backend):
     def minimal_prepared(self):
         return _Minimal(self)
 
-    def needs_warming(self, impl):
-        """torch.compile while Inductor's on-disk cache has no compiled graph at all (a
-        machine's first run); later runs load their graphs from it."""
-        if impl.variant != "compile":
-            return False
-        _torch()  # sets TORCHINDUCTOR_CACHE_DIR unless the caller did
-        return not (Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "fxgraph").is_dir()
-
     def flush_cache(self):
         torch = _torch()
         if self._flush is None:

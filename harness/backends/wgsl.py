@@ -928,18 +928,6 @@ class WgslBackend(Backend):
     def minimal_prepared(self):
         return _Minimal(self)
 
-    def needs_warming(self, impl):
-        """Every WGSL kernel while Mesa's on-disk shader cache holds no shader yet (lavapipe
-        compiles each pipeline to machine code; a later process loads it from there). Opening
-        the device makes the cache's folder and its index, nothing more."""
-        base = os.environ.get("MESA_SHADER_CACHE_DIR") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"))
-        for name in ("mesa_shader_cache", "mesa_shader_cache_db", "mesa_shader_cache_sf"):
-            for _, _, files in os.walk(os.path.join(base, name)):
-                if any(f != "index" for f in files):
-                    return False
-        return True
-
     def flush_cache(self):
         """Overwrite a scratch buffer larger than the device's caches (2x the CPU's last
         level cache on a CPU adapter such as lavapipe, 256 MiB, capped by the binding
