@@ -53,7 +53,7 @@ class SideSubmission(RmsNormGemmWgsl):
 class EditsInput(RmsNormGemmWgsl):
     def run(self):
         super().run()
-        self.backend.fill_words(self.x, 0)
+        self.backend.fill_words(self.inputs["x"], 0)
 
 
 class EditsInputHost(RmsNormGemmCpu):
