@@ -7,13 +7,14 @@ The chain computes each primitive in float32 and stores its result in the storag
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import platform
 import time
 
 import numpy as np
 
-from harness.backends import Backend
+from harness.backends import Backend, Prepared
 from harness.ops import NumpyOps
 
 
@@ -68,6 +69,28 @@ KIND = {"float32": 0, "bfloat16": 1, "float16": 2}
 def bits16(a: np.ndarray) -> np.ndarray:
     """float32 stays; 16-bit dtypes go to the numba kernels as their uint16 bit patterns."""
     return a if a.dtype == np.float32 else a.view(np.uint16)
+
+
+class NumbaFused(Prepared):
+    """A fused CPU implementation whose kernel is `kernel` in `<fusion>_numba.py` beside its
+    module (numba loads when the first one is prepared): `self.kernel`, the storage dtype's
+    `self.kind` for it, and host_inputs() to bind the inputs it reads."""
+
+    package = None  # the package of the fusion's impls: that of the class deriving from this one
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if NumbaFused in cls.__bases__:
+            cls.package = cls.__module__.rpartition(".")[0]
+
+    def __init__(self, backend, spec, inputs, attrs, dtype):
+        super().__init__(backend, spec, inputs, attrs, dtype)
+        self.kernel = importlib.import_module(f"{self.package}.{spec.name}_numba").kernel
+        self.kind = KIND[dtype]
+
+    def host_inputs(self, inputs, names) -> tuple:
+        """The named inputs, C-contiguous host arrays read in place (16-bit ones as bits16)."""
+        return tuple(bits16(a) for a in self.bind_inputs(inputs, names, np.ascontiguousarray))
 
 
 class CpuBackend(Backend):

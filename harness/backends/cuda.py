@@ -90,6 +90,13 @@ class FusedCuda(Prepared):
 
     limits = None
 
+    def bind_io(self, inputs, names, dims) -> tuple[tuple, tuple]:
+        """(the named inputs' device buffers, the named dimensions' values), every output
+        allocated in self.out."""
+        bufs = self.bind_inputs(inputs, names)
+        self.alloc_outputs()
+        return bufs, tuple(self.dims[d] for d in dims)
+
     def plan(self, launch_plan, *dims, aligned_of=None, **kw):
         from harness.cuda_launch import device_limits
 
@@ -102,6 +109,7 @@ class FusedCuda(Prepared):
         from harness.cuda_launch import bind
 
         self.launches = bind(module, plan, args, self.limits, f"{self.spec.name}/cuda")
+        self.switches = dict(plan.switches)  # what the plan chose (vector loads, splits), for inspection
 
 
 def storage_dtype(dtype: str):

@@ -378,6 +378,24 @@ def _gate_up_last(x0, wg, wu, n, kind):
     return lambda x0, wg, wu, n, kind: gate_up1_w16(x0, wg, wu, n, kind)
 
 
+def weight_rows(w, n0, n1, kind, pow2):
+    """Rows n0 .. n1-1 of W as a (n1 - n0, H) float32 block: a view of float32 W, a
+    thread-local widened copy of 16-bit W."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+@overload(weight_rows)
+def _weight_rows(w, n0, n1, kind, pow2):
+    if w.dtype == types.float32:
+        return lambda w, n0, n1, kind, pow2: w[n0:n1]
+
+    def widened(w, n0, n1, kind, pow2):
+        tile = np.empty((n1 - n0, w.shape[1]), dtype=np.float32)
+        widen_rows(w, n0, n1 - n0, kind, pow2, tile)
+        return tile
+    return widened
+
+
 @nb.njit(fastmath=True, inline="always")
 def swiglu_decode(x0, wg, wu, kind, out, out_kind):
     # decode (one row x0, float32): out[0, n] = silu(x0 . wg[n]) * (x0 . wu[n]) in
@@ -442,6 +460,25 @@ def normalise(x_row, g, s, kind, pow2, out):
     widen(x_row, out, kind, pow2)
     for h in range(out.shape[0]):
         out[h] = out[h] * s * g[h]
+
+
+@nb.njit(fastmath=True)
+def normed_block(x, g, inv_rms, tile, n0, kind, pow2, y):
+    # y[m, n0 + j] = (x[m] * inv_rms[m] * g) . tile[j] for every row m of x (storage
+    # `kind`), two rows at a time normalised into thread-local buffers; tile: (J, H) float32
+    M, H = x.shape
+    J = tile.shape[0]
+    x0 = np.empty(H, dtype=np.float32)
+    x1 = np.empty(H, dtype=np.float32)
+    m = 0
+    while m + 2 <= M:
+        normalise(x[m], g, inv_rms[m], kind, pow2, x0)
+        normalise(x[m + 1], g, inv_rms[m + 1], kind, pow2, x1)
+        dots2(x0, x1, tile, y[m, n0:n0 + J], y[m + 1, n0:n0 + J])
+        m += 2
+    if m < M:
+        normalise(x[m], g, inv_rms[m], kind, pow2, x0)
+        dots(x0, tile, y[m, n0:n0 + J])
 
 
 # ---- attention (impls/attention_prefill, attn_score_softmax) ---------------------------

@@ -16,24 +16,20 @@ thread pool is larger than the work.
 
 from __future__ import annotations
 
-import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cpu import KIND, bits16
+from harness.backends.cpu import NumbaFused, bits16
 from harness.registry import Implementation, register
 
 
-class AddRmsNormCpu(Prepared):
+class AddRmsNormCpu(NumbaFused):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        from .add_rmsnorm_numba import kernel  # numba loads here, when the first kernel is prepared
-        self.kernel = kernel
-        self.x, self.r, self.gamma = map(bits16, self.bind_inputs(inputs, ("x", "residual", "gamma"), np.ascontiguousarray))
+        self.x, self.r, self.gamma = self.host_inputs(inputs, ("x", "residual", "gamma"))
         self.alloc_outputs()
         self.h, self.y = bits16(self.out["h"]), bits16(self.out["y"])  # rounded bits are stored straight here
 
     def run(self):
-        self.kernel(self.x, self.r, self.gamma, float(self.attrs["eps"]), KIND[self.dtype], self.h, self.y)
+        self.kernel(self.x, self.r, self.gamma, float(self.attrs["eps"]), self.kind, self.h, self.y)
 
 
 register(Implementation("add_rmsnorm", "cpu", "fused", "fused", AddRmsNormCpu,

@@ -65,15 +65,12 @@ def launch_plan(M: int, H: int, dtype: str, aligned: bool = True, limits: Device
 class AddRmsNormCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.res, self.gamma = self.bind_inputs(inputs, ("x", "residual", "gamma"))
-        M, H = self.dims["M"], self.dims["H"]
-        self.alloc_outputs()
+        (self.x, self.res, self.gamma), (M, H) = self.bind_io(inputs, ("x", "residual", "gamma"), ("M", "H"))
         plan = self.plan(launch_plan, M, H, aligned_of=(self.x, self.res, self.gamma, *self.out.values()))
         vec, cache = plan.switches["vec"], plan.switches["cache"]
         args = (self.x, self.res, self.gamma, self.out["h"], self.out["y"], np.int32(M), np.int32(H),
                 np.float32(attrs["eps"]), np.int32(vec), np.int32(cache))
         self.bind_launches(load_module(), plan, [args])
-        self.vec, self.cache = bool(vec), bool(cache)
 
 
 register(Implementation("add_rmsnorm", "cuda", "fused", "fused", AddRmsNormCuda,

@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cpu import KIND, bits16
+from harness.backends.cpu import NumbaFused, bits16
 from harness.registry import Implementation, register
 
 
-class AttentionPrefillCpu(Prepared):
+class AttentionPrefillCpu(NumbaFused):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        from .attention_prefill_numba import kernel  # numba loads here, when the first kernel is prepared
-        self.kernel = kernel
-        self.q, self.k, self.v = map(bits16, self.bind_inputs(inputs, ("q", "k", "v"), np.ascontiguousarray))
+        self.q, self.k, self.v = self.host_inputs(inputs, ("q", "k", "v"))
         self.o = bits16(self.alloc_outputs()["o"]).reshape(-1, self.dims["head_dim"])  # the kernel stores rounded bits here
         self.scale = np.float32(attrs["scale"])
 
     def run(self):
-        self.kernel(self.q, self.k, self.v, self.scale, KIND[self.dtype], self.o)
+        self.kernel(self.q, self.k, self.v, self.scale, self.kind, self.o)
 
 
 register(Implementation("attention_prefill", "cpu", "fused", "fused", AttentionPrefillCpu,

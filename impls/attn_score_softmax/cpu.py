@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cpu import KIND, bits16
+from harness.backends.cpu import NumbaFused, bits16
 from harness.registry import Implementation, register
 
 
-class AttnScoreSoftmaxCpu(Prepared):
+class AttnScoreSoftmaxCpu(NumbaFused):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        from .attn_score_softmax_numba import kernel  # numba loads here, when the first kernel is prepared
-        self.kernel = kernel
-        self.q, self.k = map(bits16, self.bind_inputs(inputs, ("q", "k"), np.ascontiguousarray))
+        self.q, self.k = self.host_inputs(inputs, ("q", "k"))
         self.p = bits16(self.alloc_outputs()["p"]).reshape(-1, self.dims["S"])  # the kernel stores rounded bits here
         self.scale = np.float32(attrs["scale"])
 
     def run(self):
-        self.kernel(self.q, self.k, self.scale, KIND[self.dtype], self.p)
+        self.kernel(self.q, self.k, self.scale, self.kind, self.p)
 
 
 register(Implementation("attn_score_softmax", "cpu", "fused", "fused", AttnScoreSoftmaxCpu,

@@ -47,9 +47,8 @@ def launch_plan(B: int, Hq: int, S: int, dtype: str, limits: DeviceLimits = H200
 class AttnScoreSoftmaxCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.q, self.k = self.bind_inputs(inputs, ("q", "k"))
-        B, S, Hq, Hkv, d = (self.dims[k] for k in ("B", "S", "n_heads", "n_kv_heads", "head_dim"))
-        self.alloc_outputs()
+        (self.q, self.k), (B, S, Hq, Hkv, d) = self.bind_io(
+            inputs, ("q", "k"), ("B", "S", "n_heads", "n_kv_heads", "head_dim"))
         args = (self.q, self.k, self.out["p"], np.int32(B), np.int32(Hq), np.int32(Hkv), np.int32(S), np.int32(d),
                 np.float32(attrs["scale"]))
         self.bind_launches(load_module(), self.plan(launch_plan, B, Hq, S), [args])

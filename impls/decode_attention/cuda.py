@@ -105,13 +105,12 @@ class DecodeAttentionCuda(FusedCuda):
         import cupy as cp
 
         mod = load_module()
-        self.q, self.k, self.v, self.lens = self.bind_inputs(inputs, ("q", "k", "v", "lens"))
-        B, T, Hq, Hkv, d = (self.dims[k] for k in ("B", "T", "n_heads", "n_kv_heads", "head_dim"))
-        self.alloc_outputs()
+        (self.q, self.k, self.v, self.lens), (B, T, Hq, Hkv, d) = self.bind_io(
+            inputs, ("q", "k", "v", "lens"), ("B", "T", "n_heads", "n_kv_heads", "head_dim"))
         split_kernel = mod.get_function(f"decode_attention_split_g{head_group(Hq // Hkv)}_{SUFFIX[dtype]}")
         plan = self.plan(launch_plan, B, T, Hq, Hkv, d, aligned_of=(self.q, self.k, self.v),
                          blocks_per_sm=resident_blocks(kernel_facts(split_kernel).registers))
-        vec, nsplit, G = (plan.switches[k] for k in ("vec", "nsplit", "G"))
+        vec, nsplit = plan.switches["vec"], plan.switches["nsplit"]
         parts = B * Hq * nsplit if nsplit > 1 else 1     # split partials (a dummy when nsplit = 1)
         self.pm = cp.empty(parts, dtype=cp.float32)
         self.pl = cp.empty(parts, dtype=cp.float32)
@@ -121,7 +120,6 @@ class DecodeAttentionCuda(FusedCuda):
                  i32(Hkv), i32(T), i32(d), np.float32(attrs["scale"]), i32(nsplit), i32(vec)),
                 (self.pm, self.pl, self.pacc, self.out["o"], i32(B * Hq), i32(nsplit), i32(d))]
         self.bind_launches(mod, plan, args)
-        self.vec, self.nsplit, self.heads_per_block = bool(vec), nsplit, G
 
 
 register(Implementation("decode_attention", "cuda", "fused", "fused", DecodeAttentionCuda,

@@ -18,23 +18,19 @@ it is stored: no float32 (M, I) staging array and no second pass over y.
 
 from __future__ import annotations
 
-import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cpu import KIND, bits16
+from harness.backends.cpu import NumbaFused, bits16
 from harness.registry import Implementation, register
 
 
-class GemmSwigluCpu(Prepared):
+class GemmSwigluCpu(NumbaFused):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        from .gemm_swiglu_numba import kernel  # numba loads here, when the first kernel is prepared
-        self.kernel = kernel
-        self.x, self.wg, self.wu = map(bits16, self.bind_inputs(inputs, ("x", "w_gate", "w_up"), np.ascontiguousarray))
+        self.x, self.wg, self.wu = self.host_inputs(inputs, ("x", "w_gate", "w_up"))
         self.y = bits16(self.alloc_outputs()["y"])  # the kernel stores the rounded bits straight into y
 
     def run(self):
-        self.kernel(self.x, self.wg, self.wu, KIND[self.dtype], self.y)
+        self.kernel(self.x, self.wg, self.wu, self.kind, self.y)
 
 
 register(Implementation("gemm_swiglu", "cpu", "fused", "fused", GemmSwigluCpu,

@@ -41,14 +41,10 @@ def launch_plan(M: int, H: int, I: int, dtype: str, aligned: bool = True, limits
 class GemmSwigluCuda(FusedCuda):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        self.x, self.wg, self.wu = self.bind_inputs(inputs, ("x", "w_gate", "w_up"))
-        M, H, I = self.dims["M"], self.dims["H"], self.dims["I"]
-        self.alloc_outputs()
+        (self.x, self.wg, self.wu), (M, H, I) = self.bind_io(inputs, ("x", "w_gate", "w_up"), ("M", "H", "I"))
         plan = self.plan(launch_plan, M, H, I, aligned_of=(self.x, self.wg, self.wu))
-        vec = plan.switches["vec"]
-        args = (self.x, self.wg, self.wu, self.out["y"], np.int32(M), np.int32(H), np.int32(I), np.int32(vec))
+        args = (self.x, self.wg, self.wu, self.out["y"], *map(np.int32, (M, H, I, plan.switches["vec"])))
         self.bind_launches(load_module(), plan, [args])
-        self.vec = bool(vec)
 
 
 register(Implementation("gemm_swiglu", "cuda", "fused", "fused", GemmSwigluCuda,

@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cpu import KIND, bits16
+from harness.backends.cpu import NumbaFused
 from harness.registry import Implementation, register
 
 
-class RmsNormGemmCpu(Prepared):
+class RmsNormGemmCpu(NumbaFused):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        from .rmsnorm_gemm_numba import kernel  # numba loads here, when the first kernel is prepared
-        self.kernel = kernel
-        self.x, self.gamma, self.w = map(bits16, self.bind_inputs(inputs, ("x", "gamma", "w"), np.ascontiguousarray))
+        self.x, self.gamma, self.w = self.host_inputs(inputs, ("x", "gamma", "w"))
         y = self.alloc_outputs()["y"]
         self.acc = y if dtype == "float32" else np.empty(y.shape, dtype=np.float32)
 
     def run(self):
-        self.kernel(self.x, self.gamma, self.w, self.attrs["eps"], KIND[self.dtype], self.acc)
+        self.kernel(self.x, self.gamma, self.w, self.attrs["eps"], self.kind, self.acc)
         if self.acc is not self.out["y"]:
             self.out["y"][...] = self.acc
 

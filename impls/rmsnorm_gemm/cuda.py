@@ -55,9 +55,7 @@ class RmsNormGemmCuda(FusedCuda):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        self.x, self.gamma, self.w = self.bind_inputs(inputs, ("x", "gamma", "w"))
-        M, H, N = self.dims["M"], self.dims["H"], self.dims["N"]
-        self.alloc_outputs()
+        (self.x, self.gamma, self.w), (M, H, N) = self.bind_io(inputs, ("x", "gamma", "w"), ("M", "H", "N"))
         plan = self.plan(launch_plan, M, H, N, aligned_of=(self.x, self.gamma, self.w))
         vec = plan.switches["vec"]
         eps, i32 = np.float32(attrs["eps"]), np.int32
@@ -69,7 +67,6 @@ class RmsNormGemmCuda(FusedCuda):
             args = [(self.x, self.inv_rms, i32(M), i32(H), eps),
                     (self.x, self.gamma, self.w, self.inv_rms, y, i32(M), i32(H), i32(N), i32(vec))]
         self.bind_launches(load_module(), plan, args)
-        self.vec = bool(vec)
 
 
 register(Implementation("rmsnorm_gemm", "cuda", "fused", "fused", RmsNormGemmCuda,

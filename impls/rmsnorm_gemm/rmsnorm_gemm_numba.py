@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from harness.kernels.fb_numba import dots, dots2, dots_seq, dots_w16, make_pow2, normalise, widen, widen_rows
+from harness.kernels.fb_numba import make_pow2, normalise, normed_block, stream_dots, weight_rows, widen
 
 BLOCK_ROWS = 16  # W rows per parallel task: 16 * H floats stay in the core's L2
 
@@ -31,66 +31,25 @@ def prologue(x, gamma, eps, kind):
     return pow2, g, inv_rms
 
 
-@nb.njit(fastmath=True)
-def block(x, g, inv_rms, tile, n0, kind, pow2, y):
-    # every row of x, normalised in thread-local buffers, against one block of W rows
-    M, H = x.shape
-    J = tile.shape[0]
-    x0 = np.empty(H, dtype=np.float32)
-    x1 = np.empty(H, dtype=np.float32)
-    m = 0
-    while m + 2 <= M:
-        normalise(x[m], g, inv_rms[m], kind, pow2, x0)
-        normalise(x[m + 1], g, inv_rms[m + 1], kind, pow2, x1)
-        dots2(x0, x1, tile, y[m, n0:n0 + J], y[m + 1, n0:n0 + J])
-        m += 2
-    if m < M:
-        normalise(x[m], g, inv_rms[m], kind, pow2, x0)
-        dots(x0, tile, y[m, n0:n0 + J])
-
-
 @nb.njit(parallel=True, fastmath=True, cache=True)
-def kernel_f32(x, gamma, w, eps, y):
-    pow2, g, inv_rms = prologue(x, gamma, eps, 0)
-    N, H = w.shape
-    if x.shape[0] == 1:  # decode: x normalised once, W streamed two rows per pass
-        xn = np.empty(H, dtype=np.float32)
-        normalise(x[0], g, inv_rms[0], 0, pow2, xn)
-        for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
-            n0 = b * BLOCK_ROWS
-            n1 = min(N, n0 + BLOCK_ROWS)
-            dots_seq(xn, w[n0:n1], y[0, n0:n1])
-        return
-    for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        n0 = b * BLOCK_ROWS
-        block(x, g, inv_rms, w[n0:min(N, n0 + BLOCK_ROWS)], n0, 0, pow2, y)
-
-
-@nb.njit(parallel=True, fastmath=True, cache=True)
-def kernel_16(x, gamma, w, eps, kind, y):
+def kernel(x, gamma, w, eps, kind, y):
+    # x: (M, H), gamma: (H,), w: (N, H) float32 or 16-bit patterns -> y: (M, N) float32;
+    # compiled once for float32 W and once for 16-bit W (fb_numba's dtype-chosen helpers)
     pow2, g, inv_rms = prologue(x, gamma, eps, kind)
     N, H = w.shape
-    if x.shape[0] == 1:  # decode: x normalised once, W widened in registers as it streams
+    blocks = (N + BLOCK_ROWS - 1) // BLOCK_ROWS
+    if x.shape[0] == 1:  # decode: x normalised once, W streamed two rows per pass
         xn = np.empty(H, dtype=np.float32)
         normalise(x[0], g, inv_rms[0], kind, pow2, xn)
-        for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
+        for b in nb.prange(blocks):
             n0 = b * BLOCK_ROWS
             n1 = min(N, n0 + BLOCK_ROWS)
-            dots_w16(xn, w[n0:n1], y[0, n0:n1], kind)
+            stream_dots(xn, w[n0:n1], y[0, n0:n1], kind)
         return
-    for b in nb.prange((N + BLOCK_ROWS - 1) // BLOCK_ROWS):
+    for b in nb.prange(blocks):  # every row of x against one block of W rows
         n0 = b * BLOCK_ROWS
         n1 = min(N, n0 + BLOCK_ROWS)
-        tile = np.empty((n1 - n0, H), dtype=np.float32)
-        widen_rows(w, n0, n1 - n0, kind, pow2, tile)
-        block(x, g, inv_rms, tile, n0, kind, pow2, y)
-
-
-def kernel(x, gamma, w, eps, kind, y):
-    if kind == 0:
-        kernel_f32(x, gamma, w, eps, y)
-    else:
-        kernel_16(x, gamma, w, eps, kind, y)
+        normed_block(x, g, inv_rms, weight_rows(w, n0, n1, kind, pow2), n0, kind, pow2, y)
 
 
 # the 16-bit -> float32 row conversion on its own, for the exhaustive test (tests/test_cpu_kernels.py)

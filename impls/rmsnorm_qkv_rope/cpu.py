@@ -8,12 +8,13 @@ float64), and the RoPE table cos/sin(pos·θ^(-2i/d)) for this run's positions, 
 is computed in float64 at the start of every run (pos is an input; only the inverse
 frequencies θ^(-2i/d), which depend on θ and d alone, are computed at prepare time, with
 harness.ops.rope_angles' own expression). Then each thread owns whole heads: d rows of W.
-A head is taken PAIRS rotation pairs at a time, rows i and i + d/2 together; for each
-row of x (two at a time, prefill) the normalised row x[m]·s[m]·gamma is built in a
+A head's rows are taken 16 at a time (fb_numba.normed_block, as in rmsnorm_gemm); for
+each row of x (two at a time, prefill) the normalised row x[m]·s[m]·gamma is built in a
 thread-local (H,) float32 buffer and its dot products with those rows accumulate in
-float32. The pairs are rotated (in float64) before anything is stored, and q, k, v are
-each stored once, rounded (to nearest even) straight into the storage dtype. No (M, H)
-normalised activation and no unrotated q/k are ever written.
+float32 into the head's thread-local (M, d) block. The pairs (i, i + d/2) are rotated
+(in float64) before anything is stored, and q, k, v are each stored once, rounded (to
+nearest even) straight into the storage dtype. No (M, H) normalised activation and no
+unrotated q/k are ever stored.
 
 float16 and bfloat16 arrive as raw 16-bit patterns; W rows are widened to float32 in a
 thread-local tile as they are used (bfloat16 by a shift, float16 by its bit fields), as
@@ -25,17 +26,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cpu import KIND, bits16
+from harness.backends.cpu import NumbaFused, bits16
 from harness.registry import Implementation, register
 
 
-class RmsNormQkvRopeCpu(Prepared):
+class RmsNormQkvRopeCpu(NumbaFused):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        from .rmsnorm_qkv_rope_numba import kernel  # numba loads here, when the first kernel is prepared
-        self.kernel = kernel
-        self.x, self.gamma, self.w = map(bits16, self.bind_inputs(inputs, ("x", "gamma", "w"), np.ascontiguousarray))
+        self.x, self.gamma, self.w = self.host_inputs(inputs, ("x", "gamma", "w"))
         self.pos = self.bind_inputs(inputs, ("pos",), np.ascontiguousarray)[0]
         self.nh, self.nkv, d = (self.dims[a] for a in ("n_heads", "n_kv_heads", "head_dim"))
         # θ^(-2i/d) exactly as harness.ops.rope_angles writes it (depends on θ and d only)
@@ -45,7 +43,7 @@ class RmsNormQkvRopeCpu(Prepared):
 
     def run(self):
         self.kernel(self.x, self.gamma, self.w, self.pos, self.inv_freq, float(self.attrs["eps"]),
-                    self.nh, self.nkv, KIND[self.dtype], self.q, self.k, self.v)
+                    self.nh, self.nkv, self.kind, self.q, self.k, self.v)
 
 
 register(Implementation("rmsnorm_qkv_rope", "cpu", "fused", "fused", RmsNormQkvRopeCpu,

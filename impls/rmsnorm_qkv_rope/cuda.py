@@ -49,9 +49,8 @@ class RmsNormQkvRopeCuda(FusedCuda):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        self.x, self.gamma, self.w, self.pos = self.bind_inputs(inputs, ("x", "gamma", "w", "pos"))
-        M, H, nh, nkv, d = (self.dims[k] for k in ("M", "H", "n_heads", "n_kv_heads", "head_dim"))
-        self.alloc_outputs()
+        (self.x, self.gamma, self.w, self.pos), (M, H, nh, nkv, d) = self.bind_io(
+            inputs, ("x", "gamma", "w", "pos"), ("M", "H", "n_heads", "n_kv_heads", "head_dim"))
         plan = self.plan(launch_plan, M, H, nh, nkv, d, aligned_of=(self.x, self.gamma, self.w))
         vec = plan.switches["vec"]
         i32, eps, theta = np.int32, np.float32(attrs["eps"]), np.float64(attrs["theta"])
@@ -65,7 +64,6 @@ class RmsNormQkvRopeCuda(FusedCuda):
                     (self.x, self.gamma, self.w, self.inv_rms, self.pos, q, k, v, i32(M), i32(H), i32(nh),
                      i32(nkv), i32(d), theta, i32(vec))]
         self.bind_launches(load_module(), plan, args)
-        self.vec = bool(vec)
 
 
 register(Implementation("rmsnorm_qkv_rope", "cuda", "fused", "fused", RmsNormQkvRopeCuda,

@@ -29,22 +29,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.backends import Prepared
-from harness.backends.cpu import KIND, bits16
+from harness.backends.cpu import NumbaFused, bits16
 from harness.registry import Implementation, register
 
 
-class SwigluFfnCpu(Prepared):
+class SwigluFfnCpu(NumbaFused):
     def __init__(self, backend, spec, inputs, attrs, dtype):
         super().__init__(backend, spec, inputs, attrs, dtype)
-        from .swiglu_ffn_numba import kernel  # numba loads here, when the first kernel is prepared
-        self.kernel = kernel
-        self.x, self.wg, self.wu, self.wd = map(bits16, self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"), np.ascontiguousarray))
+        self.x, self.wg, self.wu, self.wd = self.host_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
         self.act = np.empty((self.dims["M"], self.dims["I"]), dtype=np.float32)  # phase-1 -> phase-2 scratch
         self.y = bits16(self.alloc_outputs()["y"])  # the kernel stores the rounded bits straight into y
 
     def run(self):
-        self.kernel(self.x, self.wg, self.wu, self.wd, KIND[self.dtype], self.act, self.y)
+        self.kernel(self.x, self.wg, self.wu, self.wd, self.kind, self.act, self.y)
 
     def poison(self):
         self.act.fill(np.nan)

@@ -80,9 +80,8 @@ class SwigluFfnCuda(FusedCuda):
         super().__init__(backend, spec, inputs, attrs, dtype)
         import cupy as cp
 
-        self.x, self.wg, self.wu, self.wd = self.bind_inputs(inputs, ("x", "w_gate", "w_up", "w_down"))
-        M, H, I = self.dims["M"], self.dims["H"], self.dims["I"]
-        self.alloc_outputs()
+        (self.x, self.wg, self.wu, self.wd), (M, H, I) = self.bind_io(
+            inputs, ("x", "w_gate", "w_up", "w_down"), ("M", "H", "I"))
         plan = self.plan(launch_plan, M, H, I, aligned_of=(self.x, self.wg, self.wu, self.wd))
         vec_up, vec_down = plan.switches["vec_up"], plan.switches["vec_down"]
         i32 = np.int32
@@ -96,7 +95,6 @@ class SwigluFfnCuda(FusedCuda):
             args = [(self.x, self.wg, self.wu, self.act, i32(M), i32(H), i32(I), i32(vec_up)),
                     (self.act, self.wd, self.out["y"], i32(M), i32(I), i32(H), i32(vec_down))]
         self.bind_launches(load_module(), plan, args)
-        self.vec = (bool(vec_up), bool(vec_down))
 
 
 register(Implementation("swiglu_ffn", "cuda", "fused", "fused", SwigluFfnCuda,
