@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
+import itertools
 import json
 import os
 import signal
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -422,6 +426,46 @@ def _default_results_path(info) -> Path:
     return RUNS / f"{stamp}-{info.machine}.jsonl"
 
 
+# The dtypes `run` times where --dtype does not say: float32, and bfloat16, the dtype models
+# are served in (float16 takes the same 16-bit paths on the CPU; every dtype is checked at
+# the smoke sizes, and `bench` or --dtype time it).
+RUN_TIMED_DTYPES = ("float32", "bfloat16")
+
+
+def run_jobs(jobs: list, dtypes_named: bool) -> list:
+    """`run`'s jobs: the smoke suite's cases, checked and not timed (their sizes are there to
+    catch indexing bugs; at 3 x 129 a kernel's time is its launch), without the torch peers
+    (yardsticks for time); the other cases checked and timed, in RUN_TIMED_DTYPES unless
+    --dtype named dtypes. The checks run first, each backend's share at the same time as
+    the others' (IsolatedRunner), and so do warm-ups of the timed jobs (warm_ups)."""
+    checks = [replace(j, impls=[i for i in j.impls if i.kind != "peer"], timed=False)
+              for j in jobs if "smoke" in j.case.suites]
+    timed = [j for j in jobs if "smoke" not in j.case.suites and (dtypes_named or j.dtype in RUN_TIMED_DTYPES)]
+    return [j for j in checks if j.impls] + timed
+
+
+WARM_MAX_BYTES = 64 * 2**20  # a warm-up is worth its inputs and reference where compiling is most of a job
+
+
+def warm_ups(jobs: list, reg) -> list:
+    """`jobs` with a warm-up of each small timed job (at most WARM_MAX_BYTES of work)
+    placed before the first timed one: the same implementations prepared and checked,
+    records dropped, each backend's share at once, so that torch.compile's graphs and
+    lavapipe's shaders for the timed sizes are compiled (into their on-disk caches) while
+    the CPU kernels compile, not one after the other in the timed part. What is recorded
+    and timed is the timed job, which prepares afresh."""
+    def small(job) -> bool:
+        spec = reg.fusions[job.case.fusion]
+        return spec.cost(spec.split(job.case.params)[0], job.dtype).bytes <= WARM_MAX_BYTES
+
+    timed = [j for j in jobs if j.timed]
+    warm = [replace(j, timed=False, kept=False) for j in timed if small(j)]
+    if not warm:
+        return jobs
+    first = jobs.index(timed[0])
+    return jobs[:first] + warm + jobs[first:]
+
+
 class Outcome(NamedTuple):
     """What _execute leaves: the records (earlier ones of a resumed run first), the results
     file they went to (or None), and the registry's problems (plugins that failed to load)."""
@@ -438,6 +482,7 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
     (args.out, else reports/runs/<time>-<machine>.jsonl) as they finish, and --resume
     continues the last run of an earlier file (or --resume-run's), skipping what that run
     finished (_resume)."""
+    from harness.backends.cpu import HOST_PEAK_FILE_ENV
     from harness.progress import Estimator, Reporter
     from harness.results import ResultsWriter, RunInfo
     from harness.runner import Options, impl_fields, plan, run_job, unavailable_records
@@ -457,6 +502,9 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
         opts.budget_s, opts.min_samples, opts.cold = args.budget, args.min_samples, not args.hot
         opts.rounds = args.rounds
     jobs = plan(cases, usable, args.dtype)
+    if args.command == "run":
+        jobs = run_jobs(jobs, bool(args.dtype))
+    isolated = None if args.no_isolation else IsolatedRunner(args.timeout)
     writer = None
     results_path = None
     records: list[dict] = []
@@ -471,8 +519,11 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
             _warn(f"{writer.partial_line}: the file ended inside this line (a write cut short: an interruption or a "
                   f"full disk); it is ended there, so that new records start on a line of their own, and skipped "
                   f"as unreadable")
-    isolated = None if args.no_isolation else IsolatedRunner(args.timeout)
+    if isolated and args.command == "run":
+        jobs = warm_ups(jobs, reg)  # after --resume: only what is left to time
     run = isolated.run_job if isolated else lambda *a: run_job(*a)
+    peak_dir = tempfile.TemporaryDirectory(prefix="fusebench-peak-")  # the host's peak, measured once a run
+    os.environ[HOST_PEAK_FILE_ENV] = str(Path(peak_dir.name) / "host_peak.json")
 
     def keep(rec):
         rec = info.stamp(rec)
@@ -486,18 +537,32 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
     try:
         for rec in missing:
             keep(rec)
-        est = Estimator([(j.case.id, j.dtype, [(i.key, i.backend, i.variant) for i in j.impls]) for j in jobs])
+        # run's untimed head (checks, warm-ups) goes to every backend's worker at once: one
+        # job to the progress estimate, its units naming their own case and dtype
+        head = list(itertools.takewhile(lambda j: not j.timed, jobs)) if isolated and args.command == "run" else []
+        rest = jobs[len(head):]
+        est_jobs = [("-", "-", [(i.key, i.backend, i.variant, j.case.id, j.dtype) for j in head for i in j.impls],
+                     "checked")] if head else []
+        est_jobs += [(j.case.id, j.dtype, [(i.key, i.backend, i.variant) for i in j.impls],
+                      "timed" if j.timed else "checked") for j in rest]
+        est = Estimator(est_jobs)
         with Reporter(est, _stderr_console, _warn) as progress:
-            for n, job in enumerate(jobs):
-                def on_impl(impl, job=job):
-                    progress.doing(f"{impl.fusion} {job.case.id} {job.dtype} {impl.backend}/{impl.variant}")
+            def on_impl(job, impl):
+                warming = "" if job.kept else " (warming up)"
+                progress.doing(f"{impl.fusion} {job.case.id} {job.dtype} {impl.backend}/{impl.variant}{warming}")
 
-                def on_record(rec):
+            def on_record(job, rec):
+                if job.kept:
                     keep(rec)
-                    progress.finished(rec)
+                progress.finished(rec)
 
+            if head:
+                est.start_job(0)
+                isolated.run_untimed(reg, head, opts, on_record, on_impl)
+                est.end_job()
+            for n, job in enumerate(rest, start=bool(head)):
                 est.start_job(n)
-                run(reg, job, opts, on_record, on_impl)
+                run(reg, job, opts, functools.partial(on_record, job), functools.partial(on_impl, job))
                 est.end_job()
     except _FailFast as stop:
         print(f"stopped at the first failure (--fail-fast): {stop.record['impl']} {stop.record['case']} "
@@ -512,6 +577,8 @@ def _execute(args, bench: bool, write: bool = False) -> Outcome:
             isolated.close()
         if writer:
             writer.close()
+        os.environ.pop(HOST_PEAK_FILE_ENV, None)
+        peak_dir.cleanup()
     return Outcome(records, results_path, reg.problems)
 
 
@@ -560,17 +627,19 @@ def _resume(path: Path, jobs, missing, opts, run_id: str | None, info):
         run_id = loaded.records[-1].get("run_id") if loaded.records else info.run_id
     mine = [r for r in loaded.records if r.get("run_id") == run_id]
     finished = {(r.get("impl"), r.get("case"), workload_of(r), r.get("dtype"), r.get("seed")): r for r in mine
-                if r.get("status") in ("ok", "fail", "error", "skipped")
-                and (not opts.bench or "median_s" in r or r.get("status") != "ok")}
+                if r.get("status") in ("ok", "fail", "error", "skipped")}
     earlier, left = [], []
     for job in jobs:
         seed = case_seed(job.case, job.dtype, opts.seed)
+        timed = opts.bench and job.timed
         todo = []
         for impl in job.impls:
             rec = finished.get((impl.key, job.case.id, params_id(job.case.params), job.dtype, seed))
+            if rec and timed and "median_s" not in rec and rec.get("status") == "ok":
+                rec = None  # checked, never timed: not finished for a timed job
             (earlier.append(rec) if rec else todo.append(impl))
         if todo:
-            left.append(type(job)(job.case, job.dtype, todo))
+            left.append(replace(job, impls=todo))
     written = {r.get("impl") for r in mine if r.get("status") == "unavailable"}
     others = len(runs) - (run_id in runs)
     commits = {r.get("commit") for r in mine}

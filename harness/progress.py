@@ -87,21 +87,26 @@ def duration_text(s: float) -> str:
 class Estimator:
     """Records done and the time left, from the jobs finished so far (module docstring).
 
-    `jobs`: (case id, dtype, [(impl key, backend, variant)]) per job, in the order they
-    run. Call start_job(i) before job i, finished(record) for each record, end_job() after
-    it. Thread-safe: the plain-line printer reads it from its own thread."""
+    `jobs`: (case id, dtype, [(impl key, backend, variant[, case id, dtype])], and
+    optionally the job's phase, e.g. "checked" or "timed") per job, in the order they run. Call start_job(i)
+    before job i, finished(record) for each record, end_job() after it. Thread-safe: the
+    plain-line printer reads it from its own thread."""
 
-    def __init__(self, jobs: list[tuple[str, str, list[tuple[str, str, str]]]], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, jobs: list[tuple], clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.started = clock()
-        self.jobs = jobs
-        self.total = sum(len(units) for _, _, units in jobs)
+        # each job as its units (impl key, backend, variant, case, dtype): a unit may name a
+        # case and dtype of its own (a job that stands for several, run at once)
+        self.jobs = [[(*u[:3], *(u[3:5] if len(u) > 3 else (case, dtype))) for u in units]
+                     for case, dtype, units, *_ in jobs]
+        self.phases = [j[3] if len(j) > 3 else "" for j in jobs]
+        self.total = sum(len(units) for units in self.jobs)
         self.done = 0
         self.jobs_done = 0
         self.current: int | None = None
         self.now_doing = ""
         self._lock = threading.Lock()
-        self._pending: list[set] = [{(k, case, dtype) for k, _, _ in units} for case, dtype, units in jobs]
+        self._pending: list[set] = [{(k, c, d) for k, _, _, c, d in units} for units in self.jobs]
         self._durations: dict[tuple, float] = {}  # unit -> the record's duration_s, for the job in progress
         self._job_started = self.started
         self._last = self.started
@@ -132,13 +137,12 @@ class Estimator:
             if self.current is None:
                 return
             wall = self.clock() - self._job_started
-            case, dtype, units = self.jobs[self.current]
-            mine = [(k, b, v) for k, b, v in units if (k, case, dtype) in self._durations]
-            total = sum(self._durations[(k, case, dtype)] for k, _, _ in mine)
-            for k, b, v in mine:
-                d = self._durations[(k, case, dtype)]
+            mine = [(k, b, v, c, dy) for k, b, v, c, dy in self.jobs[self.current] if (k, c, dy) in self._durations]
+            total = sum(self._durations[(k, c, dy)] for k, _, _, c, dy in mine)
+            for k, b, v, c, dy in mine:
+                d = self._durations[(k, c, dy)]
                 share = wall * (d / total if total > 0 else 1 / len(mine))
-                for cls in self._classes(k, b, v):
+                for cls in self._classes(k, b, v, self.phases[self.current]):
                     self._shares.setdefault(cls, []).append(share)
             self._pending[self.current] = set()
             self.jobs_done += 1
@@ -147,11 +151,15 @@ class Estimator:
 
     # estimates ----------------------------------------------------------------------
     @staticmethod
-    def _classes(key: str, backend: str, variant: str) -> tuple:
-        return (("impl", key), ("variant", backend, variant), ("backend", backend), ("any",))
+    def _classes(key: str, backend: str, variant: str, phase: str = "") -> tuple:
+        # a record is expected to take what the same implementation took in the same phase
+        # of the run (a check-only job's records are much shorter than timed ones), else
+        # the same variant, backend or any record in that phase, else any record at all
+        return (("impl", key, phase), ("variant", backend, variant, phase), ("backend", backend, phase),
+                ("any", phase), ("any",))
 
-    def _predict(self, key: str, backend: str, variant: str) -> float:
-        for cls in self._classes(key, backend, variant):
+    def _predict(self, key: str, backend: str, variant: str, phase: str = "") -> float:
+        for cls in self._classes(key, backend, variant, phase):
             seen = self._shares.get(cls)
             if seen:
                 return sum(seen) / len(seen)
@@ -168,11 +176,11 @@ class Estimator:
                 return None, False
             rest = 0.0
             current = 0.0
-            for i, (case, dtype, units) in enumerate(self.jobs):
+            for i, units in enumerate(self.jobs):
                 pending = self._pending[i]
                 if not pending:
                     continue
-                expect = sum(self._predict(k, b, v) for k, b, v in units if (k, case, dtype) in pending)
+                expect = sum(self._predict(k, b, v, self.phases[i]) for k, b, v, c, dy in units if (k, c, dy) in pending)
                 if i == self.current:
                     current = expect
                 else:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import traceback
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -58,6 +58,8 @@ class Job:
     case: Case
     dtype: str
     impls: list[Implementation] = field(default_factory=list)
+    timed: bool = True  # False: checked only, whatever the options say (run's smoke cases)
+    kept: bool = True  # False: a warm-up (compile caches filled ahead of a timed job); records dropped
 
 
 def plan(cases: list[Case], impls: list[Implementation], dtypes=None) -> list[Job]:
@@ -107,6 +109,8 @@ def run_job(reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], 
                        "dtype": dtype, "seed": seed, "case_file": case.where,
                        "status": "skipped", "reason": too_big})
         return
+    if not job.timed:
+        opts = replace(opts, bench=False)
     inputs = spec.make_inputs(dims, dtype, seed, opts.value_shape)
     ctx = _JobContext(spec, dims, attrs, dtype, seed, inputs, opts)
     held: list[_Trial] = []  # checked, awaiting their timing (interleaved rounds)

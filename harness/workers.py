@@ -17,8 +17,11 @@ the sizes the quick suite runs; a few seconds per worker at prefill sizes).
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import multiprocessing as mp
 import signal
+import threading
 import time
 from typing import Callable
 
@@ -39,8 +42,8 @@ def _serve(conn) -> None:
         msg = conn.recv()
         if msg is None:
             return
-        case, dtype, keys, opts = msg
-        job = Job(case, dtype, [reg.impls[k] for k in keys])
+        case, dtype, keys, opts, timed = msg
+        job = Job(case, dtype, [reg.impls[k] for k in keys], timed)
         run_job(reg, job, opts, lambda rec: conn.send(("record", rec)), lambda impl: conn.send(("impl", impl.key)))
         conn.send(("done", None))
 
@@ -91,23 +94,68 @@ class _Worker:
         return f"worker process exited with status {code}"
 
 
+def _by_backend(job: Job) -> dict[str, list[Implementation]]:
+    out: dict[str, list[Implementation]] = {}
+    for impl in job.impls:
+        out.setdefault(impl.backend, []).append(impl)
+    return out
+
+
 class IsolatedRunner:
     """Runs jobs like harness.runner.run_job, each backend's implementations in its worker."""
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.timeout_s = timeout_s
         self.workers: dict[str, _Worker] = {}
+        self._stopping = False
 
     def run_job(self, reg: Registry, job: Job, opts: Options, on_record: Callable[[dict], None],
                 on_impl: Callable[[Implementation], None] = lambda i: None) -> None:
-        by_backend: dict[str, list[Implementation]] = {}
-        for impl in job.impls:
-            by_backend.setdefault(impl.backend, []).append(impl)
-        for backend, impls in by_backend.items():
-            worker = self.workers.setdefault(backend, _Worker(backend))
-            pending = list(impls)
-            while pending:
-                pending = self._run_part(worker, job, pending, opts, on_record, on_impl)
+        """Each backend's share of the job in its worker, one backend after the other."""
+        for backend, impls in _by_backend(job).items():
+            self._share(backend, job, impls, opts, on_record, on_impl)
+
+    def run_untimed(self, reg: Registry, jobs: list[Job], opts: Options, on_record: Callable[[Job, dict], None],
+                    on_impl: Callable[[Job, Implementation], None] = lambda j, i: None) -> None:
+        """Jobs that nothing times (checks, warm-ups), every backend's worker at once, each
+        working through its shares of the jobs in order: one backend compiles its kernels
+        while another checks its own. The callbacks (which take the job first) are called
+        from one thread per backend, one call at a time."""
+        assert not any(j.timed and opts.bench for j in jobs), "timed jobs run one backend at a time"
+        backends = list(dict.fromkeys(b for j in jobs for b in _by_backend(j)))
+        lock = threading.Lock()
+
+        def one_at_a_time(fn):
+            def call(arg):
+                with lock:
+                    fn(arg)
+            return call
+
+        def lane(backend: str) -> None:
+            for job in jobs:
+                impls = _by_backend(job).get(backend)
+                if impls and not self._stopping:
+                    self._share(backend, job, impls, opts, one_at_a_time(functools.partial(on_record, job)),
+                                one_at_a_time(functools.partial(on_impl, job)))
+
+        for backend in backends:  # made here, not in the threads
+            self.workers.setdefault(backend, _Worker(backend))
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(backends))) as pool:
+            lanes = [pool.submit(lane, b) for b in backends]
+            try:
+                for done in lanes:
+                    done.result()
+            except BaseException:  # an interruption, --fail-fast: the other lanes stop too
+                self._stopping = True
+                for worker in self.workers.values():
+                    worker.kill()
+                raise
+
+    def _share(self, backend: str, job: Job, impls: list[Implementation], opts: Options, on_record, on_impl):
+        worker = self.workers.setdefault(backend, _Worker(backend))
+        pending = list(impls)
+        while pending and not self._stopping:
+            pending = self._run_part(worker, job, pending, opts, on_record, on_impl)
 
     def _run_part(self, worker: _Worker, job: Job, impls: list[Implementation], opts: Options,
                   on_record, on_impl) -> list[Implementation]:
@@ -115,7 +163,7 @@ class IsolatedRunner:
         by_key = {i.key: i for i in impls}
         pending = dict(by_key)
         worker.ensure_started()
-        worker.conn.send((job.case, job.dtype, list(by_key), opts))
+        worker.conn.send((job.case, job.dtype, list(by_key), opts, job.timed))
         current: Implementation | None = None
         deadline = time.monotonic() + self.timeout_s
         while True:
@@ -130,7 +178,9 @@ class IsolatedRunner:
                         raise EOFError
                     else:
                         continue
-                except (EOFError, OSError):
+                except (EOFError, OSError, AttributeError):  # AttributeError: killed by a stop meanwhile
+                    if self._stopping:
+                        return []
                     fault = worker.death()
             if fault is None:
                 if kind == "impl":
@@ -144,6 +194,8 @@ class IsolatedRunner:
                     return []
                 continue
             worker.kill()
+            if self._stopping:  # killed because the run stops: nobody to blame
+                return []
             # The implementation that was running is blamed; if none had started yet (the
             # worker died while making inputs or the reference), every pending one is.
             blamed = [current] if current is not None and current.key in pending else list(pending.values())

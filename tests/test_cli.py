@@ -95,9 +95,30 @@ def test_unavailable_backend_asked_by_name_is_an_error(tmp_path):
     assert r.returncode == 2 and "cannot run here" in r.stderr
 
 
+RUN_CASES = """model = "tiny"
+[[case]]
+fusion = "rmsnorm_gemm"
+name = "sized"
+M = 2
+H = 96
+N = 40
+
+[[case]]
+fusion = "rmsnorm_gemm"
+name = "odd"
+M = 3
+H = 33
+N = 17
+suites = ["smoke"]
+"""
+
+
 def test_run_writes_results_and_report(tmp_path):
-    r = fusebench("run", "--suite", "smoke", "--backend", "cpu,reference", "--dtype", "float32", "--budget", "0.05",
-                  cwd=tmp_path)
+    """run checks and times a case; a smoke-suite case it checks without timing it, without
+    the torch peers, and before the timed ones; float16 is timed only when asked for."""
+    (tmp_path / "tiny.toml").write_text(RUN_CASES)
+    r = fusebench("run", "--cases", "tiny.toml", "--backend", "cpu,reference,torch", "--variant",
+                  "fused,unfused,float64,eager", "--budget", "0.05", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     report = Path(next(line for line in r.stdout.splitlines() if line.startswith("report: ")).split(": ", 1)[1])
     results = tmp_path / next(line for line in r.stdout.splitlines() if line.startswith("results: ")).split(": ", 1)[1]
@@ -106,7 +127,17 @@ def test_run_writes_results_and_report(tmp_path):
     for words in ("Summary", "rmsnorm_gemm", "cpu/fused", "cpu/unfused", "× chain", "GB/s", "NMSE"):
         assert words in html
     recs = [json.loads(line) for line in results.read_text().splitlines()]
-    assert all(r["median_s"] > 0 and r["n"] >= 10 for r in recs if r["status"] == "ok" and r["kind"] != "reference")
+    sized = [r for r in recs if r["case"] == "tiny.sized"]
+    odd = [r for r in recs if r["case"] == "tiny.odd"]
+    assert {r["dtype"] for r in sized} == {"float32", "bfloat16"}  # run's timed dtypes
+    assert {r["dtype"] for r in odd} == {"float32", "float16", "bfloat16"}  # every dtype checked
+    assert all(r["median_s"] > 0 and r["n"] >= 10 for r in sized if r["status"] == "ok" and r["kind"] != "reference")
+    assert {r["impl"] for r in sized if "median_s" in r} >= {"rmsnorm_gemm/cpu/fused", "rmsnorm_gemm/torch/eager"}
+    assert odd and all(r["verdict"] == "pass" and "median_s" not in r for r in odd)
+    assert not [r for r in odd if r["kind"] == "peer"]
+    assert max(recs.index(r) for r in odd) < min(recs.index(r) for r in sized)  # checks first
+    # the warm-ups of the timed jobs (checked beside the smoke checks) leave no records
+    assert len({(r["impl"], r["case"], r["dtype"]) for r in recs}) == len(recs)
     assert all("median_s" not in r for r in recs if r["kind"] == "reference")  # a yardstick: checked, never timed
 
 
@@ -306,3 +337,30 @@ def test_chain_primitives_trace_small_sizes_only():
     assert SPEC.cost(SPEC.split(huge.params)[0], "float32").bytes > TRACE_BYTES
     assert chain_primitives(SPEC, [huge]) == {"add", "layer_norm"}  # would need GiBs if it ran on it
     assert chain_primitives(SPEC, [huge, case(1, 8)]) == {"add", "layer_norm"}
+
+
+def test_run_plans_checks_then_warm_ups_then_timed_jobs():
+    """run: smoke-suite cases checked (every dtype, no peers), the other cases timed in
+    float32 and bfloat16; warm-ups of the small timed jobs go between the two."""
+    from harness.cli import run_jobs, warm_ups
+    from harness.registry import discover
+    from harness.cases import load_cases, select
+    from harness.runner import plan
+
+    reg = discover()
+    cases = [c for c in select(load_cases(reg, None), suite="quick") if c.fusion == "add_rmsnorm"]
+    impls = [i for i in reg.impls.values() if i.fusion == "add_rmsnorm" and i.backend in ("cpu", "torch", "reference")]
+    jobs = run_jobs(plan(cases, impls), dtypes_named=False)
+    checks = [j for j in jobs if not j.timed]
+    timed = [j for j in jobs if j.timed]
+    assert jobs == checks + timed and checks and timed
+    assert {j.dtype for j in checks} == {"float32", "float16", "bfloat16"}
+    assert all("smoke" in j.case.suites and all(i.kind != "peer" for i in j.impls) for j in checks)
+    assert {j.dtype for j in timed} == {"float32", "bfloat16"}
+    assert all(any(i.kind == "peer" for i in j.impls) for j in timed)
+    assert {j.dtype for j in run_jobs(plan(cases, impls, ["float16"]), dtypes_named=True) if j.timed} == {"float16"}
+    warmed = warm_ups(jobs, reg)
+    warm = [j for j in warmed if not j.kept]
+    assert warmed == checks + warm + timed
+    assert [(j.case, j.dtype) for j in warm] == [(j.case, j.dtype) for j in timed]
+    assert all(not j.timed for j in warm)

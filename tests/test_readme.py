@@ -62,8 +62,8 @@ def test_the_main_job_as_written_runs_and_ends_in_a_report(tmp_path):
     interpreter's own entry point (the README's .venv/bin/fusebench is this interpreter's
     where CI runs the tests with .venv/bin/python)."""
     main_job, _ = quick_start_commands()
-    argv = shlex.split(main_job)[1:] + ["--fusion", "add_rmsnorm", "--case", "smoke.awkward", "--dtype", "float32",
-                                         "--budget", "0.05"]
+    argv = shlex.split(main_job)[1:] + ["--fusion", "add_rmsnorm", "--case", "smoke.awkward,qwen2_5_0_5b.decode",
+                                         "--dtype", "float32", "--budget", "0.05"]
     env = dict(os.environ, FUSEBENCH_PROGRESS="lines", PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())", *argv],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

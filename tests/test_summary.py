@@ -179,6 +179,30 @@ def test_eta_falls_back_to_the_backend_and_variant_elsewhere():
     assert est.remaining_s() == pytest.approx(10.0)  # g/cpu/fused never seen: cpu/fused's time
 
 
+def test_eta_keeps_checked_and_timed_jobs_apart():
+    """run checks the smoke cases before it times the others: a check-only record says
+    nothing of what the same implementation will take when it is timed."""
+    clock = Clock()
+    est = Estimator([("s", "float32", [("f/cpu/fused", "cpu", "fused")], "checked"),
+                     ("s2", "float32", [("f/cpu/fused", "cpu", "fused")], "checked"),
+                     ("a", "float32", [("f/cpu/fused", "cpu", "fused")], "timed"),
+                     ("b", "float32", [("f/cpu/fused", "cpu", "fused")], "timed")], clock)
+    est.start_job(0)
+    clock.t = 1.0
+    done(est, "s", "f/cpu/fused", 1.0)
+    est.end_job()
+    assert est.remaining_s() == pytest.approx(3.0)  # nothing timed yet: any record's time
+    est.start_job(1)
+    clock.t = 2.0
+    done(est, "s2", "f/cpu/fused", 1.0)
+    est.end_job()
+    est.start_job(2)
+    clock.t = 12.0
+    done(est, "a", "f/cpu/fused", 1.0)
+    est.end_job()
+    assert est.remaining_s() == pytest.approx(10.0)  # the timed record's 10 s, not the checks' 1 s
+
+
 def test_progress_mode_from_the_environment():
     class Tty(io.StringIO):
         def isatty(self):
