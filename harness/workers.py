@@ -122,7 +122,17 @@ class IsolatedRunner:
         while another checks its own. The callbacks (which take the job first) are called
         from one thread per backend, one call at a time."""
         assert not any(j.timed and opts.bench for j in jobs), "timed jobs run one backend at a time"
-        backends = list(dict.fromkeys(b for j in jobs for b in _by_backend(j)))
+        from harness.backends import get_backend
+
+        # a lane: (worker key, backend, which of the jobs); a backend's extra lanes
+        # (Backend.check_lanes) take its 16-bit jobs in workers of their own
+        lanes = []
+        for backend in dict.fromkeys(b for j in jobs for b in _by_backend(j)):
+            if get_backend(backend).check_lanes > 1:
+                lanes += [(backend, backend, lambda j: j.dtype == "float32"),
+                          (f"{backend}/16-bit", backend, lambda j: j.dtype != "float32")]
+            else:
+                lanes.append((backend, backend, lambda j: True))
         lock = threading.Lock()
 
         def one_at_a_time(fn):
@@ -131,28 +141,32 @@ class IsolatedRunner:
                     fn(arg)
             return call
 
-        def lane(backend: str) -> None:
+        def lane(key: str, backend: str, takes) -> None:
             for job in jobs:
                 impls = _by_backend(job).get(backend)
-                if impls and not self._stopping:
-                    self._share(backend, job, impls, opts, one_at_a_time(functools.partial(on_record, job)),
+                if impls and takes(job) and not self._stopping:
+                    self._share(key, job, impls, opts, one_at_a_time(functools.partial(on_record, job)),
                                 one_at_a_time(functools.partial(on_impl, job)))
 
-        for backend in backends:  # made here, not in the threads
-            self.workers.setdefault(backend, _Worker(backend))
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(backends))) as pool:
-            lanes = [pool.submit(lane, b) for b in backends]
+        for key, backend, _ in lanes:  # made here, not in the threads
+            self.workers.setdefault(key, _Worker(backend))
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(lanes))) as pool:
+            running = [pool.submit(lane, *spec) for spec in lanes]
             try:
-                for done in lanes:
+                for done in running:
                     done.result()
             except BaseException:  # an interruption, --fail-fast: the other lanes stop too
                 self._stopping = True
                 for worker in self.workers.values():
                     worker.kill()
                 raise
+        for key, backend, _ in lanes:  # the extra lanes' workers are done: their compiles are on disk
+            if key != backend:
+                self.workers.pop(key).stop()
 
-    def _share(self, backend: str, job: Job, impls: list[Implementation], opts: Options, on_record, on_impl):
-        worker = self.workers.setdefault(backend, _Worker(backend))
+    def _share(self, key: str, job: Job, impls: list[Implementation], opts: Options, on_record, on_impl):
+        """Job's `impls` in the worker `key` (a backend's name, or one of its extra lanes)."""
+        worker = self.workers.setdefault(key, _Worker(key))
         pending = list(impls)
         while pending and not self._stopping:
             pending = self._run_part(worker, job, pending, opts, on_record, on_impl)

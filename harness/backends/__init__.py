@@ -51,6 +51,11 @@ class Backend:
     # command buffer (WebGPU encodes the pending dispatches at submission): launch work,
     # not work the device timer missed
     last_encode_s = 0.0
+    # How many worker processes may check (never time) this backend's jobs side by side,
+    # the jobs split by dtype: float32 in the first, 16-bit in the second (numba compiles
+    # each CPU kernel once for float32 arrays and once for 16-bit bit patterns, each
+    # compile on one core)
+    check_lanes = 1
 
     def __init__(self) -> None:
         self._probe: tuple[bool, str] | None = None

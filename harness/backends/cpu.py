@@ -98,6 +98,7 @@ class NumbaFused(Prepared):
 class CpuBackend(Backend):
     name = "cpu"
     device_kind = "cpu"
+    check_lanes = 2  # numba's float32 and 16-bit compiles side by side (Backend.check_lanes)
     dtypes = ("float32", "float16", "bfloat16")
 
     _flush_buf: np.ndarray | None = None  # flush_cache()'s buffer, made on its first call
