@@ -449,8 +449,9 @@ WARM_MAX_BYTES = 64 * 2**20  # a warm-up is worth its inputs and reference where
 
 def warm_ups(jobs: list, reg) -> list:
     """`jobs` with a warm-up of each small timed job (at most WARM_MAX_BYTES of work)
-    placed before the first timed one: the same implementations prepared and checked,
-    records dropped, each backend's share at once, so that torch.compile's graphs and
+    placed before the first timed one: its implementations whose compiles depend on the
+    sizes (Backend.compiles_per_size: not numba's, which the smoke checks compile) prepared
+    and checked, records dropped, each backend's share at once, so that torch.compile's graphs and
     lavapipe's shaders for the timed sizes are compiled (into their on-disk caches) while
     the CPU kernels compile, not one after the other in the timed part. What is recorded
     and timed is the timed job, which prepares afresh."""
@@ -459,7 +460,9 @@ def warm_ups(jobs: list, reg) -> list:
         return spec.cost(spec.split(job.case.params)[0], job.dtype).bytes <= WARM_MAX_BYTES
 
     timed = [j for j in jobs if j.timed]
-    warm = [replace(j, timed=False, kept=False) for j in timed if small(j)]
+    warm = [replace(j, impls=[i for i in j.impls if get_backend(i.backend).compiles_per_size], timed=False,
+                    kept=False) for j in timed if small(j)]
+    warm = [j for j in warm if j.impls]
     if not warm:
         return jobs
     first = jobs.index(timed[0])

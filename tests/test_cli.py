@@ -364,3 +364,6 @@ def test_run_plans_checks_then_warm_ups_then_timed_jobs():
     assert warmed == checks + warm + timed
     assert [(j.case, j.dtype) for j in warm] == [(j.case, j.dtype) for j in timed]
     assert all(not j.timed for j in warm)
+    # numba compiles per dtype (the smoke checks did it) and NumPy not at all: only the
+    # torch peers are warmed here
+    assert {i.backend for j in warm for i in j.impls} == {"torch"}

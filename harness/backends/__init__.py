@@ -56,6 +56,11 @@ class Backend:
     # each CPU kernel once for float32 arrays and once for 16-bit bit patterns, each
     # compile on one core)
     check_lanes = 1
+    # Whether what this backend compiles depends on the problem's sizes (a shader, a
+    # torch.compile graph, a CUDA module specialised per shape), so that run's warm-ups of
+    # the timed sizes (harness.cli.warm_ups) fill its compile caches; numba's kernels are
+    # compiled per dtype, once, by the smoke checks
+    compiles_per_size = True
 
     def __init__(self) -> None:
         self._probe: tuple[bool, str] | None = None

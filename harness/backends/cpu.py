@@ -99,6 +99,7 @@ class CpuBackend(Backend):
     name = "cpu"
     device_kind = "cpu"
     check_lanes = 2  # numba's float32 and 16-bit compiles side by side (Backend.check_lanes)
+    compiles_per_size = False
     dtypes = ("float32", "float16", "bfloat16")
 
     _flush_buf: np.ndarray | None = None  # flush_cache()'s buffer, made on its first call

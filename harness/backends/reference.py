@@ -17,6 +17,7 @@ class ReferenceBackend(Backend):
     name = "reference"
     device_kind = "cpu"
     dtypes = ("float32", "float16", "bfloat16")
+    compiles_per_size = False  # NumPy: nothing to compile
 
     # 1. probe and fingerprint: always available
     def fingerprint(self):
