@@ -467,18 +467,16 @@ def normed_block(x, g, inv_rms, tile, n0, kind, pow2, y):
     # y[m, n0 + j] = (x[m] * inv_rms[m] * g) . tile[j] for every row m of x (storage
     # `kind`), two rows at a time normalised into thread-local buffers; tile: (J, H) float32
     M, H = x.shape
-    J = tile.shape[0]
+    cols = slice(n0, n0 + tile.shape[0])
     x0 = np.empty(H, dtype=np.float32)
     x1 = np.empty(H, dtype=np.float32)
-    m = 0
-    while m + 2 <= M:
+    for m in range(0, M - 1, 2):
         normalise(x[m], g, inv_rms[m], kind, pow2, x0)
         normalise(x[m + 1], g, inv_rms[m + 1], kind, pow2, x1)
-        dots2(x0, x1, tile, y[m, n0:n0 + J], y[m + 1, n0:n0 + J])
-        m += 2
-    if m < M:
-        normalise(x[m], g, inv_rms[m], kind, pow2, x0)
-        dots(x0, tile, y[m, n0:n0 + J])
+        dots2(x0, x1, tile, y[m, cols], y[m + 1, cols])
+    if M % 2:
+        normalise(x[M - 1], g, inv_rms[M - 1], kind, pow2, x0)
+        dots(x0, tile, y[M - 1, cols])
 
 
 # ---- attention (impls/attention_prefill, attn_score_softmax) ---------------------------
