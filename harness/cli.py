@@ -451,10 +451,10 @@ def warm_ups(jobs: list, reg) -> list:
     """`jobs` with a warm-up of each small timed job (at most WARM_MAX_BYTES of work)
     placed before the first timed one: its implementations whose compiles depend on the
     sizes (Backend.compiles_per_size: not numba's, which the smoke checks compile) prepared
-    and checked, records dropped, each backend's share at once, so that torch.compile's graphs and
-    lavapipe's shaders for the timed sizes are compiled (into their on-disk caches) while
-    the CPU kernels compile, not one after the other in the timed part. What is recorded
-    and timed is the timed job, which prepares afresh."""
+    and checked, records dropped, each backend's share at once, so that torch.compile's
+    graphs and lavapipe's shaders for the timed sizes are compiled (into their on-disk
+    caches) while the CPU kernels compile, not one after the other in the timed part.
+    What is recorded and timed is the timed job, which prepares afresh."""
     def small(job) -> bool:
         spec = reg.fusions[job.case.fusion]
         return spec.cost(spec.split(job.case.params)[0], job.dtype).bytes <= WARM_MAX_BYTES

@@ -88,9 +88,9 @@ class Estimator:
     """Records done and the time left, from the jobs finished so far (module docstring).
 
     `jobs`: (case id, dtype, [(impl key, backend, variant[, case id, dtype])], and
-    optionally the job's phase, e.g. "checked" or "timed") per job, in the order they run. Call start_job(i)
-    before job i, finished(record) for each record, end_job() after it. Thread-safe: the
-    plain-line printer reads it from its own thread."""
+    optionally the job's phase, e.g. "checked" or "timed") per job, in the order they
+    run. Call start_job(i) before job i, finished(record) for each record, end_job()
+    after it. Thread-safe: the plain-line printer reads it from its own thread."""
 
     def __init__(self, jobs: list[tuple], clock: Callable[[], float] = time.monotonic):
         self.clock = clock
